@@ -1,0 +1,52 @@
+# The two commands a fresh machine needs: `make demo` and `make test`. Each does its own setup.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA := data/processed/synthetic
+
+.PHONY: setup demo test lint format prepare baseline bench-data lock clean species-doc
+
+setup: $(STAMP)
+
+# Reinstall only when the dependency spec or the lock changes; torch comes from the local wheel index.
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import leafnet, torch, timm; print('leafnet', leafnet.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"
+	touch $(STAMP)
+
+prepare: setup
+	$(PY) scripts/prepare_data.py source=synthetic output=$(DATA)
+
+demo: prepare
+	$(PY) scripts/baseline_linear.py data=$(DATA)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# pytest exits 5 when it collects nothing: say so, and fail rather than pass on zero tests.
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS) || { status=$$?; if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status; }
+
+bench-data: prepare
+	$(PY) scripts/benchmark_data.py data=$(DATA)
+
+# Regenerate the lock from what is installed (run after changing dependencies in pyproject.toml).
+lock: setup
+	$(PY) -m pip freeze --exclude-editable | sort > requirements.lock
+
+clean:
+	rm -rf data/processed runs exports .pytest_cache
+
+species-doc: setup
+	$(PY) -c "import sys; from leafnet.data.species import species_table_markdown as t; sys.stdout.write(t())" > docs/species.md

@@ -1,0 +1,1 @@
+"""Benchmark cores: data loading vs training compute, onnxruntime, HTTP load."""

@@ -1,0 +1,1 @@
+"""Data: the synthetic leaf generator, source importers, prepare/split, datasets, transforms, loaders."""

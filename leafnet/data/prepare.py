@@ -1,0 +1,315 @@
+"""Prepare: raw source → validated, resized, split ImageFolder tree with manifest and statistics.
+
+Writes, under `output`: `{train,val,test}/<class>/<name>.png`, `manifest.csv`
+(path,label,split,sha256,width,height,source), `classes.json` (index → name, sorted names, the same
+indices torchvision's ImageFolder gives), `stats.json` (train mean/std, counts per class and split),
+`rejected.csv` (file,reason for every file not used) and `prepare.json` (what the output was made
+from). The whole tree is replaced atomically, and a run whose inputs and parameters match
+`prepare.json` does nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from leafnet import __version__
+from leafnet.data.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, RejectedImage, decode_image, encode_png, fit_square
+from leafnet.data.sources import Candidate, imagefolder_candidates, kaggle_candidates
+from leafnet.data.species import SPECIES
+from leafnet.data.split import SPLITS, min_class_size, stratified_split
+from leafnet.data.synthetic import SyntheticConfig, generate_leaf_set
+from leafnet.errors import LeafnetError
+from leafnet.fsutil import atomic_directory
+from leafnet.progress import progress_bar
+
+SOURCES = ("synthetic", "kaggle", "imagefolder")
+RESIZE_MODES = ("pad", "shorter", "stretch")
+MAX_REJECTIONS_SHOWN = 20
+
+
+@dataclass
+class PrepareConfig:
+    source: str = "synthetic"  # synthetic | kaggle | imagefolder
+    input: str | None = None  # raw data; synthetic generates into data/raw/synthetic by default
+    output: str = "data/processed/${source}"
+    size: int = 128  # output images are size x size
+    resize: str = "pad"  # pad (letterbox, keeps shape) | shorter (scale + centre crop) | stretch
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are rejected (decompression bombs)
+    min_side: int = DEFAULT_MIN_SIDE  # smaller images are rejected
+    background: list[int] = field(default_factory=lambda: [0, 0, 0])  # behind alpha and letterboxing
+    small_classes: str = "fail"  # fail | drop: what to do with a class too small to split
+    workers: int = 0  # decoding processes; 0 = one per CPU core
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def validate(self) -> None:
+        if self.source not in SOURCES:
+            raise LeafnetError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
+        if self.source != "synthetic" and not self.input:
+            raise LeafnetError(f"source={self.source} needs input=<path to the raw data>")
+        if self.resize not in RESIZE_MODES:
+            raise LeafnetError(f"unknown resize {self.resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+        if self.size < 16:
+            raise LeafnetError(f"size must be at least 16, got {self.size}")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise LeafnetError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        if self.small_classes not in ("fail", "drop"):
+            raise LeafnetError(f"small_classes must be fail or drop, got {self.small_classes!r}")
+        if len(self.background) != 3 or not all(0 <= v <= 255 for v in self.background):
+            raise LeafnetError(f"background must be three values in 0..255, got {self.background}")
+
+    def input_dir(self) -> Path:
+        return Path(self.input or "data/raw/synthetic")
+
+
+@dataclass
+class _Decoded:
+    png: bytes | None
+    source_sha256: str | None
+    reason: str | None
+    width: int = 0
+    height: int = 0
+    channel_sum: tuple[float, ...] = ()
+    channel_sqsum: tuple[float, ...] = ()
+
+
+def _decode_one(job: tuple[Path | None, PrepareConfig]) -> _Decoded:
+    """Worker: read, validate, convert and resize one file (runs in a subprocess)."""
+    path, config = job
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return _Decoded(None, None, f"unreadable: {error.strerror or error}")
+    source_sha = hashlib.sha256(data).hexdigest()
+    background = tuple(config.background)
+    try:
+        image = decode_image(data, config.max_pixels, config.min_side, background)
+    except RejectedImage as error:
+        return _Decoded(None, source_sha, str(error))
+    image = fit_square(image, config.size, config.resize, background)
+    pixels = np.asarray(image, dtype=np.float64) / 255.0
+    return _Decoded(
+        encode_png(image),
+        source_sha,
+        None,
+        image.width,
+        image.height,
+        tuple(pixels.sum(axis=(0, 1))),
+        tuple((pixels**2).sum(axis=(0, 1))),
+    )
+
+
+def _decode_all(candidates: list[Candidate], config: PrepareConfig) -> list[_Decoded]:
+    jobs = [(c.path, config) for c in candidates if c.reason is None]
+    workers = config.workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) < 64:  # a pool costs more than it saves on a handful of files
+        decoded = list(progress_bar(map(_decode_one, jobs), total=len(jobs), desc="prepare", unit="img"))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(_decode_one, jobs, chunksize=16)
+            decoded = list(progress_bar(results, total=len(jobs), desc="prepare", unit="img"))
+    results, it = [], iter(decoded)
+    for candidate in candidates:
+        results.append(next(it) if candidate.reason is None else _Decoded(None, None, candidate.reason))
+    return results
+
+
+def _inputs_fingerprint(config: PrepareConfig, candidates: list[Candidate]) -> str:
+    """Content hash of every candidate file plus the parameters that shape the output."""
+    digest = hashlib.sha256(json.dumps(_output_params(config), sort_keys=True).encode())
+    for candidate in candidates:
+        digest.update(f"{candidate.source}\0{candidate.label}\0{candidate.reason}\0".encode())
+        if candidate.path is not None and candidate.reason is None:
+            try:
+                digest.update(hashlib.sha256(candidate.path.read_bytes()).digest())
+            except OSError:
+                digest.update(b"unreadable")
+    return digest.hexdigest()
+
+
+def _output_params(config: PrepareConfig) -> dict:
+    params = asdict(config)
+    params.pop("workers")  # how fast, not what
+    params.pop("output")
+    params["input"] = None if config.source == "synthetic" else params["input"]
+    if config.source != "synthetic":
+        params.pop("synthetic")
+    return params
+
+
+def _unusable_label(label: str) -> bool:
+    return label in (".", "..") or any(ch in label for ch in "/\\\0")
+
+
+def _output_names(sources: list[str], labels: list[str]) -> list[str]:
+    """File name per image: the source stem, or the whole source path when stems collide in a class."""
+    stems = [Path(s).stem for s in sources]
+    counts = Counter(zip(labels, stems))
+    names = []
+    for source, label, stem in zip(sources, labels, stems):
+        unique = counts[(label, stem)] == 1
+        names.append(f"{stem}.png" if unique else source.replace("/", "_").replace(".", "_") + ".png")
+    return names
+
+
+@dataclass
+class _Accepted:
+    candidate: Candidate
+    decoded: _Decoded
+    split: str = ""
+    path: str = ""
+
+
+def _screen(candidates: list[Candidate], decoded: list[_Decoded], config: PrepareConfig):
+    """Applies label, duplicate and class-size rules; returns accepted images and (file, reason) rows."""
+    rejected: list[tuple[str, str]] = []
+    accepted: list[_Accepted] = []
+    first_seen: dict[str, str] = {}
+    for candidate, result in zip(candidates, decoded):
+        reason = result.reason
+        if reason is None and _unusable_label(candidate.label):
+            reason = f"label {candidate.label!r} is not usable as a folder name"
+        if reason is None and result.source_sha256 in first_seen:
+            reason = f"duplicate of {first_seen[result.source_sha256]}"
+        if reason is not None:
+            rejected.append((candidate.source, reason))
+            continue
+        first_seen[result.source_sha256] = candidate.source
+        accepted.append(_Accepted(candidate, result))
+
+    needed = min_class_size(config.val_fraction, config.test_fraction)
+    sizes = Counter(a.candidate.label for a in accepted)
+    small = sorted(label for label, n in sizes.items() if n < needed)
+    if small and config.small_classes == "fail":
+        label = small[0]
+        others = f" (and {len(small) - 1} more)" if len(small) > 1 else ""
+        raise LeafnetError(
+            f"class {label!r}{others} has {sizes[label]} usable image(s) but the train/val/test split needs "
+            f"{needed}; add images, lower val_fraction/test_fraction, or set small_classes=drop"
+        )
+    for item in [a for a in accepted if a.candidate.label in small]:
+        reason = f"class too small to split ({sizes[item.candidate.label]} < {needed} images)"
+        rejected.append((item.candidate.source, reason))
+    accepted = [a for a in accepted if a.candidate.label not in small]
+    return accepted, sorted(rejected)
+
+
+def _report_rejections(rejected: list[tuple[str, str]], log: Callable[[str], None]) -> None:
+    for source, reason in rejected[:MAX_REJECTIONS_SHOWN]:
+        log(f"rejected {source}: {reason}")
+    if len(rejected) > MAX_REJECTIONS_SHOWN:
+        log(f"... and {len(rejected) - MAX_REJECTIONS_SHOWN} more (all listed in rejected.csv)")
+
+
+def _stats(accepted: list[_Accepted], classes: list[str], config: PrepareConfig, rejected: int) -> dict:
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    pixels = 0
+    counts = {split: dict.fromkeys(classes, 0) for split in SPLITS}
+    for item in accepted:
+        counts[item.split][item.candidate.label] += 1
+        if item.split == "train":
+            total += item.decoded.channel_sum
+            total_sq += item.decoded.channel_sqsum
+            pixels += item.decoded.width * item.decoded.height
+    mean = total / pixels
+    std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 0.0))
+    return {
+        "source": config.source,
+        "image_size": config.size,
+        "resize": config.resize,
+        "num_classes": len(classes),
+        "mean": [round(float(v), 6) for v in mean],
+        "std": [round(float(v), 6) for v in std],
+        "totals": {**{split: sum(counts[split].values()) for split in SPLITS}, "rejected": rejected},
+        "counts": counts,
+    }
+
+
+def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _write_output(out: Path, accepted, classes, stats, rejected, record) -> None:
+    with atomic_directory(out) as staging:
+        rows = []
+        for item in sorted(accepted, key=lambda a: a.path):
+            target = staging / item.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(item.decoded.png)
+            sha = hashlib.sha256(item.decoded.png).hexdigest()
+            d = item.decoded
+            rows.append([item.path, item.candidate.label, item.split, sha, d.width, d.height, item.candidate.source])
+        _write_csv(staging / "manifest.csv", ["path", "label", "split", "sha256", "width", "height", "source"], rows)
+        _write_csv(staging / "rejected.csv", ["file", "reason"], rejected)
+        (staging / "classes.json").write_text(json.dumps({str(i): c for i, c in enumerate(classes)}, indent=2) + "\n")
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        (staging / "prepare.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def list_candidates(config: PrepareConfig) -> list[Candidate]:
+    root = config.input_dir()
+    if config.source == "imagefolder":
+        return imagefolder_candidates(root)
+    return kaggle_candidates(root)
+
+
+def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
+    """Runs the whole stage and returns the stats written to stats.json."""
+    config.validate()
+    root, out = config.input_dir(), Path(config.output)
+    if config.source == "synthetic":
+        log(f"synthetic leaves: {len(SPECIES)} species x {config.synthetic.per_species} images -> {root}")
+        generate_leaf_set(root, config.synthetic, progress=lambda items: progress_bar(items, desc="generate", unit="img"))
+    candidates = list_candidates(config)
+    if not candidates:
+        raise LeafnetError(f"no files found in {root}")
+    fingerprint = _inputs_fingerprint(config, candidates)
+    record = {"inputs_sha256": fingerprint, "params": _output_params(config), "leafnet_version": __version__}
+    previous = out / "prepare.json"
+    if previous.is_file() and (out / "stats.json").is_file():
+        try:
+            if json.loads(previous.read_text()) == record:
+                log(f"up to date: {out} (same inputs and parameters)")
+                return json.loads((out / "stats.json").read_text())
+        except json.JSONDecodeError:
+            pass  # a damaged record only means we rebuild
+    log(f"prepare: {len(candidates)} files from {root} (source={config.source}, size={config.size}, resize={config.resize})")
+    decoded = _decode_all(candidates, config)
+    accepted, rejected = _screen(candidates, decoded, config)
+    _report_rejections(rejected, log)
+    classes = sorted({a.candidate.label for a in accepted})
+    if len(classes) < 2:
+        raise LeafnetError(
+            f"only {len(accepted)} usable image(s) in {len(classes)} class(es) under {root} "
+            f"({len(rejected)} rejected); a classifier needs at least 2 classes"
+        )
+    labels = [a.candidate.label for a in accepted]
+    splits = stratified_split(labels, config.val_fraction, config.test_fraction, config.seed)
+    names = _output_names([a.candidate.source for a in accepted], labels)
+    for item, split, name in zip(accepted, splits, names):
+        item.split, item.path = split, f"{split}/{item.candidate.label}/{name}"
+    stats = _stats(accepted, classes, config, len(rejected))
+    _write_output(out, accepted, classes, stats, rejected, record)
+    totals = stats["totals"]
+    log(
+        f"prepare: wrote {out}: {len(classes)} classes, train {totals['train']} / val {totals['val']} / "
+        f"test {totals['test']}, {len(rejected)} rejected"
+    )
+    return stats
+

@@ -1,0 +1,84 @@
+"""Train and eval transforms, built with timm's transform factory from a `PreprocessSpec`.
+
+The spec is the single description of eval preprocessing: checkpoints, exports and the serving
+handler carry it (as preprocess.json), so what the server does to an image is what evaluation did.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from timm.data import create_transform
+from torchvision import transforms as T
+
+from leafnet.errors import LeafnetError
+
+
+@dataclass
+class PreprocessSpec:
+    input_size: int = 128
+    crop_pct: float = 1.0  # resize the shorter side to input_size / crop_pct, then centre-crop
+    interpolation: str = "bilinear"
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    background: list[int] = field(default_factory=lambda: [0, 0, 0])  # behind alpha, as in prepare
+
+    @classmethod
+    def from_prepared(cls, root: str | Path, input_size: int | None = None, **overrides) -> PreprocessSpec:
+        """Uses the train split's mean/std and image size from a prepared directory's stats.json."""
+        path = Path(root) / "stats.json"
+        if not path.is_file():
+            raise LeafnetError(f"{path} not found: is {root} a prepared data directory?")
+        stats = json.loads(path.read_text())
+        # A constant channel (std 0) would divide by zero; 1.0 leaves it centred but unscaled.
+        std = [s if s > 1e-6 else 1.0 for s in stats["std"]]
+        return cls(input_size=input_size or stats["image_size"], mean=stats["mean"], std=std, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AugmentConfig:
+    rotation_deg: float = 30.0  # silhouettes come at any angle; timm's factory has no plain rotation
+    scale: tuple[float, float] = (0.7, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[float, float] = (0.9, 1.1)  # near 1: the aspect ratio of a leaf is a species trait
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: float = 0.0
+    auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
+    re_prob: float = 0.0  # random erasing
+
+
+def eval_transform(spec: PreprocessSpec):
+    return create_transform(
+        input_size=spec.input_size,
+        is_training=False,
+        interpolation=spec.interpolation,
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        crop_pct=spec.crop_pct,
+    )
+
+
+def train_transform(spec: PreprocessSpec, augment: AugmentConfig = AugmentConfig()):
+    timm_part = create_transform(
+        input_size=spec.input_size,
+        is_training=True,
+        scale=tuple(augment.scale),
+        ratio=tuple(augment.ratio),
+        hflip=augment.hflip,
+        vflip=augment.vflip,
+        color_jitter=augment.color_jitter,
+        auto_augment=augment.auto_augment,
+        interpolation=spec.interpolation,
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        re_prob=augment.re_prob,
+    )
+    if augment.rotation_deg <= 0:
+        return timm_part
+    rotate = T.RandomRotation(augment.rotation_deg, interpolation=T.InterpolationMode.BILINEAR, fill=spec.background)
+    return T.Compose([rotate, timm_part])
