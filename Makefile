@@ -15,8 +15,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | { grep -v "is ignored" || true; }
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | { grep -v "is ignored" || true; }
 	$(PY) -c "import leafnet, torch, timm; print('leafnet', leafnet.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"
 	touch $(STAMP)
 
