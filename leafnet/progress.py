@@ -11,4 +11,5 @@ def progress_bar(iterable: Iterable | None = None, **kwargs) -> tqdm:
     """tqdm with `disable=None`: drawn only when stderr is a terminal."""
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
-    return tqdm(iterable, disable=None, **kwargs)
+    kwargs.setdefault("disable", None)
+    return tqdm(iterable, **kwargs)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -45,8 +48,29 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
-        path, label = self.samples[i]
+    def __getitem__(self, key: int | tuple[int, int]):
+        """`dataset[i]`, or `dataset[(i, seed)]` to draw the random transform from `seed`."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path, label = self.samples[index]
         with Image.open(path) as image:
             image = image.convert("RGB")
-        return (self.transform(image) if self.transform else image), label
+        if self.transform is None:
+            return image, label
+        if seed is None:
+            return self.transform(image), label
+        with seeded_rng(seed):
+            return self.transform(image), label
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seeds torch's CPU generator and Python's `random` (timm's crops use it) for one block,
+    then restores both, so the caller's random streams are untouched."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)

@@ -1,9 +1,12 @@
 """DataLoaders that are correct under DDP and fast on a small machine.
 
 Training shards with DistributedSampler (also for one process, so `set_epoch` always reshuffles
-the same way); evaluation shards with `EvalShardSampler`, which pads nothing, so every sample is
-counted exactly once when metrics are summed across ranks. Workers are seeded from one generator,
-persistent, and pin memory only when batches go to CUDA.
+the same way) and tags every index with a seed drawn from (seed, epoch, index): the dataset seeds its
+augmentations from that tag, so a batch's pixels depend on neither the worker that made it, nor the
+number of workers, nor whether the run was resumed; persistent workers would otherwise carry their
+random state from epoch to epoch. Evaluation shards with `EvalShardSampler`, which pads nothing, so
+every sample is counted exactly once when metrics are summed across ranks. Memory is pinned only
+when batches go to CUDA.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
@@ -30,6 +34,29 @@ class EvalShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Wraps a sampler to yield (index, seed) pairs; `ManifestDataset` seeds its transform with it."""
+
+    def __init__(self, sampler: DistributedSampler, seed: int) -> None:
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.sampler:
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that differs for every (seed, epoch, index)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
 @dataclass
 class LoaderConfig:
     batch_size: int = 64
@@ -47,9 +74,8 @@ def build_loader(
     device: torch.device | str = "cpu",
 ) -> DataLoader:
     if train:
-        sampler: Sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed, drop_last=False
-        )
+        shards = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
+        sampler: Sampler = SeededSampler(shards, config.seed)
     else:
         sampler = EvalShardSampler(len(dataset), rank, world_size)
     workers = config.workers
@@ -58,8 +84,7 @@ def build_loader(
         batch_size=config.batch_size,
         sampler=sampler,
         num_workers=workers,
-        # Random augmentations in workers draw from seeds derived from this generator (torch, random, numpy).
-        generator=torch.Generator().manual_seed(config.seed + rank),
+        generator=torch.Generator().manual_seed(config.seed + rank),  # anything else random in workers
         persistent_workers=workers > 0,
         prefetch_factor=config.prefetch_factor if workers > 0 else None,
         pin_memory=torch.device(device).type == "cuda",

@@ -1,0 +1,79 @@
+"""Checkpoints: atomic save, validated load, and what resume needs to continue exactly.
+
+A checkpoint is self-sufficient downstream: model name, class names and the eval preprocessing spec
+travel with the weights, so evaluate and export need nothing but the file.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+
+from leafnet import __version__
+from leafnet.errors import LeafnetError
+from leafnet.fsutil import atomic_write_bytes
+
+FORMAT = "leafnet-checkpoint"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    return {"leafnet": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__)}
+
+
+def rng_state() -> dict[str, Any]:
+    """Generator states as tensors and plain lists, so checkpoints load with weights_only=True."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position), "gauss": [has_gauss, gauss]},
+        "python": {"version": version, "state": list(python_state), "gauss": python_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    keys = numpy_state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, numpy_state["pos"], *numpy_state["gauss"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Serialises in memory, then writes through a temp file and a rename: never a torn file."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **payload}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Loads (weights_only: safe on files from elsewhere) and validates a leafnet checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeafnetError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LeafnetError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise LeafnetError(f"{path} is not a leafnet checkpoint")
+    if checkpoint.get("format_version") != FORMAT_VERSION:
+        raise LeafnetError(
+            f"{path} has checkpoint format {checkpoint.get('format_version')}, this leafnet "
+            f"({__version__}) reads format {FORMAT_VERSION}"
+        )
+    return checkpoint

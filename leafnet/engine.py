@@ -1,0 +1,191 @@
+"""One epoch of training and one pass of evaluation: AMP, accumulation, clipping, EMA. No I/O.
+
+Metrics are kept as sums on the device (loss·n, correct, n) and reduced across ranks once, so they
+are exact under DDP and cost no host sync per step. `train_one_epoch` checks the loss for NaN/inf
+every `check_every` steps and at the end, and raises `NonFiniteLossError` before the caller saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.profiler import record_function
+
+from leafnet.distributed import all_reduce_sum
+
+AMP_DTYPES = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"loss became NaN or infinite in epoch {epoch} by step {step}")
+        self.epoch, self.step = epoch, step
+
+
+@dataclass
+class StepConfig:
+    amp_dtype: torch.dtype | None = None
+    clip_grad_norm: float = 0.0  # 0 = off
+    accumulate: int = 1  # micro-batches per optimizer step
+    memory_format: torch.memory_format = torch.contiguous_format
+    check_every: int = 20  # steps between NaN checks (each one is a host sync)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
+    """Number of samples whose target is among the top-k logits, for each k (k capped at classes)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top.eq(targets[:, None])
+    return [hits[:, : min(k, logits.shape[1])].any(dim=1).sum() for k in ks]
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    top1: float
+    images: int
+    seconds: float
+    data_seconds: float
+    steps: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.data_seconds / max(self.seconds, 1e-9)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: Iterable,
+    device: torch.device,
+    step: StepConfig,
+    epoch: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
+    ema: nn.Module | None = None,
+    max_steps: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> EpochResult:
+    """Trains over `loader` once (or `max_steps` micro-batches) and returns exact global metrics."""
+    model.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n
+    data_seconds, steps = 0.0, 0
+    start = tick = time.perf_counter()
+    batches = iter(loader)
+    while not max_steps or steps < max_steps:
+        with record_function("data"):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        images, targets = batch
+        images = images.to(device, non_blocking=True).contiguous(memory_format=step.memory_format)
+        targets = targets.to(device, non_blocking=True)
+        data_seconds += time.perf_counter() - tick
+        steps += 1
+        boundary = steps % step.accumulate == 0
+        # DDP all-reduces gradients on every backward unless told not to: skip it between boundaries.
+        sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with record_function("forward"), autocast(device, step.amp_dtype):
+                logits = model(images)
+                loss = criterion(logits, targets)
+            with record_function("backward"):
+                scaled = loss / step.accumulate
+                (scaler.scale(scaled) if scaler else scaled).backward()
+        if boundary:
+            with record_function("optimizer"):
+                _optimizer_step(model, optimizer, scaler, step.clip_grad_norm)
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model)
+        with torch.no_grad():
+            n = targets.shape[0]
+            sums += torch.stack(
+                [loss.detach().double() * n, topk_correct(logits, targets, (1,))[0].double(), sums.new_tensor(n)]
+            )
+        if steps % step.check_every == 0 and not torch.isfinite(sums[0]):
+            raise NonFiniteLossError(epoch, steps)
+        if on_step is not None:
+            on_step(steps)
+        tick = time.perf_counter()
+    if steps % step.accumulate and steps:  # a trailing partial accumulation still updates
+        _optimizer_step(model, optimizer, scaler, step.clip_grad_norm)
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+    all_reduce_sum(sums)
+    if not torch.isfinite(sums[0]):
+        raise NonFiniteLossError(epoch, steps)
+    loss_sum, correct, count = sums.tolist()
+    return EpochResult(
+        loss_sum / max(count, 1), correct / max(count, 1), int(count), time.perf_counter() - start, data_seconds, steps
+    )
+
+
+def _optimizer_step(model, optimizer, scaler, clip_grad_norm: float) -> None:
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad_norm > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    count: int
+    confusion: torch.Tensor  # [true, predicted] counts, summed over ranks
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> EvalResult:
+    """Loss, top-1, top-5 and the confusion matrix over this rank's shard, summed over all ranks."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        top1, top5 = topk_correct(logits, targets)
+        sums += torch.stack(
+            [criterion(logits, targets).double(), top1.double(), top5.double(), sums.new_tensor(len(targets))]
+        )
+        confusion += torch.bincount(targets * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
+    all_reduce_sum(sums)
+    all_reduce_sum(confusion)
+    loss, top1, top5, count = sums.tolist()
+    n = max(count, 1)
+    return EvalResult(loss / n, top1 / n, top5 / n, int(count), confusion.view(num_classes, num_classes).cpu())

@@ -1,0 +1,100 @@
+"""Evaluate a checkpoint on any split: top-1, top-5, per-class precision/recall/F1, confusion matrix.
+
+Needs nothing but the checkpoint: model name, class names and the eval preprocessing travel in it.
+Writes `eval.json` (`eval_<split>.json` unless it is the test split) and `confusion_matrix.png`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from leafnet.checkpoint import load_checkpoint
+from leafnet.data.dataset import ManifestDataset
+from leafnet.data.loaders import LoaderConfig, build_loader
+from leafnet.data.transforms import PreprocessSpec, eval_transform
+from leafnet.engine import evaluate
+from leafnet.errors import LeafnetError
+from leafnet.fsutil import atomic_write_bytes
+from leafnet.models import model_from_checkpoint
+from leafnet.tracking import confusion_figure, save_figure
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = "runs/leafnet/checkpoints/best.pt"
+    split: str = "test"
+    data: str | None = None  # default: the data root the checkpoint was trained on
+    output: str | None = None  # default: the run directory of the checkpoint
+    batch_size: int = 128
+    workers: int = 2
+    device: str = "auto"
+
+
+def per_class_metrics(confusion: torch.Tensor, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall and F1 per class from a [true, predicted] count matrix."""
+    confusion = confusion.double()
+    true_positive = confusion.diag()
+    predicted = confusion.sum(dim=0)
+    actual = confusion.sum(dim=1)
+    precision = true_positive / predicted.clamp(min=1)
+    recall = true_positive / actual.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {
+        name: {
+            "precision": round(precision[i].item(), 4),
+            "recall": round(recall[i].item(), 4),
+            "f1": round(f1[i].item(), 4),
+            "support": int(actual[i].item()),
+        }
+        for i, name in enumerate(class_names)
+    }
+
+
+def evaluate_checkpoint(config: EvalConfig, log=print) -> dict:
+    checkpoint = load_checkpoint(config.checkpoint)
+    classes = checkpoint["class_names"]
+    data = config.data or checkpoint["config"]["data"]["root"]
+    dataset = ManifestDataset(data, config.split, eval_transform(PreprocessSpec(**checkpoint["preprocess"])))
+    if dataset.classes != classes:
+        raise LeafnetError(f"{data} has other classes than the checkpoint ({len(dataset.classes)} vs {len(classes)})")
+    if len(dataset) == 0:
+        raise LeafnetError(f"split {config.split!r} of {data} is empty")
+    device = torch.device(
+        "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device.replace("auto", "cpu")
+    )
+    model = model_from_checkpoint(checkpoint).to(device)
+    loader = build_loader(
+        dataset, LoaderConfig(batch_size=config.batch_size, workers=config.workers), train=False, device=device
+    )
+    result = evaluate(model, loader, device, len(classes))
+    per_class = per_class_metrics(result.confusion, classes)
+    macro = {
+        key: round(sum(c[key] for c in per_class.values()) / len(per_class), 4) for key in ("precision", "recall", "f1")
+    }
+    report = {
+        "checkpoint": str(config.checkpoint),
+        "epoch": checkpoint["epoch"],
+        "data": str(data),
+        "split": config.split,
+        "count": result.count,
+        "top1": round(result.top1, 4),
+        "top5": round(result.top5, 4),
+        "loss": round(result.loss, 4),
+        "macro": macro,
+        "per_class": per_class,
+    }
+    out_dir = Path(config.output) if config.output else Path(config.checkpoint).resolve().parent.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "" if config.split == "test" else f"_{config.split}"
+    atomic_write_bytes(out_dir / f"eval{suffix}.json", (json.dumps(report, indent=2) + "\n").encode())
+    figure = confusion_figure(result.confusion, classes, f"{config.split} confusion matrix ({result.count} images)")
+    save_figure(figure, out_dir / f"confusion_matrix{suffix}.png")
+    log(
+        f"{config.split}: top-1 {result.top1:.2%}  top-5 {result.top5:.2%}  macro F1 {macro['f1']:.3f}  "
+        f"({result.count} images) -> {out_dir / f'eval{suffix}.json'}"
+    )
+    return report

@@ -1,0 +1,333 @@
+"""main(cfg): a whole training run, in one process or under torchrun.
+
+Setup (devices, data, model, optimizer, resume) happens here; the step logic is in `engine`.
+Every rank computes; rank 0 alone writes the run directory: `config.yaml`, `metrics.csv`,
+`checkpoints/{last,best}.pt`, `tb/` and, when profiling, `profile/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from leafnet import distributed
+from leafnet.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from leafnet.data.dataset import ManifestDataset
+from leafnet.data.loaders import LoaderConfig, build_loader
+from leafnet.data.transforms import PreprocessSpec, eval_transform, train_transform
+from leafnet.engine import AMP_DTYPES, NonFiniteLossError, StepConfig, evaluate, train_one_epoch
+from leafnet.errors import LeafnetError
+from leafnet.models import create_model
+from leafnet.profiling import StepProfiler
+from leafnet.progress import progress_bar
+from leafnet.tracking import Tracker, confusion_figure, denormalised_grid, save_figure
+from leafnet.train_config import TrainConfig
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier per optimizer step: linear warm-up from ~0, then cosine down to `min_ratio`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    if cfg.amp.dtype not in AMP_DTYPES:
+        raise LeafnetError(f"amp.dtype must be one of {', '.join(AMP_DTYPES)}, got {cfg.amp.dtype!r}")
+    if cfg.optim.name not in ("adamw", "sgd"):
+        raise LeafnetError(f"optim.name must be adamw or sgd, got {cfg.optim.name!r}")
+    if cfg.schedule.epochs < 1 or cfg.optim.accumulate < 1 or cfg.data.batch_size < 1:
+        raise LeafnetError("schedule.epochs, optim.accumulate and data.batch_size must be at least 1")
+    if cfg.train.device not in ("auto", "cpu", "cuda"):
+        raise LeafnetError(f"train.device must be auto, cpu or cuda, got {cfg.train.device!r}")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise LeafnetError("train.device=cuda but no CUDA device is available")
+    if not (Path(cfg.data.root) / "manifest.csv").is_file():
+        raise LeafnetError(
+            f"data.root={cfg.data.root} is not a prepared data directory (no manifest.csv); "
+            "run scripts/prepare_data.py first"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_resume(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    if cfg.train.resume in (None, ""):
+        return None
+    if cfg.train.resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    return Path(cfg.train.resume)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def main(cfg: TrainConfig) -> dict:
+    info = distributed.detect()
+    validate_config(cfg)
+    device = distributed.select_device(cfg.train.device, info)
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // local_procs))
+    distributed.init(info, device, cfg.distributed.backend, cfg.distributed.timeout_s)
+    try:
+        return Trainer(cfg, info, device).fit()
+    finally:
+        distributed.teardown()
+
+
+class Trainer:
+    """Holds the objects of one run; `fit()` loops over epochs."""
+
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) -> None:
+        self.cfg, self.info, self.device = cfg, info, device
+        self.run_dir = Path(cfg.train.output_dir) / cfg.train.name
+        seed_everything(cfg.train.seed)
+        data = cfg.data
+        self.spec = PreprocessSpec.from_prepared(
+            data.root, input_size=data.input_size or None, crop_pct=data.crop_pct, interpolation=data.interpolation
+        )
+        self.train_set = ManifestDataset(data.root, "train", train_transform(self.spec, data.augment))
+        self.val_set = ManifestDataset(data.root, "val", eval_transform(self.spec))
+        if len(self.train_set) == 0 or len(self.val_set) == 0:
+            raise LeafnetError(f"{data.root} has an empty train or val split; prepare it with val_fraction > 0")
+        self.classes = self.train_set.classes
+        loader = LoaderConfig(batch_size=data.batch_size, workers=data.workers, seed=cfg.train.seed)
+        rank, world = info.rank, info.world_size
+        self.train_loader = build_loader(self.train_set, loader, True, rank, world, device)
+        eval_loader = LoaderConfig(batch_size=data.eval_batch_size, workers=data.workers, seed=cfg.train.seed)
+        self.val_loader = build_loader(self.val_set, eval_loader, False, rank, world, device)
+
+        model = create_model(cfg.model, len(self.classes)).to(device)
+        self.memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+        self.ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
+        if info.enabled:
+            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = torch.compile(model) if cfg.model.compile else model
+        self.optimizer = create_optimizer_v2(
+            unwrap(self.model),
+            cfg.optim.name,
+            lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay,
+            momentum=cfg.optim.momentum,
+        )
+        batches = len(self.train_loader)
+        if cfg.train.max_steps_per_epoch:
+            batches = min(batches, cfg.train.max_steps_per_epoch)
+        steps_per_epoch = math.ceil(batches / cfg.optim.accumulate)
+        total = steps_per_epoch * cfg.schedule.epochs
+        warmup = min(total, round(steps_per_epoch * cfg.schedule.warmup_epochs))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(total, max(warmup, 1), cfg.schedule.min_lr_ratio)
+        )
+        self.amp_dtype = AMP_DTYPES[cfg.amp.dtype]
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype is torch.float16 else None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.step_config = StepConfig(
+            self.amp_dtype, cfg.optim.clip_grad_norm, cfg.optim.accumulate, self.memory_format
+        )
+        self.start_epoch, self.best_top1 = 0, -1.0
+        self.resumed_from = resolve_resume(cfg, self.run_dir)
+        if self.resumed_from:
+            self._resume(self.resumed_from)
+
+    def _resume(self, path: Path) -> None:
+        checkpoint = load_checkpoint(path)
+        if checkpoint["model_name"] != self.cfg.model.name or checkpoint["class_names"] != self.classes:
+            raise LeafnetError(
+                f"cannot resume from {path}: it holds {checkpoint['model_name']} for {checkpoint['num_classes']} "
+                f"classes, this run is {self.cfg.model.name} for {len(self.classes)} classes of {self.cfg.data.root}"
+            )
+        unwrap(self.model).load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.scaler and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None and checkpoint.get("ema"):
+            self.ema.module.load_state_dict(checkpoint["ema"])
+        restore_rng_state(checkpoint["rng"])
+        self.start_epoch, self.best_top1 = checkpoint["epoch"] + 1, checkpoint["best_top1"]
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _payload(self, epoch: int, metrics: dict) -> dict:
+        return {
+            "model_name": self.cfg.model.name,
+            "num_classes": len(self.classes),
+            "class_names": self.classes,
+            "preprocess": self.spec.to_dict(),
+            "model": (self.ema.module if self.ema is not None else unwrap(self.model)).state_dict(),
+            "train_model": unwrap(self.model).state_dict() if self.ema is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "epoch": epoch,
+            "best_top1": self.best_top1,
+            "metrics": metrics,
+            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+            "rng": rng_state(),
+        }
+
+    def _log(self, message: str) -> None:
+        if self.info.is_main:
+            print(message, flush=True)
+
+    def _write_run_header(self, tracker: Tracker) -> None:
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.structured(self.cfg), self.run_dir / "config.yaml")
+        if self.cfg.logging.image_grid:
+            samples = [self.train_set[(i, i)][0] for i in range(min(32, len(self.train_set)))]
+            tracker.log_images(
+                "train/augmented_samples", denormalised_grid(torch.stack(samples), self.spec.mean, self.spec.std)
+            )
+
+    def fit(self) -> dict:
+        cfg, main = self.cfg, self.info.is_main
+        tracker = Tracker(self.run_dir if main else None, cfg.logging.tensorboard, append=self.resumed_from is not None)
+        if main:
+            self._write_run_header(tracker)
+        start = "resuming from " + str(self.resumed_from) if self.resumed_from else "training"
+        self._log(
+            f"{start}: {cfg.model.name}, {len(self.classes)} classes, {len(self.train_set)} train / "
+            f"{len(self.val_set)} val images at {self.spec.input_size}px, {self.info.world_size} process(es) "
+            f"on {self.device}, {torch.get_num_threads()} thread(s) each -> {self.run_dir}"
+        )
+        val = None
+        for epoch in range(self.start_epoch, cfg.schedule.epochs):
+            self.train_loader.sampler.set_epoch(epoch)
+            train, profiler = self._train_epoch(epoch)
+            last_epoch = epoch == cfg.schedule.epochs - 1
+            metrics = {
+                "epoch": epoch,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": train.loss,
+                "train_top1": train.top1,
+            }
+            metrics |= {"images_per_s": train.images_per_s, "data_wait_fraction": train.data_wait_fraction}
+            if (epoch + 1) % cfg.train.eval_every == 0 or last_epoch:
+                val = evaluate(
+                    self.eval_model, self.val_loader, self.device, len(self.classes), self.amp_dtype, self.memory_format
+                )
+                metrics |= {"val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5}
+            metrics["epoch_seconds"] = train.seconds
+            improved = "val_top1" in metrics and metrics["val_top1"] > self.best_top1
+            if improved:
+                self.best_top1 = metrics["val_top1"]
+            if main:
+                tracker.log_epoch(metrics)
+                self._save(epoch, metrics, improved)
+                if profiler is not None:
+                    profiler.report(self._log)
+                if epoch % cfg.logging.print_every == 0 or last_epoch:
+                    self._log(_epoch_line(metrics, cfg.schedule.epochs))
+            if epoch == cfg.train.stop_after_epoch and not last_epoch:
+                self._log(
+                    f"stopping after epoch {epoch + 1} as asked (train.stop_after_epoch); resume with train.resume=auto"
+                )
+                break
+        summary = {"run_dir": str(self.run_dir), "best_val_top1": self.best_top1}
+        if val is not None:
+            summary |= {"val_top1": val.top1, "val_top5": val.top5, "val_loss": val.loss}
+            if main and cfg.logging.confusion_matrix:
+                figure = confusion_figure(val.confusion, self.classes, "validation confusion matrix (last epoch)")
+                tracker.log_figure("val/confusion_matrix", figure, cfg.schedule.epochs - 1)
+                save_figure(figure, self.run_dir / "val_confusion_matrix.png")
+        if main:
+            hparams = {
+                "model": cfg.model.name,
+                "lr": cfg.optim.lr,
+                "batch_size": cfg.data.batch_size,
+                "epochs": cfg.schedule.epochs,
+            }
+            hparams |= {"input_size": self.spec.input_size, "amp": cfg.amp.dtype, "world_size": self.info.world_size}
+            tracker.log_hparams(hparams, {"hparam/best_val_top1": self.best_top1})
+            tracker.close()
+        return summary
+
+    def _train_epoch(self, epoch: int):
+        cfg = self.cfg
+        profile = cfg.profile.enabled and epoch == cfg.profile.epoch and self.info.is_main
+        profiler = StepProfiler(self.run_dir / "profile", cfg.profile) if profile else None
+        steps = len(self.train_loader)
+        if cfg.train.max_steps_per_epoch:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        bar = progress_bar(
+            total=steps, desc=f"epoch {epoch}", unit="batch", disable=None if self.info.is_main else True
+        )
+
+        def on_step(step: int) -> None:
+            bar.update()
+            if profiler is not None:
+                profiler.step()
+
+        try:
+            with profiler if profiler is not None else contextlib.nullcontext():
+                result = train_one_epoch(
+                    self.model,
+                    self.criterion,
+                    self.optimizer,
+                    self.scheduler,
+                    self.train_loader,
+                    self.device,
+                    self.step_config,
+                    epoch,
+                    self.scaler,
+                    self.ema,
+                    cfg.train.max_steps_per_epoch,
+                    on_step,
+                )
+        except NonFiniteLossError as error:
+            last = self.run_dir / "checkpoints" / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+            raise LeafnetError(
+                f"{error}; training stopped, {kept}. Lower optim.lr, set optim.clip_grad_norm, or use amp.dtype=none"
+            ) from None
+        finally:
+            bar.close()
+        return result, profiler
+
+    def _save(self, epoch: int, metrics: dict, improved: bool) -> None:
+        checkpoints = self.run_dir / "checkpoints"
+        if not (self.cfg.checkpoint.save_last or (improved and self.cfg.checkpoint.save_best)):
+            return
+        payload = self._payload(epoch, metrics)
+        if self.cfg.checkpoint.save_last:
+            save_checkpoint(checkpoints / "last.pt", payload)
+        if improved and self.cfg.checkpoint.save_best:
+            save_checkpoint(checkpoints / "best.pt", payload)
+
+
+def _epoch_line(metrics: dict, epochs: int) -> str:
+    line = f"epoch {metrics['epoch'] + 1}/{epochs}  loss {metrics['train_loss']:.3f}"
+    line += f"  train top-1 {metrics['train_top1']:.1%}"
+    if "val_top1" in metrics:
+        line += f"  val top-1 {metrics['val_top1']:.1%}  top-5 {metrics['val_top5']:.1%}"
+    return line + (
+        f"  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s  data wait {metrics['data_wait_fraction']:.1%}"
+        f"  {metrics['epoch_seconds']:.1f}s"
+    )

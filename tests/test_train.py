@@ -1,0 +1,230 @@
+"""Training, resume, DDP, AMP, profiling, TensorBoard and evaluation on tiny data (32 px, 4 classes)."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from leafnet.checkpoint import load_checkpoint
+from leafnet.config import load_config
+from leafnet.data.prepare import PrepareConfig, prepare
+from leafnet.data.species import SPECIES
+from leafnet.data.synthetic import SyntheticConfig, render_leaf
+from leafnet.errors import LeafnetError
+from leafnet.evaluation import EvalConfig, evaluate_checkpoint
+from leafnet.train import main as train
+from leafnet.train_config import TrainConfig
+from tests.conftest import REPO
+
+SPECIES_USED = ("Salix_Integra", "Cercis_Integra", "Acer_Integrum_Profundum", "Quercus_Lobata_Incisa")
+
+
+@pytest.fixture(scope="session")
+def tiny_leaves(tmp_path_factory) -> Path:
+    """4 clearly different species x 10 images, prepared at 32 px: 6 train / 2 val / 2 test each."""
+    base = tmp_path_factory.mktemp("tiny_leaves")
+    config = SyntheticConfig(min_blade_px=60, max_blade_px=90)
+    for name in SPECIES_USED:
+        species = next(s for s in SPECIES if s.name == name)
+        (base / "raw" / name).mkdir(parents=True)
+        for k in range(10):
+            render_leaf(species, np.random.default_rng([5, k]), config).save(base / "raw" / name / f"{k}.png")
+    prepare(
+        PrepareConfig(
+            source="imagefolder",
+            input=str(base / "raw"),
+            output=str(base / "data"),
+            size=32,
+            val_fraction=0.2,
+            test_fraction=0.2,
+            workers=1,
+        ),
+        log=lambda _: None,
+    )
+    return base / "data"
+
+
+def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
+    base = [
+        f"data.root={data}",
+        f"train.output_dir={out}",
+        "train.name=run",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "data.workers=0",
+        "schedule.epochs=2",
+        "schedule.warmup_epochs=0.5",
+        "train.threads=1",
+    ]
+    return load_config(TrainConfig, [*base, *overrides])
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_overfits_a_handful_of_batches(tiny_leaves, tmp_path):
+    no_aug = [
+        "data.augment.rotation_deg=0",
+        "data.augment.scale=[1.0,1.0]",
+        "data.augment.ratio=[1.0,1.0]",
+        "data.augment.hflip=0",
+    ]
+    cfg = tiny_config(
+        tiny_leaves,
+        tmp_path,
+        *no_aug,
+        "schedule.epochs=15",
+        "optim.lr=0.003",
+        "optim.label_smoothing=0",
+        "optim.weight_decay=0",
+    )
+    train(cfg)
+    report = evaluate_checkpoint(
+        EvalConfig(checkpoint=str(tmp_path / "run/checkpoints/last.pt"), split="train", workers=0), log=lambda _: None
+    )
+    assert report["top1"] == 1.0
+
+
+@pytest.mark.slow
+def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(tiny_leaves, tmp_path):
+    common = ("schedule.epochs=3", "data.workers=2")  # persistent workers must not break exactness
+    train(tiny_config(tiny_leaves, tmp_path / "a", *common))
+    train(tiny_config(tiny_leaves, tmp_path / "b", *common, "train.stop_after_epoch=1"))  # "killed" after epoch 1
+    assert len(metrics(tmp_path / "b/run")) == 2
+    train(tiny_config(tiny_leaves, tmp_path / "b", *common, "train.resume=auto"))
+    a, b = metrics(tmp_path / "a/run"), metrics(tmp_path / "b/run")
+    assert [r["epoch"] for r in b] == ["0", "1", "2"]
+    for column in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
+        assert [r[column] for r in a] == [r[column] for r in b], column
+    last_a = load_checkpoint(tmp_path / "a/run/checkpoints/last.pt")["model"]
+    last_b = load_checkpoint(tmp_path / "b/run/checkpoints/last.pt")["model"]
+    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ddp_on_two_gloo_processes_reports_exact_validation_metrics(tiny_leaves, tmp_path):
+    args = [f"data.root={tiny_leaves}", f"train.output_dir={tmp_path}", "train.name=ddp", "data.batch_size=4"]
+    args += [
+        "data.eval_batch_size=3",
+        "data.workers=0",
+        "schedule.epochs=2",
+        "train.threads=1",
+        "logging.tensorboard=false",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "scripts/train.py"),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    logged = metrics(tmp_path / "ddp")[-1]
+    # The same checkpoint evaluated by one process: 8 val images split 4/4 across ranks in DDP.
+    single = evaluate_checkpoint(
+        EvalConfig(
+            checkpoint=str(tmp_path / "ddp/checkpoints/last.pt"),
+            split="val",
+            workers=0,
+            output=str(tmp_path / "single"),
+        ),
+        log=lambda _: None,
+    )
+    assert float(logged["val_top1"]) == pytest.approx(single["top1"], abs=1e-6)
+    assert float(logged["val_loss"]) == pytest.approx(single["loss"], abs=1e-4)
+    assert single["count"] == 8
+
+
+@pytest.mark.slow
+def test_bfloat16_autocast_profiler_and_tensorboard_tags(tiny_leaves, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    profile = ["profile.enabled=true", "profile.wait=1", "profile.warmup=1", "profile.active=1"]
+    summary = train(tiny_config(tiny_leaves, tmp_path, "amp.dtype=bfloat16", *profile))
+    assert np.isfinite(summary["val_loss"])
+    run_dir = tmp_path / "run"
+    traces = list((run_dir / "profile").glob("*.pt.trace.json"))
+    assert traces
+    events = {e.get("name") for e in json.loads(traces[0].read_text())["traceEvents"]}
+    assert {"forward", "backward", "optimizer"} <= events
+    events_file = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = events_file.Tags()
+    expected = {
+        "train/loss",
+        "train/top1",
+        "val/loss",
+        "val/top1",
+        "val/top5",
+        "lr",
+        "perf/images_per_s",
+        "perf/data_wait_fraction",
+    }
+    assert expected <= set(tags["scalars"])
+    assert {"train/augmented_samples", "val/confusion_matrix"} <= set(tags["images"])
+    assert [s.step for s in events_file.Scalars("val/top1")] == [0, 1]
+    saved = (run_dir / "config.yaml").read_text()
+    assert "dtype: bfloat16" in saved and f"root: {tiny_leaves}" in saved
+
+
+@pytest.mark.slow
+def test_evaluate_needs_only_the_checkpoint(tiny_leaves, tmp_path):
+    train(tiny_config(tiny_leaves, tmp_path / "train"))
+    lonely = tmp_path / "elsewhere" / "model.pt"
+    lonely.parent.mkdir()
+    shutil.copy(tmp_path / "train/run/checkpoints/best.pt", lonely)
+    shutil.rmtree(tmp_path / "train")  # no config, no run directory: only the file
+    report = evaluate_checkpoint(
+        EvalConfig(checkpoint=str(lonely), workers=0, data=str(tiny_leaves)), log=lambda _: None
+    )
+    assert report["count"] == 8 and set(report["per_class"]) == set(SPECIES_USED)
+    assert (lonely.parent.parent / "eval.json").is_file() and (lonely.parent.parent / "confusion_matrix.png").is_file()
+    checkpoint = load_checkpoint(lonely)
+    assert checkpoint["preprocess"]["input_size"] == 32 and checkpoint["class_names"] == sorted(SPECIES_USED)
+    assert set(checkpoint["versions"]) == {"leafnet", "torch", "timm"}
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_leaves, tmp_path):
+    cfg = tiny_config(
+        tiny_leaves, tmp_path, "optim.name=sgd", "optim.lr=1e30", "optim.clip_grad_norm=0", "schedule.warmup_epochs=0"
+    )
+    with pytest.raises(LeafnetError, match="NaN or infinite"):
+        train(cfg)
+
+
+@pytest.mark.integration
+def test_train_cli_errors_are_one_line(tmp_path):
+    for args, needle in (
+        (["data.root=/no/such/data"], "error: data.root=/no/such/data is not a prepared data directory"),
+        (["optim.lr=fast"], "error: bad value for 'optim.lr'"),
+        (["optim.lrate=1"], "error: unknown config key 'optim.lrate'"),
+        (["model.name=resnet19", f"data.root={tmp_path}"], "error: data.root="),
+        (["amp.dtype=fp8"], "error: amp.dtype must be one of"),
+    ):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "scripts/train.py"), *args], capture_output=True, text=True, cwd=REPO
+        )
+        assert result.returncode == 2 and result.stderr.startswith(needle), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_model_name_suggests_close_ones():
+    from leafnet.models import ModelConfig, create_model
+
+    with pytest.raises(LeafnetError, match="unknown model 'resnet19'; did you mean"):
+        create_model(ModelConfig(name="resnet19"), 4)
