@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA := data/processed/synthetic
 
-.PHONY: setup demo test lint format prepare baseline bench-data lock clean species-doc
+.PHONY: setup demo test lint format prepare baseline bench-data bench-train lock clean species-doc
 
 setup: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml requirements.lock
 prepare: setup
 	$(PY) scripts/prepare_data.py source=synthetic output=$(DATA)
 
+# The main job on the embedded default data: prepare, train (config/train.yaml), evaluate on test.
 demo: prepare
+	$(PY) scripts/train.py data.root=$(DATA) train.name=leafnet
+	$(PY) scripts/evaluate.py checkpoint=runs/leafnet/checkpoints/best.pt split=test
+
+baseline: prepare
 	$(PY) scripts/baseline_linear.py data=$(DATA)
 
 lint: setup
@@ -40,6 +45,9 @@ test: lint
 
 bench-data: prepare
 	$(PY) scripts/benchmark_data.py data=$(DATA)
+
+bench-train: prepare
+	$(PY) scripts/benchmark_train.py
 
 # Regenerate the lock from what is installed (run after changing dependencies in pyproject.toml).
 lock: setup

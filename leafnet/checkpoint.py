@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,31 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Loads (weights_only: safe on files from elsewhere) and validates a leafnet checkpoint."""
+def _load_failure(error: Exception) -> str:
+    """One readable line out of torch.load's multi-paragraph errors."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return f"it holds a Python object ({unsupported.group(1)}) that a safe (weights_only) load refuses"
+    if "Weights only load failed" in text:
+        return "not a torch checkpoint, or a damaged one"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """torch.load with weights_only=True (safe on files from elsewhere), failing with one line."""
     path = Path(path)
     if not path.is_file():
-        raise LeafnetError(f"checkpoint not found: {path}")
+        raise LeafnetError(f"{what} not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LeafnetError(f"cannot read checkpoint {path}: {reason}") from None
+        raise LeafnetError(f"cannot read {what} {path}: {_load_failure(error)}") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Loads and validates a leafnet checkpoint."""
+    checkpoint = safe_torch_load(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise LeafnetError(f"{path} is not a leafnet checkpoint")
     if checkpoint.get("format_version") != FORMAT_VERSION:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +72,7 @@ def train_one_epoch(
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader: Iterable,
+    loader: Sized,
     device: torch.device,
     step: StepConfig,
     epoch: int = 0,
@@ -86,18 +86,16 @@ def train_one_epoch(
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n
     data_seconds, steps = 0.0, 0
     start = tick = time.perf_counter()
+    total = min(len(loader), max_steps) if max_steps else len(loader)
     batches = iter(loader)
-    while not max_steps or steps < max_steps:
+    while steps < total:
         with record_function("data"):
-            batch = next(batches, None)
-        if batch is None:
-            break
-        images, targets = batch
+            images, targets = next(batches)
         images = images.to(device, non_blocking=True).contiguous(memory_format=step.memory_format)
         targets = targets.to(device, non_blocking=True)
         data_seconds += time.perf_counter() - tick
         steps += 1
-        boundary = steps % step.accumulate == 0
+        boundary = steps % step.accumulate == 0 or steps == total  # the last micro-batch always steps
         # DDP all-reduces gradients on every backward unless told not to: skip it between boundaries.
         sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
@@ -123,11 +121,6 @@ def train_one_epoch(
         if on_step is not None:
             on_step(steps)
         tick = time.perf_counter()
-    if steps % step.accumulate and steps:  # a trailing partial accumulation still updates
-        _optimizer_step(model, optimizer, scaler, step.clip_grad_norm)
-        scheduler.step()
-        if ema is not None:
-            ema.update(model)
     all_reduce_sum(sums)
     if not torch.isfinite(sums[0]):
         raise NonFiniteLossError(epoch, steps)
@@ -162,7 +155,7 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: Iterable,
+    loader: Sized,
     device: torch.device,
     num_classes: int,
     amp_dtype: torch.dtype | None = None,

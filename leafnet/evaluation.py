@@ -6,7 +6,6 @@ Writes `eval.json` (`eval_<split>.json` unless it is the test split) and `confus
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from leafnet.data.loaders import LoaderConfig, build_loader
 from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.engine import evaluate
 from leafnet.errors import LeafnetError
-from leafnet.fsutil import atomic_write_bytes
+from leafnet.fsutil import write_json
 from leafnet.models import model_from_checkpoint
 from leafnet.tracking import confusion_figure, save_figure
 
@@ -90,7 +89,7 @@ def evaluate_checkpoint(config: EvalConfig, log=print) -> dict:
     out_dir = Path(config.output) if config.output else Path(config.checkpoint).resolve().parent.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if config.split == "test" else f"_{config.split}"
-    atomic_write_bytes(out_dir / f"eval{suffix}.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_json(out_dir / f"eval{suffix}.json", report)
     figure = confusion_figure(result.confusion, classes, f"{config.split} confusion matrix ({result.count} images)")
     save_figure(figure, out_dir / f"confusion_matrix{suffix}.png")
     log(

@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from leafnet.checkpoint import safe_torch_load
 from leafnet.errors import LeafnetError
 
 
@@ -35,13 +36,7 @@ def load_local_weights(model: nn.Module, path: str | Path) -> list[str]:
     their fresh initialisation; the names of those are returned. Any other missing or unexpected key
     is an error: it means the file is for another architecture.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LeafnetError(f"model weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise LeafnetError(f"cannot read model weights {path}: {error}") from None
+    state = safe_torch_load(path, "model weights file")
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -217,7 +218,7 @@ class Trainer:
             f"{len(self.val_set)} val images at {self.spec.input_size}px, {self.info.world_size} process(es) "
             f"on {self.device}, {torch.get_num_threads()} thread(s) each -> {self.run_dir}"
         )
-        val = None
+        val, started = None, time.perf_counter()
         for epoch in range(self.start_epoch, cfg.schedule.epochs):
             self.train_loader.sampler.set_epoch(epoch)
             train, profiler = self._train_epoch(epoch)
@@ -251,6 +252,10 @@ class Trainer:
                 )
                 break
         summary = {"run_dir": str(self.run_dir), "best_val_top1": self.best_top1}
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        self._log(
+            f"done in {summary['seconds']:.0f}s: best val top-1 {self.best_top1:.2%}, checkpoints in {self.run_dir}"
+        )
         if val is not None:
             summary |= {"val_top1": val.top1, "val_top5": val.top5, "val_loss": val.loss}
             if main and cfg.logging.confusion_matrix:

@@ -21,3 +21,4 @@ def test_atomic_write_bytes_leaves_no_temp_file(tmp_path):
     atomic_write_bytes(tmp_path / "f.bin", b"abc")
     assert (tmp_path / "f.bin").read_bytes() == b"abc"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+    assert (tmp_path / "f.bin").stat().st_mode & 0o044 == 0o044  # readable by others, as with open()

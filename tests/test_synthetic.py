@@ -71,6 +71,20 @@ def test_second_run_with_same_config_is_skipped(tmp_path):
     assert (root / "images" / "1.png").stat().st_mtime_ns == mtime
 
 
+def test_editing_a_species_regenerates_the_set(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import leafnet.data.synthetic as synthetic
+
+    root = generate_leaf_set(tmp_path / "raw", SMALL)
+    before = _digest(root)
+    edited = (replace(SPECIES[0], half_width=0.45), *SPECIES[1:])
+    monkeypatch.setattr(synthetic, "SPECIES", edited)
+    generate_leaf_set(root, SMALL)
+    changed = [name for name, digest in _digest(root).items() if before[name] != digest]
+    assert "generator.json" in changed and len(changed) > 1
+
+
 def test_species_doc_matches_the_table():
     assert (REPO / "docs" / "species.md").read_text() == species_table_markdown()
 

@@ -228,3 +228,36 @@ def test_unknown_model_name_suggests_close_ones():
 
     with pytest.raises(LeafnetError, match="unknown model 'resnet19'; did you mean"):
         create_model(ModelConfig(name="resnet19"), 4)
+
+
+@pytest.mark.slow
+def test_train_benchmark_measures_variants_side_by_side(tiny_leaves, tmp_path):
+    from leafnet.bench.train import TrainBenchConfig, run_train_benchmark
+
+    base = [f"data.root={tiny_leaves}", f"train.output_dir={tmp_path}", "data.batch_size=8", "train.threads=1"]
+    config = TrainBenchConfig(
+        base=base, variants={"w0": ["data.workers=0"], "w1": ["data.workers=1"]}, steps=3, warmup=1
+    )
+    result = run_train_benchmark(config, log=lambda _: None)["variants"]
+    assert set(result) == {"w0", "w1"} and result["w0"]["speedup_vs_first"] == 1.0
+    for r in result.values():
+        assert r["images_per_s"] > 0 and r["compute_images_per_s"] > 0 and 0 <= r["data_wait_fraction"] < 1
+
+
+def test_bad_checkpoints_fail_with_one_line(tmp_path):
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    torch.save({"format": "leafnet-checkpoint", "format_version": 99}, tmp_path / "future.pt")
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"format": "leafnet-checkpoint", "x": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    for name, message in (
+        ("missing.pt", "checkpoint not found"),
+        ("text.pt", "not a torch checkpoint"),
+        ("foreign.pt", "is not a leafnet checkpoint"),
+        ("future.pt", "has checkpoint format 99"),
+        ("truncated.pt", "cannot read checkpoint"),
+    ):
+        with pytest.raises(LeafnetError, match=message) as error:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(error.value)

@@ -1,24 +1,25 @@
 """Does data loading keep up with training? Three rates measured in one run, as images/s:
 
 - loader alone, per worker count (decode + augment + collate, nothing else);
-- compute alone: forward + backward + optimizer step on tensors already in memory;
-- fed training: the same steps pulling batches from the real loader, with the fraction of time
-  spent waiting for data. Fed ÷ compute is the share of the pure compute rate that training keeps.
+- compute alone and fed training: the real training step on a batch in memory and on batches from
+  the real loader (`leafnet.bench.train.measure`), with the fraction of time spent waiting for data.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import timm
 import torch
-from torch import nn
 
+from leafnet.bench.train import measure
+from leafnet.config import load_config
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, build_loader
 from leafnet.data.transforms import PreprocessSpec, train_transform
 from leafnet.progress import progress_bar
+from leafnet.train_config import TrainConfig
 
 
 @dataclass
@@ -33,6 +34,7 @@ class LoaderBenchConfig:
     warmup: int = 3
     threads: int = 0  # torch intra-op threads; 0 = all cores
     channels_last: bool = True
+    train_config: str = "config/train.yaml"  # optimizer and schedule for the training step
     output: str = "runs/benchmarks/loader.json"
 
 
@@ -49,47 +51,6 @@ def loader_rate(loader, batches: int, warmup: int) -> float:
     for _ in progress_bar(range(batches), desc="loader", unit="batch"):
         images += next(batches_iter)[0].shape[0]
     return images / (time.perf_counter() - start)
-
-
-class _Trainer:
-    """One SGD step of `model` on a batch; kept minimal so the benchmark measures the model, not us."""
-
-    def __init__(self, model: nn.Module, channels_last: bool) -> None:
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(memory_format=self.memory_format).train()
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        self.loss = nn.CrossEntropyLoss()
-
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        images = images.contiguous(memory_format=self.memory_format)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss(self.model(images), labels).backward()
-        self.optimizer.step()
-
-
-def compute_rate(trainer: _Trainer, batch: tuple[torch.Tensor, torch.Tensor], steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        trainer.step(*batch)
-    start = time.perf_counter()
-    for _ in progress_bar(range(steps), desc="compute", unit="step"):
-        trainer.step(*batch)
-    return steps * batch[0].shape[0] / (time.perf_counter() - start)
-
-
-def fed_rate(trainer: _Trainer, loader, steps: int, warmup: int) -> tuple[float, float]:
-    """(images/s, fraction of wall time spent waiting for the loader)."""
-    batches = _cycle(loader)
-    for _ in range(warmup):
-        trainer.step(*next(batches))
-    waiting, images, start = 0.0, 0, time.perf_counter()
-    for _ in progress_bar(range(steps), desc="fed", unit="step"):
-        t0 = time.perf_counter()
-        images_batch, labels = next(batches)
-        waiting += time.perf_counter() - t0
-        trainer.step(images_batch, labels)
-        images += images_batch.shape[0]
-    elapsed = time.perf_counter() - start
-    return images / elapsed, waiting / elapsed
 
 
 def run_loader_benchmark(config: LoaderBenchConfig, log=print) -> dict:
@@ -111,22 +72,23 @@ def run_loader_benchmark(config: LoaderBenchConfig, log=print) -> dict:
         result["loader_images_per_s"][str(workers)] = round(rate, 1)
         log(f"loader alone, {workers} worker(s): {rate:8.1f} img/s")
 
-    model = timm.create_model(config.model, num_classes=len(dataset.classes))
-    trainer = _Trainer(model, config.channels_last)
-    batch = next(iter(loader(0)))
-    compute = compute_rate(trainer, batch, config.batches, config.warmup)
-    result["compute_images_per_s"] = round(compute, 1)
+    cfg = load_config(TrainConfig, files=[config.train_config] if Path(config.train_config).is_file() else [])
+    cfg.data.root, cfg.data.input_size, cfg.data.batch_size = config.data, config.input_size, config.batch_size
+    cfg.data.workers, cfg.model.name, cfg.model.channels_last = config.fed_workers, config.model, config.channels_last
+    cfg.train.threads, cfg.logging.tensorboard = config.threads, False
+    rates = measure(cfg, config.batches, config.warmup)
+    compute, fed = rates["compute_images_per_s"], rates["images_per_s"]
+    result["compute_images_per_s"] = compute
     log(f"compute alone ({config.model}, {config.input_size}px, batch {config.batch_size}): {compute:8.1f} img/s")
-
-    fed, wait = fed_rate(trainer, loader(config.fed_workers), config.batches, config.warmup)
     result["fed"] = {
         "workers": config.fed_workers,
-        "images_per_s": round(fed, 1),
-        "data_wait_fraction": round(wait, 3),
-        "fraction_of_compute_rate": round(fed / compute, 3),
+        "images_per_s": fed,
+        "data_wait_fraction": rates["data_wait_fraction"],
+        "fraction_of_compute_rate": rates["fraction_of_compute"],
     }
     log(
-        f"fed training, {config.fed_workers} worker(s): {fed:8.1f} img/s = {fed / compute:.0%} of compute alone, "
-        f"{wait:.1%} of the time waiting for data"
+        f"fed training, {config.fed_workers} worker(s): {fed:8.1f} img/s = "
+        f"{rates['fraction_of_compute']:.0%} of compute alone, "
+        f"{rates['data_wait_fraction']:.1%} of the time waiting for data"
     )
     return result

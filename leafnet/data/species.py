@@ -79,7 +79,7 @@ _SIMPLE_VARIANTS = (
     ("Integra", {}),
     ("Angustifolia", {"half_width": 0.72}),  # sister of Integra: slenderer blade
     ("Longipes", {"petiole": 0.38}),  # sister of Integra: long petiole
-    ("Serrulata", {"margin": "serrate", "teeth_per_side": 22, "tooth_depth": 0.022}),
+    ("Serrulata", {"margin": "serrate", "teeth_per_side": 16, "tooth_depth": 0.032}),
     ("Serrata", {"margin": "serrate", "teeth_per_side": 11, "tooth_depth": 0.045}),  # coarse sister
     ("Dentata", {"margin": "dentate", "teeth_per_side": 12, "tooth_depth": 0.05}),
     ("Acuminata", {"margin": "dentate", "teeth_per_side": 12, "tooth_depth": 0.05, "apex_exponent": 1.9}),

@@ -10,6 +10,7 @@ canvas of its own size, so the species differ in shape while the pictures differ
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from dataclasses import dataclass, replace
@@ -188,7 +189,10 @@ def _sample_plan(config: SyntheticConfig) -> list[tuple[int, int, int]]:
 
 
 def _generator_params(config: SyntheticConfig) -> dict:
-    return {"generator_version": GENERATOR_VERSION, **config.__dict__}
+    """What the images depend on: the settings, the renderer version and the species table itself,
+    so that editing a species regenerates the set instead of keeping stale images."""
+    species = hashlib.sha256(repr(SPECIES).encode()).hexdigest()
+    return {"generator_version": GENERATOR_VERSION, "species_sha256": species, **config.__dict__}
 
 
 def generate_leaf_set(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig(), progress=None) -> Path:

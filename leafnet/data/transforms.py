@@ -42,7 +42,7 @@ class PreprocessSpec:
 
 @dataclass
 class AugmentConfig:
-    rotation_deg: float = 30.0  # silhouettes come at any angle; timm's factory has no plain rotation
+    rotation_deg: float = 20.0  # silhouettes come at any angle; timm's factory has no plain rotation
     scale: tuple[float, float] = (0.7, 1.0)  # RandomResizedCrop area range
     ratio: tuple[float, float] = (0.9, 1.1)  # near 1: the aspect ratio of a leaf is a species trait
     hflip: float = 0.5

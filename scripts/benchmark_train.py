@@ -1,0 +1,21 @@
+"""Training throughput of config variants side by side:
+`python scripts/benchmark_train.py 'variants={default:[],contiguous:[model.channels_last=false]}' steps=20`.
+
+Each variant runs the real training step on the real loader and on a batch in memory (pure compute).
+"""
+
+from leafnet.bench.train import TrainBenchConfig, run_train_benchmark
+from leafnet.cli import run
+from leafnet.config import load_config
+from leafnet.fsutil import write_json
+
+
+def main(argv: list[str]) -> None:
+    config = load_config(TrainBenchConfig, argv)
+    result = run_train_benchmark(config)
+    write_json(config.output, result)
+    print(f"wrote {config.output}")
+
+
+if __name__ == "__main__":
+    run(main, TrainBenchConfig(), __doc__)
