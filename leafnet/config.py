@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
 
@@ -64,6 +65,9 @@ def load_config(schema: type[T], argv: list[str] | None = None, files: list[str 
         return OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
         raise LeafnetError(_describe(error)) from None
+    except yaml.YAMLError as error:  # a malformed override value or config file
+        where = " ".join(str(error).split())
+        raise LeafnetError(f"cannot parse configuration: {where}") from None
 
 
 def to_yaml(config: Any) -> str:

@@ -1,5 +1,5 @@
 """Training throughput of config variants side by side:
-`python scripts/benchmark_train.py 'variants={default:[],contiguous:[model.channels_last=false]}' steps=20`.
+`python scripts/benchmark_train.py 'variants={base: [], r18: [model.name=resnet18]}' steps=20`.
 
 Each variant runs the real training step on the real loader and on a batch in memory (pure compute).
 """

@@ -36,6 +36,7 @@ def test_defaults_file_then_overrides_win_in_that_order(tmp_path):
         (["lr=fast"], "bad value for 'lr'"),
         (["--config", "/no/such.yaml"], "config file not found: /no/such.yaml"),
         (["verbose"], "unexpected argument 'verbose'"),
+        (["name={a:[b=c]}"], "cannot parse configuration"),
     ],
 )
 def test_bad_arguments_name_the_key(argv, message):

@@ -33,7 +33,9 @@ DEFAULT_VARIANTS = {
 class TrainBenchConfig:
     config: str = "config/train.yaml"
     base: list[str] = field(default_factory=list)  # overrides applied to every variant
-    variants: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_VARIANTS))
+    # name -> overrides; empty = DEFAULT_VARIANTS (a dict given on the command line replaces them,
+    # where a non-empty default would be merged into by OmegaConf)
+    variants: dict[str, list[str]] = field(default_factory=dict)
     steps: int = 20  # measured steps per variant and mode
     warmup: int = 5
     output: str = "runs/benchmarks/train.json"
@@ -90,7 +92,7 @@ def measure(cfg: TrainConfig, steps: int, warmup: int) -> dict:
 def run_train_benchmark(config: TrainBenchConfig, log=print) -> dict:
     files = [config.config] if Path(config.config).is_file() else []
     results: dict[str, dict] = {}
-    for name, overrides in config.variants.items():
+    for name, overrides in (config.variants or DEFAULT_VARIANTS).items():
         cfg = load_config(TrainConfig, [*config.base, *overrides], files=files)
         cfg.logging.tensorboard = False
         log(f"measuring {name} ({' '.join(overrides) or 'as configured'}) ...")
