@@ -161,13 +161,16 @@ class Trainer:
                 f"cannot resume from {path}: it holds {checkpoint['model_name']} for {checkpoint['num_classes']} "
                 f"classes, this run is {self.cfg.model.name} for {len(self.classes)} classes of {self.cfg.data.root}"
             )
-        unwrap(self.model).load_state_dict(checkpoint["model"])
+        if (self.ema is not None) != (checkpoint["train_model"] is not None):
+            raise LeafnetError(f"cannot resume from {path}: ema.enabled differs from the run that wrote it")
+        # "model" holds the weights to deploy: the EMA ones when EMA is on, kept apart from the raw ones.
+        unwrap(self.model).load_state_dict(checkpoint["train_model"] or checkpoint["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
-        if self.ema is not None and checkpoint.get("ema"):
-            self.ema.module.load_state_dict(checkpoint["ema"])
         restore_rng_state(checkpoint["rng"])
         self.start_epoch, self.best_top1 = checkpoint["epoch"] + 1, checkpoint["best_top1"]
 
@@ -183,7 +186,6 @@ class Trainer:
             "preprocess": self.spec.to_dict(),
             "model": (self.ema.module if self.ema is not None else unwrap(self.model)).state_dict(),
             "train_model": unwrap(self.model).state_dict() if self.ema is not None else None,
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,

@@ -261,3 +261,32 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path):
         with pytest.raises(LeafnetError, match=message) as error:
             load_checkpoint(tmp_path / name)
         assert "\n" not in str(error.value)
+
+
+def test_local_weights_load_with_a_new_head_and_reject_other_architectures(tmp_path):
+    import timm
+
+    from leafnet.models import ModelConfig, create_model
+
+    source = timm.create_model("resnet10t", num_classes=10)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "r10.pt")
+    model = create_model(ModelConfig(name="resnet10t", weights=str(tmp_path / "r10.pt")), num_classes=4)
+    assert torch.equal(model.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
+    assert model.fc.out_features == 4
+    with pytest.raises(LeafnetError, match="does not fit this architecture"):
+        create_model(ModelConfig(name="resnet18", weights=str(tmp_path / "r10.pt")), num_classes=4)
+    with pytest.raises(LeafnetError, match="model weights file not found"):
+        create_model(ModelConfig(name="resnet18", weights=str(tmp_path / "none.pt")), num_classes=4)
+
+
+@pytest.mark.slow
+def test_ema_weights_are_saved_for_deployment_and_resume_restores_both(tiny_leaves, tmp_path):
+    ema = ("ema.enabled=true", "ema.decay=0.9", "model.name=resnet10t", "schedule.epochs=3")
+    train(tiny_config(tiny_leaves, tmp_path / "a", *ema))
+    train(tiny_config(tiny_leaves, tmp_path / "b", *ema, "train.stop_after_epoch=1"))
+    train(tiny_config(tiny_leaves, tmp_path / "b", *ema, "train.resume=auto"))
+    a = load_checkpoint(tmp_path / "a/run/checkpoints/last.pt")
+    b = load_checkpoint(tmp_path / "b/run/checkpoints/last.pt")
+    assert any(not torch.equal(a["model"][k], a["train_model"][k]) for k in a["model"])  # EMA != raw
+    for key in ("model", "train_model"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
