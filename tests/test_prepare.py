@@ -182,6 +182,7 @@ def test_failed_run_leaves_the_previous_output_untouched(tmp_path, corrupted_kag
         ({"source": "imagefolder", "input": None}, "source=imagefolder needs input="),
         ({"source": "flickr"}, "unknown source 'flickr'"),
         ({"resize": "crop"}, "unknown resize 'crop'"),
+        ({"size": 100_000}, "size must be between 16 and 4096"),
     ],
 )
 def test_bad_options_fail_with_a_clear_message(tmp_path, overrides, message):

@@ -35,6 +35,7 @@ from leafnet.progress import progress_bar
 SOURCES = ("synthetic", "kaggle", "imagefolder")
 RESIZE_MODES = ("pad", "shorter", "stretch")
 MAX_REJECTIONS_SHOWN = 20
+MAX_SIZE = 4096  # output side; a typo like size=100000 would otherwise allocate 30 GB per image
 
 
 @dataclass
@@ -61,8 +62,8 @@ class PrepareConfig:
             raise LeafnetError(f"source={self.source} needs input=<path to the raw data>")
         if self.resize not in RESIZE_MODES:
             raise LeafnetError(f"unknown resize {self.resize!r}; choose one of {', '.join(RESIZE_MODES)}")
-        if self.size < 16:
-            raise LeafnetError(f"size must be at least 16, got {self.size}")
+        if not 16 <= self.size <= MAX_SIZE:
+            raise LeafnetError(f"size must be between 16 and {MAX_SIZE}, got {self.size}")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise LeafnetError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         if self.small_classes not in ("fail", "drop"):
