@@ -51,7 +51,8 @@ bench-train: prepare
 
 # Regenerate the lock from what is installed (run after changing dependencies in pyproject.toml).
 lock: setup
-	$(PY) -m pip freeze --exclude-editable | sort > requirements.lock
+	$(PY) -m pip freeze --exclude-editable | sort > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 clean:
 	rm -rf data/processed runs exports .pytest_cache

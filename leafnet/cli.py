@@ -21,6 +21,10 @@ def run(main: Callable[[list[str]], int | None], defaults: object, summary: str)
     except LeafnetError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # a path the user named: not writable, too long, a busy mount point
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

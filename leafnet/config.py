@@ -65,6 +65,8 @@ def load_config(schema: type[T], argv: list[str] | None = None, files: list[str 
         return OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
         raise LeafnetError(_describe(error)) from None
+    except (TypeError, UnicodeDecodeError) as error:  # e.g. a YAML file holding a list, or not UTF-8
+        raise LeafnetError(f"cannot load configuration: {error}") from None
     except yaml.YAMLError as error:  # a malformed override value or config file
         where = " ".join(str(error).split())
         raise LeafnetError(f"cannot parse configuration: {where}") from None

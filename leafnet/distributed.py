@@ -72,6 +72,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copies rank `src`'s buffers (BatchNorm running statistics) to every rank. Each rank updates
+    its own statistics from its own batches, so without this the ranks evaluate different models."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -176,7 +176,8 @@ class Trainer:
 
     @property
     def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+        # Unwrapped: a DDP forward is a collective, which would hang if a rank's shard were empty.
+        return self.ema.module if self.ema is not None else unwrap(self.model)
 
     def _payload(self, epoch: int, metrics: dict) -> dict:
         return {
@@ -233,6 +234,7 @@ class Trainer:
             }
             metrics |= {"images_per_s": train.images_per_s, "data_wait_fraction": train.data_wait_fraction}
             if (epoch + 1) % cfg.train.eval_every == 0 or last_epoch:
+                distributed.broadcast_buffers(self.eval_model)  # every rank evaluates rank 0's model
                 val = evaluate(
                     self.eval_model, self.val_loader, self.device, len(self.classes), self.amp_dtype, self.memory_format
                 )

@@ -69,3 +69,24 @@ def test_dataset_errors_name_the_problem(tmp_path, prepared_synthetic):
         ManifestDataset(tmp_path, "train")
     with pytest.raises(LeafnetError, match="unknown split 'validation'"):
         ManifestDataset(prepared_synthetic, "validation")
+
+
+def test_seeded_samples_ignore_numpy_global_state_even_with_randaugment(prepared_synthetic):
+    import numpy as np
+
+    from leafnet.data.transforms import AugmentConfig
+
+    spec = PreprocessSpec.from_prepared(prepared_synthetic)
+    dataset = ManifestDataset(
+        prepared_synthetic, "train", train_transform(spec, AugmentConfig(auto_augment="rand-m9-mstd0.5"))
+    )
+    outputs = []
+    for state in (1, 2, 3):
+        np.random.seed(state)
+        outputs.append(dataset[(0, 1234)][0])
+    assert all(torch.equal(outputs[0], other) for other in outputs[1:])
+    np.random.seed(7)
+    before = np.random.random()
+    np.random.seed(7)
+    dataset[(0, 99)]
+    assert np.random.random() == before  # the caller's numpy stream is restored

@@ -2,6 +2,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,74 @@ def test_cli_prints_one_line_and_exits_non_zero_on_bad_input(tmp_path):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "val_fraction: 0.15" in help_text.stdout
+
+
+def _imagefolder(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def test_output_never_replaces_the_input_or_a_folder_prepare_did_not_write(tmp_path):
+    src = _imagefolder(
+        tmp_path / "src", {f"{c}/{i}.png": _noise_png(i + 10 * k) for k, c in enumerate("ab") for i in range(4)}
+    )
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "thesis.tex").write_text("years of work")
+    for output, message in (
+        (src, "must not be the input"),
+        (src / "out", "inside it"),
+        (tmp_path / "thesis", "no prepare.json"),
+    ):
+        config = PrepareConfig(source="imagefolder", input=str(src), output=str(output), size=16, workers=1)
+        with pytest.raises(LeafnetError, match=message):
+            prepare(config, **QUIET)
+    assert (tmp_path / "thesis" / "thesis.tex").read_text() == "years of work"
+    assert len(list(src.rglob("*.png"))) == 8
+    with pytest.raises(LeafnetError, match="not written by the generator"):
+        prepare(PrepareConfig(source="synthetic", input=str(tmp_path / "thesis"), output=str(tmp_path / "o")), **QUIET)
+
+
+def test_colliding_names_unusual_entries_and_bad_names_are_all_accounted_for(tmp_path):
+    files = {f"a/{n}": _noise_png(i) for i, n in enumerate(["x.jpg", "x.png", "a_x_jpg.png", "p.png", "q.png"])}
+    files |= {f"b/{i}.png": _noise_png(50 + i) for i in range(5)}
+    src = _imagefolder(tmp_path / "src", files)
+    (src / "b" / "link").symlink_to(tmp_path / "missing")
+    os.mkfifo(src / "b" / "pipe")
+    (tmp_path / "elsewhere").mkdir()
+    (src / "b" / "folderlink").symlink_to(tmp_path / "elsewhere")
+    (src / "b" / "caf\udce9.png").write_bytes(_noise_png(99))
+    out = tmp_path / "out"
+    prepare(PrepareConfig(source="imagefolder", input=str(src), output=str(out), size=16, workers=1), **QUIET)
+    manifest = _rows(out / "manifest.csv")
+    assert len({row["path"] for row in manifest}) == len(manifest) == 10  # no image overwrote another
+    for row in manifest:
+        assert hashlib.sha256((out / row["path"]).read_bytes()).hexdigest() == row["sha256"]
+    reasons = {row["file"]: row["reason"] for row in _rows(out / "rejected.csv")}
+    assert reasons["b/link"] == "dangling symlink" and reasons["b/pipe"] == "not a regular file"
+    assert reasons["b/folderlink/"] == "symlinked folder (not followed)"
+    assert reasons["b/caf\\udce9.png"] == "file name is not valid UTF-8"
+    assert (out.stat().st_mode & 0o055) == 0o055  # as readable as a folder made with mkdir
+
+
+def test_unreadable_label_files_and_negative_numbers_are_clear_errors(tmp_path):
+    root = tmp_path / "k"
+    (root / "images").mkdir(parents=True)
+    (root / "train.csv").write_bytes("id,species\n5,\xe9rable\n".encode("latin-1"))
+    with pytest.raises(LeafnetError, match=r"cannot read .*train\.csv"):
+        prepare(PrepareConfig(source="kaggle", input=str(root), output=str(tmp_path / "o")), **QUIET)
+    with pytest.raises(LeafnetError, match="must not be negative"):
+        prepare(PrepareConfig(seed=-1, output=str(tmp_path / "o")), **QUIET)
+
+
+@pytest.mark.integration
+def test_cli_reports_os_errors_in_one_line(tmp_path):
+    script = str(REPO / "scripts" / "prepare_data.py")
+    result = subprocess.run(
+        [sys.executable, script, "source=imagefolder", f"input={tmp_path}", "output=/proc/leafnet-nope/out"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -35,8 +36,14 @@ class ManifestDataset(Dataset):
         self.root = Path(root)
         self.classes = read_classes(self.root)
         index = {name: i for i, name in enumerate(self.classes)}
-        with open(self.root / "manifest.csv", newline="", encoding="utf-8") as f:
+        manifest = self.root / "manifest.csv"
+        if not manifest.is_file():
+            raise LeafnetError(f"{manifest} not found: is {root} a prepared data directory?")
+        with open(manifest, newline="", encoding="utf-8") as f:
             rows = [row for row in csv.DictReader(f) if row["split"] == split]
+        unknown = sorted({row["label"] for row in rows} - set(index))
+        if unknown:
+            raise LeafnetError(f"{manifest} has labels missing from classes.json, e.g. {unknown[0]!r}; re-run prepare")
         self.samples = [(self.root / row["path"], index[row["label"]]) for row in rows]
         self.split = split
         self.transform = transform
@@ -64,13 +71,15 @@ class ManifestDataset(Dataset):
 
 @contextmanager
 def seeded_rng(seed: int) -> Iterator[None]:
-    """Seeds torch's CPU generator and Python's `random` (timm's crops use it) for one block,
-    then restores both, so the caller's random streams are untouched."""
-    state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(state)
+    """Seeds torch's CPU generator, Python's `random` (timm's crops) and numpy's global generator
+    (timm's RandAugment) for one block, then restores all three; CUDA generators are not touched."""
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])

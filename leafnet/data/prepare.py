@@ -66,6 +66,8 @@ class PrepareConfig:
             raise LeafnetError(f"size must be between 16 and {MAX_SIZE}, got {self.size}")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise LeafnetError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        if self.seed < 0 or self.workers < 0:
+            raise LeafnetError("seed and workers must not be negative")
         if self.small_classes not in ("fail", "drop"):
             raise LeafnetError(f"small_classes must be fail or drop, got {self.small_classes!r}")
         if len(self.background) != 3 or not all(0 <= v <= 255 for v in self.background):
@@ -155,14 +157,30 @@ def _unusable_label(label: str) -> bool:
 
 
 def _output_names(sources: list[str], labels: list[str]) -> list[str]:
-    """File name per image: the source stem, or the whole source path when stems collide in a class."""
+    """File name per image: the source stem, plus a hash of the source path where stems collide
+    within a class (x.jpg and x.png). A collision that remains is an error, never an overwrite."""
     stems = [Path(s).stem for s in sources]
-    counts = Counter(zip(labels, stems))
+    counts = Counter(zip(labels, stems, strict=True))
     names = []
-    for source, label, stem in zip(sources, labels, stems):
-        unique = counts[(label, stem)] == 1
-        names.append(f"{stem}.png" if unique else source.replace("/", "_").replace(".", "_") + ".png")
+    for source, label, stem in zip(sources, labels, stems, strict=True):
+        tag = "" if counts[(label, stem)] == 1 else "_" + hashlib.sha256(source.encode()).hexdigest()[:10]
+        names.append(f"{stem}{tag}.png")
+    clashes = [k for k, n in Counter(zip(labels, names, strict=True)).items() if n > 1]
+    if clashes:
+        raise LeafnetError(f"two images of class {clashes[0][0]!r} would both be written as {clashes[0][1]}")
     return names
+
+
+def _check_output_location(root: Path, out: Path) -> None:
+    """Refuses outputs that would replace the input or a folder prepare did not write."""
+    root_abs, out_abs = root.resolve(), out.resolve()
+    if out_abs == root_abs or root_abs in out_abs.parents or out_abs in root_abs.parents:
+        raise LeafnetError(f"output={out} must not be the input directory {root}, inside it, or around it")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "prepare.json").is_file())):
+        raise LeafnetError(
+            f"output={out} exists and is not a prepared data directory (no prepare.json); "
+            "choose a new output or remove it yourself"
+        )
 
 
 @dataclass
@@ -274,6 +292,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     """Runs the whole stage and returns the stats written to stats.json."""
     config.validate()
     root, out = config.input_dir(), Path(config.output)
+    _check_output_location(root, out)
     if config.source == "synthetic":
         log(f"synthetic leaves: {len(SPECIES)} species x {config.synthetic.per_species} images -> {root}")
         generate_leaf_set(root, config.synthetic, progress=lambda items: progress_bar(items, desc="generate", unit="img"))

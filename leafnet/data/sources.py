@@ -8,6 +8,7 @@ prepare can account for every file in `rejected.csv`.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +30,48 @@ def _require_dir(path: Path, what: str) -> None:
         raise LeafnetError(f"{what} is not a directory: {path}")
 
 
-def _visible_files(root: Path) -> tuple[list[Path], list[Path]]:
-    """All regular files below root, split into visible ones and hidden ones (dot-names anywhere)."""
-    visible, hidden = [], []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = path.relative_to(root).parts
-        (hidden if any(part.startswith(".") for part in relative) else visible).append(path)
-    return visible, hidden
+def _scan(root: Path) -> tuple[list[Path], list[Candidate]]:
+    """Every entry below root: regular files to use, and a rejected candidate for everything else
+    (hidden, symlinked folder, dangling link, device or FIFO, unreadable folder, non-UTF-8 name)."""
+    usable: list[Path] = []
+    rejected: list[Candidate] = []
+
+    def reject(path: Path, reason: str, folder: bool = False) -> None:
+        rel = _rel(root, path) + ("/" if folder else "")
+        rejected.append(Candidate(rel.encode("utf-8", "backslashreplace").decode(), None, None, reason))
+
+    def unreadable(error: OSError) -> None:
+        reject(Path(error.filename), f"unreadable folder: {error.strerror}", folder=True)
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable):
+        folder_path = Path(folder)
+        for name in list(subfolders):
+            path = folder_path / name
+            if name.startswith(".") or path.is_symlink():
+                subfolders.remove(name)
+                reject(path, "hidden folder" if name.startswith(".") else "symlinked folder (not followed)", True)
+        subfolders.sort()
+        for name in sorted(files):
+            path = folder_path / name
+            if not _utf8(_rel(root, path)):
+                reject(path, "file name is not valid UTF-8")
+            elif name.startswith("."):
+                reject(path, "hidden file")
+            elif path.is_symlink() and not path.exists():
+                reject(path, "dangling symlink")
+            elif not path.is_file():
+                reject(path, "not a regular file")
+            else:
+                usable.append(path)
+    return sorted(usable), rejected
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes arrive as surrogates
+        return False
+    return True
 
 
 def kaggle_candidates(root: Path) -> list[Candidate]:
@@ -45,21 +81,25 @@ def kaggle_candidates(root: Path) -> list[Candidate]:
     _require_dir(images_dir, "images directory of the kaggle source")
     if not labels_csv.is_file():
         raise LeafnetError(f"labels file not found: {labels_csv} (the kaggle source needs train.csv with id,species)")
-    with open(labels_csv, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = {"id", "species"} - set(reader.fieldnames or [])
-        if missing:
-            raise LeafnetError(f"{labels_csv} lacks column(s) {sorted(missing)}; expected a header with id,species")
-        rows = [(row["id"].strip(), (row["species"] or "").strip()) for row in reader]
+    try:
+        with open(labels_csv, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = {"id", "species"} - set(reader.fieldnames or [])
+            if missing:
+                raise LeafnetError(f"{labels_csv} lacks column(s) {sorted(missing)}; expected a header with id,species")
+            rows = [((row["id"] or "").strip(), (row["species"] or "").strip()) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise LeafnetError(f"cannot read {labels_csv}: {error} (expected UTF-8 CSV with id,species)") from None
+    rows = [(image_id, species) for image_id, species in rows if image_id]
     if not rows:
         raise LeafnetError(f"{labels_csv} has no rows")
 
-    files, hidden = _visible_files(images_dir)
+    files, unusable = _scan(images_dir)
     by_id: dict[str, list[Path]] = {}
     for path in files:
         by_id.setdefault(path.stem, []).append(path)
     labels: dict[str, str] = {}
-    candidates = [Candidate(_rel(root, p), p, None, "hidden file") for p in hidden]
+    candidates = [Candidate(f"images/{c.source}", None, None, c.reason) for c in unusable]
     conflicting = set()
     for image_id, species in rows:
         if image_id in labels and labels[image_id] != species:
@@ -89,15 +129,15 @@ def kaggle_candidates(root: Path) -> list[Candidate]:
 def imagefolder_candidates(root: Path) -> list[Candidate]:
     """One subfolder per class (e.g. Stanford Dogs' Images/n02085620-Chihuahua/*.jpg), nested files allowed."""
     _require_dir(root, "input directory")
-    files, hidden = _visible_files(root)
-    candidates = [Candidate(_rel(root, p), p, None, "hidden file") for p in hidden]
+    files, candidates = _scan(root)
     for path in files:
         parts = path.relative_to(root).parts
         if len(parts) == 1:
             candidates.append(Candidate(_rel(root, path), path, None, "not in a class folder"))
         else:
             candidates.append(Candidate(_rel(root, path), path, parts[0]))
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    real_folders = (p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    for folder in sorted(real_folders):
         if not any(c.label == folder.name for c in candidates):
             candidates.append(Candidate(f"{folder.name}/", None, folder.name, "empty class folder"))
     return sorted(candidates, key=lambda c: c.source)

@@ -203,6 +203,11 @@ def generate_leaf_set(out_dir: str | Path, config: SyntheticConfig = SyntheticCo
     marker = out_dir / "generator.json"
     if marker.is_file() and json.loads(marker.read_text()) == params and (out_dir / "train.csv").is_file():
         return out_dir
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not marker.is_file())):
+        raise LeafnetError(
+            f"{out_dir} exists and was not written by the generator (no generator.json); "
+            "give the synthetic source an empty or new input= directory"
+        )
     plan = _sample_plan(config)
     with atomic_directory(out_dir) as staging:
         (staging / "images").mkdir()
