@@ -15,6 +15,7 @@ from leafnet.checkpoint import load_checkpoint
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, build_loader
 from leafnet.data.transforms import PreprocessSpec, eval_transform
+from leafnet.distributed import DistInfo, select_device
 from leafnet.engine import evaluate
 from leafnet.errors import LeafnetError
 from leafnet.fsutil import write_json
@@ -62,9 +63,7 @@ def evaluate_checkpoint(config: EvalConfig, log=print) -> dict:
         raise LeafnetError(f"{data} has other classes than the checkpoint ({len(dataset.classes)} vs {len(classes)})")
     if len(dataset) == 0:
         raise LeafnetError(f"split {config.split!r} of {data} is empty")
-    device = torch.device(
-        "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device.replace("auto", "cpu")
-    )
+    device = select_device(config.device, DistInfo())
     model = model_from_checkpoint(checkpoint).to(device)
     loader = build_loader(
         dataset, LoaderConfig(batch_size=config.batch_size, workers=config.workers), train=False, device=device

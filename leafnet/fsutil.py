@@ -11,6 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def is_replaceable(target: Path, marker: str) -> bool:
+    """Whether `atomic_directory` may replace `target`: it is absent, empty, or holds `marker`,
+    the file its own writer leaves, so a folder someone else owns is never swapped away."""
+    if not target.exists():
+        return True
+    return target.is_dir() and (not any(target.iterdir()) or (target / marker).is_file())
+
+
 @contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yields an empty staging directory that replaces `target` only if the block succeeds.

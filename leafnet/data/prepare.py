@@ -29,7 +29,7 @@ from leafnet.data.species import SPECIES
 from leafnet.data.split import SPLITS, min_class_size, stratified_split
 from leafnet.data.synthetic import SyntheticConfig, generate_leaf_set
 from leafnet.errors import LeafnetError
-from leafnet.fsutil import atomic_directory
+from leafnet.fsutil import atomic_directory, is_replaceable
 from leafnet.progress import progress_bar
 
 SOURCES = ("synthetic", "kaggle", "imagefolder")
@@ -176,7 +176,7 @@ def _check_output_location(root: Path, out: Path) -> None:
     root_abs, out_abs = root.resolve(), out.resolve()
     if out_abs == root_abs or root_abs in out_abs.parents or out_abs in root_abs.parents:
         raise LeafnetError(f"output={out} must not be the input directory {root}, inside it, or around it")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "prepare.json").is_file())):
+    if not is_replaceable(out, "prepare.json"):
         raise LeafnetError(
             f"output={out} exists and is not a prepared data directory (no prepare.json); "
             "choose a new output or remove it yourself"

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from leafnet.data.species import SPECIES, LeafSpecies
 from leafnet.errors import LeafnetError
-from leafnet.fsutil import atomic_directory
+from leafnet.fsutil import atomic_directory, is_replaceable
 
 GENERATOR_VERSION = 1
 _POINTS_PER_SIDE = 400
@@ -203,7 +203,7 @@ def generate_leaf_set(out_dir: str | Path, config: SyntheticConfig = SyntheticCo
     marker = out_dir / "generator.json"
     if marker.is_file() and json.loads(marker.read_text()) == params and (out_dir / "train.csv").is_file():
         return out_dir
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not marker.is_file())):
+    if not is_replaceable(out_dir, marker.name):
         raise LeafnetError(
             f"{out_dir} exists and was not written by the generator (no generator.json); "
             "give the synthetic source an empty or new input= directory"
