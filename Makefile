@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA := data/processed/synthetic
 
-.PHONY: setup demo test lint format prepare baseline bench-data bench-train lock clean species-doc
+.PHONY: setup demo test lint format prepare baseline bench-data bench-train export bench-onnx lock clean species-doc
 
 setup: $(STAMP)
 
@@ -23,10 +23,19 @@ $(STAMP): pyproject.toml requirements.lock
 prepare: setup
 	$(PY) scripts/prepare_data.py source=synthetic output=$(DATA)
 
-# The main job on the embedded default data: prepare, train (config/train.yaml), evaluate on test.
+# The main job on the embedded default data: prepare, train (config/train.yaml), evaluate on test,
+# export every variant with parity gates (config/export.yaml) and benchmark them.
 demo: prepare
 	$(PY) scripts/train.py data.root=$(DATA) train.name=leafnet
 	$(PY) scripts/evaluate.py checkpoint=runs/leafnet/checkpoints/best.pt split=test
+	$(PY) scripts/export.py checkpoint=runs/leafnet/checkpoints/best.pt
+	$(PY) scripts/benchmark_onnx.py exports/leafnet
+
+export: setup
+	$(PY) scripts/export.py checkpoint=runs/leafnet/checkpoints/best.pt
+
+bench-onnx: setup
+	$(PY) scripts/benchmark_onnx.py exports/leafnet
 
 baseline: prepare
 	$(PY) scripts/baseline_linear.py data=$(DATA)
@@ -56,6 +65,7 @@ lock: setup
 
 clean:
 	rm -rf data/processed runs exports .pytest_cache
+	rm -f model_store/*.mar
 
 species-doc: setup
 	$(PY) -c "import sys; from leafnet.data.species import species_table_markdown as t; sys.stdout.write(t())" > docs/species.md

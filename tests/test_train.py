@@ -13,57 +13,10 @@ import pytest
 import torch
 
 from leafnet.checkpoint import load_checkpoint
-from leafnet.config import load_config
-from leafnet.data.prepare import PrepareConfig, prepare
-from leafnet.data.species import SPECIES
-from leafnet.data.synthetic import SyntheticConfig, render_leaf
 from leafnet.errors import LeafnetError
 from leafnet.evaluation import EvalConfig, evaluate_checkpoint
 from leafnet.train import main as train
-from leafnet.train_config import TrainConfig
-from tests.conftest import REPO
-
-SPECIES_USED = ("Salix_Integra", "Cercis_Integra", "Acer_Integrum_Profundum", "Quercus_Lobata_Incisa")
-
-
-@pytest.fixture(scope="session")
-def tiny_leaves(tmp_path_factory) -> Path:
-    """4 clearly different species x 10 images, prepared at 32 px: 6 train / 2 val / 2 test each."""
-    base = tmp_path_factory.mktemp("tiny_leaves")
-    config = SyntheticConfig(min_blade_px=60, max_blade_px=90)
-    for name in SPECIES_USED:
-        species = next(s for s in SPECIES if s.name == name)
-        (base / "raw" / name).mkdir(parents=True)
-        for k in range(10):
-            render_leaf(species, np.random.default_rng([5, k]), config).save(base / "raw" / name / f"{k}.png")
-    prepare(
-        PrepareConfig(
-            source="imagefolder",
-            input=str(base / "raw"),
-            output=str(base / "data"),
-            size=32,
-            val_fraction=0.2,
-            test_fraction=0.2,
-            workers=1,
-        ),
-        log=lambda _: None,
-    )
-    return base / "data"
-
-
-def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
-    base = [
-        f"data.root={data}",
-        f"train.output_dir={out}",
-        "train.name=run",
-        "data.batch_size=8",
-        "data.eval_batch_size=8",
-        "data.workers=0",
-        "schedule.epochs=2",
-        "schedule.warmup_epochs=0.5",
-        "train.threads=1",
-    ]
-    return load_config(TrainConfig, [*base, *overrides])
+from tests.conftest import REPO, SPECIES_USED, tiny_config
 
 
 def metrics(run_dir: Path) -> list[dict]:

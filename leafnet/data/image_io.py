@@ -2,7 +2,8 @@
 
 Every image that enters leafnet (prepare, evaluation, serving tests) goes through `decode_image`,
 so all of them agree on EXIF orientation, alpha compositing, 16-bit and palette handling, and on
-what counts as a decompression bomb.
+what counts as a decompression bomb. The TorchServe handler runs this very file: export packs it into
+every .mar, which is why it imports nothing but PIL and numpy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ DEFAULT_MIN_SIDE = 16
 
 
 class RejectedImage(Exception):
-    """An input that cannot become a training image; the message is the reason for rejected.csv."""
+    """An input that cannot become a training image; the message is the reason for rejected.csv.
+
+    `kind` sorts reasons for counting and HTTP status: empty, not_image, corrupt, too_large, too_small,
+    unsupported.
+    """
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason, kind)  # both in args, so the exception survives pickling between processes
+        self.reason, self.kind = reason, kind
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -27,7 +39,7 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image
         grey = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
     elif image.mode == "F":
-        raise RejectedImage("unsupported mode F (floating-point pixels have no standard range)")
+        raise RejectedImage("unsupported mode F (floating-point pixels have no standard range)", "unsupported")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -48,30 +60,30 @@ def decode_image(
     Raises RejectedImage with a short reason for empty, non-image, truncated, oversized or tiny input.
     """
     if not data:
-        raise RejectedImage("empty file")
+        raise RejectedImage("empty file", "empty")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise RejectedImage(f"too large: {width}x{height} exceeds max_pixels={max_pixels}")
+                raise RejectedImage(f"too large: {width}x{height} exceeds max_pixels={max_pixels}", "too_large")
             image.seek(0)  # first frame of GIF/TIFF/WebP animations
             image.load()
         except RejectedImage:
             raise
         except UnidentifiedImageError:
-            raise RejectedImage("not an image (no known image format)") from None
+            raise RejectedImage("not an image (no known image format)", "not_image") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise RejectedImage(f"too large: {error}") from None
+            raise RejectedImage(f"too large: {error}", "too_large") from None
         except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise RejectedImage(f"corrupt or truncated image: {error}") from None
+            raise RejectedImage(f"corrupt or truncated image: {error}", "corrupt") from None
     try:
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError):
         pass  # a broken EXIF block only loses the orientation hint, not the picture
     if min(image.size) < min_side:
-        raise RejectedImage(f"too small: {image.size[0]}x{image.size[1]} is under min_side={min_side}")
+        raise RejectedImage(f"too small: {image.size[0]}x{image.size[1]} is under min_side={min_side}", "too_small")
     return _to_rgb(image, background)
 
 

@@ -1,0 +1,43 @@
+"""Options of the export stage (config/export.yaml holds the project's defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GateConfig:
+    fp32_max_abs_logit: float = 1e-3  # largest |logit - eager logit| an fp32 variant may show
+    max_top1_drop: float = 1.0  # test top-1 points a quantized variant may lose against eager
+
+
+@dataclass
+class Int8Config:
+    # QUInt8 activations / QInt8 weights: measured ~3x faster than fp32 on AVX-512 VNNI, where
+    # QInt8 activations were barely faster than fp32 (see docs/export.md).
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    per_channel: bool = True
+    calibration_images: int = 256  # from the train split, eval-transformed like served images
+    calibration_method: str = "MinMax"
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = "runs/leafnet/checkpoints/best.pt"
+    output: str | None = None  # default: exports/<run name>
+    data: str | None = None  # default: the data root the checkpoint was trained on
+    model_store: str = "model_store"
+    archive_name: str = "leafnet"  # <name>.mar holds the first served variant, <name>-<variant>.mar the others
+    version: str | None = None  # model version in the archives; default: first 12 hex digits of the checkpoint's sha256
+    served: list[str] = field(default_factory=lambda: ["torchscript", "onnx-int8"])
+    handler: str | None = None  # default: handlers/leafnet_handler.py of this repository
+    model_config: str | None = None  # default: config/torchserve/model-config.yaml of this repository
+    parity_images: int = 64  # fixed val images compared logit by logit with eager
+    trace_batch: int = 2  # TorchScript is traced at this batch size and checked at another
+    opset: int = 18
+    batch_size: int = 64  # for the accuracy pass over the test split
+    workers: int = 2
+    threads: int = 0  # intra-op threads for torch and onnxruntime; 0 = all cores
+    gates: GateConfig = field(default_factory=GateConfig)
+    int8: Int8Config = field(default_factory=Int8Config)

@@ -1,0 +1,313 @@
+"""The export stage: checkpoint -> every variant, verified against eager, then archived for TorchServe.
+
+Everything is written to staging first: the export directory appears only when all variants pass
+their gates, and the .mar archives replace those in the model store only after that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from leafnet.checkpoint import load_checkpoint, versions
+from leafnet.data import image_io
+from leafnet.data.dataset import ManifestDataset
+from leafnet.data.transforms import PreprocessSpec, eval_transform
+from leafnet.errors import LeafnetError
+from leafnet.export.archive import build_archive
+from leafnet.export.config import ExportConfig
+from leafnet.export.onnx_export import export_onnx
+from leafnet.export.parity import TopK, compare_logits, gate_failures
+from leafnet.export.quantize import preprocess_for_quantization, quantize_onnx_dynamic, quantize_onnx_static
+from leafnet.export.runtime import load_predictor, torch_predictor
+from leafnet.export.torchscript import export_dynamic_quantized_torchscript, export_torchscript
+from leafnet.fsutil import atomic_directory, is_replaceable, sha256_file, write_json
+from leafnet.models import model_from_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+MARKER = "export.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    file: str
+    quantized: bool
+
+
+VARIANTS = (
+    Variant("torchscript", "model.ts.pt", quantized=False),
+    Variant("torchscript-dynq", "model.dynq.ts.pt", quantized=True),
+    Variant("onnx", "model.onnx", quantized=False),
+    Variant("onnx-dynq", "model.dynq.onnx", quantized=True),
+    Variant("onnx-int8", "model.int8.onnx", quantized=True),
+)
+VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def _spread(dataset: ManifestDataset, count: int) -> Subset:
+    """`count` images spread evenly over the split (manifests are sorted by class), always the same ones."""
+    count = min(count, len(dataset))
+    return Subset(dataset, np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist())
+
+
+def _batches(dataset, batch_size: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    for images, targets in loader:
+        yield images.numpy(), targets.numpy()
+
+
+def _resolve(path: str | None, default: Path, what: str) -> Path:
+    resolved = Path(path) if path else default
+    if not resolved.is_file():
+        raise LeafnetError(f"{what} not found: {resolved}")
+    return resolved
+
+
+def _validate(config: ExportConfig) -> None:
+    """Option checks that need no file: fail before any work."""
+    unknown = [name for name in config.served if name not in VARIANT_BY_NAME]
+    if unknown:
+        raise LeafnetError(f"unknown served variant {unknown[0]!r}; choose from {', '.join(VARIANT_BY_NAME)}")
+    if not config.served:
+        raise LeafnetError("served is empty: name at least one variant to pack as a .mar")
+    for key in ("parity_images", "trace_batch", "batch_size"):
+        if getattr(config, key) < 1:
+            raise LeafnetError(f"{key} must be at least 1, got {getattr(config, key)}")
+    if config.trace_batch < 2:
+        raise LeafnetError("trace_batch must be at least 2, so no batch size of 1 is baked into the trace")
+    if config.int8.calibration_images < 1:
+        raise LeafnetError("int8.calibration_images must be at least 1")
+    if config.workers < 0 or config.threads < 0:
+        raise LeafnetError("workers and threads must not be negative")
+    if config.gates.fp32_max_abs_logit < 0 or config.gates.max_top1_drop < 0:
+        raise LeafnetError("gates must not be negative")
+
+
+def _preprocess_json(checkpoint: dict, data_root: Path) -> dict:
+    """The checkpoint's eval spec, plus prepare's resize of raw images (`fit`) when the data says it."""
+    spec = dict(checkpoint["preprocess"])
+    stats_path = data_root / "stats.json"
+    if stats_path.is_file():
+        stats = json.loads(stats_path.read_text())
+        if "image_size" in stats and "resize" in stats:
+            spec["fit"] = {"size": stats["image_size"], "mode": stats["resize"]}
+    return spec
+
+
+@dataclass
+class _Inputs:
+    """What the stage reads before writing anything: checked up front, so bad input costs no work."""
+
+    checkpoint: dict
+    run_name: str
+    data_root: Path
+    spec: PreprocessSpec
+    classes: list[str]
+    splits: dict[str, ManifestDataset]
+    handler: Path
+    model_config: Path
+    output: Path
+
+
+def _read_inputs(config: ExportConfig) -> _Inputs:
+    _validate(config)
+    checkpoint = load_checkpoint(config.checkpoint)
+    try:
+        run_name = checkpoint["config"]["train"]["name"]
+        data_root = Path(config.data or checkpoint["config"]["data"]["root"])
+        spec = PreprocessSpec(**checkpoint["preprocess"])
+        classes = checkpoint["class_names"]
+    except (KeyError, TypeError) as error:
+        raise LeafnetError(f"{config.checkpoint} lacks {error} that export needs; re-train with this leafnet") from None
+    handler = _resolve(config.handler, REPO / "handlers" / "leafnet_handler.py", "handler")
+    model_config = _resolve(config.model_config, REPO / "config" / "torchserve" / "model-config.yaml", "model config")
+    output = Path(config.output or Path("exports") / run_name)
+    if not is_replaceable(output, MARKER):
+        raise LeafnetError(f"{output} exists and is not a leafnet export (no {MARKER}); choose another output=")
+    transform = eval_transform(spec)
+    splits = {split: ManifestDataset(data_root, split, transform) for split in ("train", "val", "test")}
+    for split, dataset in splits.items():
+        if dataset.classes != classes:
+            raise LeafnetError(f"{data_root} has other classes than the checkpoint; pass data= the run's data")
+        if len(dataset) == 0:
+            raise LeafnetError(f"split {split!r} of {data_root} is empty; export needs train, val and test images")
+    return _Inputs(checkpoint, run_name, data_root, spec, classes, splits, handler, model_config, output)
+
+
+class _Timer:
+    """Times each step and prints one progress line per step."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, action: Callable[[], object], note: str = "") -> None:
+        t0 = time.perf_counter()
+        action()
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        self.log(f"  {name:<22} {self.seconds[name]:6.1f}s{note}")
+
+
+def _write_variants(model, example: torch.Tensor, stage: Path, scratch: Path, calibration, config, timer) -> None:
+    prepared = scratch / "model.prepared.onnx"
+    timer("torchscript", lambda: export_torchscript(model, example, stage / "model.ts.pt"))
+    timer("torchscript-dynq", lambda: export_dynamic_quantized_torchscript(model, example, stage / "model.dynq.ts.pt"))
+    timer("onnx", lambda: export_onnx(model, example, stage / "model.onnx", config.opset))
+    timer("onnx-prepare", lambda: preprocess_for_quantization(stage / "model.onnx", prepared))
+    timer("onnx-dynq", lambda: quantize_onnx_dynamic(prepared, stage / "model.dynq.onnx"))
+    batches = (images for images, _ in _batches(calibration, 16, config.workers))
+    timer("onnx-int8", lambda: quantize_onnx_static(prepared, stage / "model.int8.onnx", batches, config.int8))
+
+
+def _measure(eager, stage: Path, parity_images: np.ndarray, test, config: ExportConfig, timer):
+    """Logit agreement on the parity images and test top-1/top-5, for eager and every variant."""
+    predictors = {v.name: load_predictor(stage / v.file, config.threads) for v in VARIANTS}
+    reference = eager(parity_images)
+    agreements = {name: compare_logits(reference, predict(parity_images)) for name, predict in predictors.items()}
+    meters = {name: TopK() for name in ["eager", *predictors]}
+
+    def run_test_split() -> None:
+        for images, targets in _batches(test, config.batch_size, config.workers):
+            meters["eager"].update(eager(images), targets)
+            for name, predict in predictors.items():
+                meters[name].update(predict(images), targets)
+
+    timer("test accuracy", run_test_split, f"  ({len(test)} images, every variant)")
+    return agreements, {name: meter.result() for name, meter in meters.items()}
+
+
+def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) -> dict:
+    """Writes every variant and export.json to `output`, and the served variants' .mar to the model store."""
+    started = time.perf_counter()
+    inputs = _read_inputs(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model = model_from_checkpoint(inputs.checkpoint).float()
+    eager = torch_predictor(model)
+    parity_images, _ = next(_batches(_spread(inputs.splits["val"], config.parity_images), config.parity_images, 0))
+    example = torch.from_numpy(np.resize(parity_images, (config.trace_batch, *parity_images.shape[1:])))
+    checkpoint_sha = sha256_file(config.checkpoint)
+    version = config.version or checkpoint_sha[:12]
+    log(
+        f"export: {inputs.checkpoint['model_name']} ({len(inputs.classes)} classes, {inputs.spec.input_size} px) "
+        f"from {config.checkpoint} -> {inputs.output}"
+    )
+    timer = _Timer(log)
+    model_store = Path(config.model_store)
+    model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=model_store) as archive_stage:
+        with atomic_directory(inputs.output) as stage, tempfile.TemporaryDirectory(prefix="leafnet-export-") as tmp:
+            scratch = Path(tmp)
+            calibration = _spread(inputs.splits["train"], config.int8.calibration_images)
+            _write_variants(model, example, stage, scratch, calibration, config, timer)
+            agreements, accuracy = _measure(eager, stage, parity_images, inputs.splits["test"], config, timer)
+            report = _report(config, inputs, stage, checkpoint_sha, version, len(parity_images), agreements, accuracy)
+            for v in VARIANTS:
+                report["variants"][v.name]["export_seconds"] = timer.seconds.get(v.name)
+            _log_table(report, log)
+            failures = [
+                failure
+                for v in VARIANTS
+                for failure in gate_failures(
+                    v.name,
+                    v.quantized,
+                    agreements[v.name],
+                    accuracy[v.name]["top1"],
+                    accuracy["eager"]["top1"],
+                    config.gates,
+                )
+            ]
+            if failures:
+                raise LeafnetError("parity gate failed, nothing written: " + "; ".join(failures))
+            extras = _write_extras(scratch, inputs)
+            report["archives"] = _pack_archives(config, inputs, stage, extras, version, Path(archive_stage), timer)
+            report["seconds"] = round(time.perf_counter() - started, 1)
+            write_json(stage / MARKER, report)
+        # The export directory is now in place; the archives follow it into the store.
+        for name in report["archives"]:
+            os.replace(Path(archive_stage) / name, model_store / name)
+    archives = ", ".join(report["archives"])
+    log(f"export: done in {report['seconds']:.0f}s -> {inputs.output}; {archives} in {model_store}")
+    return report
+
+
+def _report(config, inputs, stage, checkpoint_sha, version, parity_count, agreements, accuracy) -> dict:
+    def scores(name: str) -> dict:
+        return {"test_top1": round(accuracy[name]["top1"], 4), "test_top5": round(accuracy[name]["top5"], 4)}
+
+    return {
+        "checkpoint": str(config.checkpoint),
+        "checkpoint_sha256": checkpoint_sha,
+        "version": version,
+        "model": inputs.checkpoint["model_name"],
+        "num_classes": len(inputs.classes),
+        "data": str(inputs.data_root),
+        "preprocess": inputs.spec.to_dict(),
+        "parity_images": parity_count,
+        "test_images": len(inputs.splits["test"]),
+        "gates": asdict(config.gates),
+        "int8": asdict(config.int8),
+        "eager": scores("eager"),
+        "variants": {
+            v.name: {
+                "file": v.file,
+                "quantized": v.quantized,
+                "bytes": (stage / v.file).stat().st_size,
+                "sha256": sha256_file(stage / v.file),
+                "max_abs_logit_diff": agreements[v.name].max_abs_logit,
+                "top1_agreement": round(agreements[v.name].top1_agreement, 4),
+                **scores(v.name),
+            }
+            for v in VARIANTS
+        },
+        "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+    }
+
+
+def _pack_archives(config, inputs, stage: Path, extras: list[Path], version: str, into: Path, timer) -> dict:
+    """One .mar per served variant, built in `into`: {archive file name: variant, bytes, sha256}."""
+    archives = {}
+    for position, name in enumerate(config.served):
+        archive_name = config.archive_name if position == 0 else f"{config.archive_name}-{name}"
+        model_file = stage / VARIANT_BY_NAME[name].file
+        handler, model_config = inputs.handler, inputs.model_config
+        build = partial(build_archive, archive_name, version, model_file, handler, extras, model_config, into)
+        timer(f"{archive_name}.mar", build)
+        archive = into / f"{archive_name}.mar"
+        archives[archive.name] = {"variant": name, "bytes": archive.stat().st_size, "sha256": sha256_file(archive)}
+    return archives
+
+
+def _write_extras(scratch: Path, inputs: _Inputs) -> list[Path]:
+    """The files the handler reads beside the model: labels, preprocessing, and leafnet's image decoder."""
+    extras = scratch / "extra"
+    extras.mkdir()
+    write_json(extras / "index_to_name.json", {str(i): name for i, name in enumerate(inputs.classes)})
+    write_json(extras / "preprocess.json", _preprocess_json(inputs.checkpoint, inputs.data_root))
+    return [extras / "index_to_name.json", extras / "preprocess.json", Path(image_io.__file__)]
+
+
+def _log_table(report: dict, log: Callable[[str], None]) -> None:
+    eager = report["eager"]
+    log(f"  {'variant':<17} {'MB':>6} {'max|Δlogit|':>11} {'agree':>6} {'top-1':>7} {'top-5':>7}")
+    log(f"  {'eager':<17} {'':>6} {'':>11} {'':>6} {eager['test_top1']:7.2%} {eager['test_top5']:7.2%}")
+    for name, v in report["variants"].items():
+        log(
+            f"  {name:<17} {v['bytes'] / 1e6:6.1f} {v['max_abs_logit_diff']:11.2e} {v['top1_agreement']:6.1%} "
+            f"{v['test_top1']:7.2%} {v['test_top5']:7.2%}"
+        )

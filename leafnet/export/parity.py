@@ -1,0 +1,57 @@
+"""Agreement of an exported variant with the eager model, accuracy on a split, and the parity gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from leafnet.export.config import GateConfig
+
+
+@dataclass
+class Agreement:
+    max_abs_logit: float
+    top1_agreement: float  # share of images whose top-1 class equals eager's
+    images: int
+
+
+def compare_logits(reference: np.ndarray, logits: np.ndarray) -> Agreement:
+    if reference.shape != logits.shape:
+        raise ValueError(f"logits of shape {logits.shape} where eager gives {reference.shape}")
+    same = reference.argmax(axis=1) == logits.argmax(axis=1)
+    return Agreement(float(np.abs(reference - logits).max()), float(same.mean()), len(reference))
+
+
+class TopK:
+    """Running top-1 / top-5 counts over batches."""
+
+    def __init__(self) -> None:
+        self.count = self.top1 = self.top5 = 0
+
+    def update(self, logits: np.ndarray, targets: np.ndarray) -> None:
+        k = min(5, logits.shape[1])
+        ranked = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        self.top1 += int((ranked[:, 0] == targets).sum())
+        self.top5 += int((ranked == targets[:, None]).any(axis=1).sum())
+        self.count += len(targets)
+
+    def result(self) -> dict[str, float]:
+        return {"top1": self.top1 / max(self.count, 1), "top5": self.top5 / max(self.count, 1)}
+
+
+def gate_failures(name: str, quantized: bool, agreement: Agreement, top1: float, eager_top1: float, gates: GateConfig):
+    """Why `name` may not ship (empty when it passes): fp32 variants must match eager logit by logit,
+    quantized ones may lose at most `max_top1_drop` points of test top-1."""
+    if quantized:
+        drop = (eager_top1 - top1) * 100
+        if drop > gates.max_top1_drop:
+            return [f"{name} loses {drop:.2f} points of test top-1 (limit {gates.max_top1_drop})"]
+        return []
+    failures = []
+    if agreement.max_abs_logit > gates.fp32_max_abs_logit:
+        failures.append(f"{name} max |Δlogit| {agreement.max_abs_logit:.3g} > {gates.fp32_max_abs_logit:g}")
+    if agreement.top1_agreement < 1.0:
+        disagree = round((1 - agreement.top1_agreement) * agreement.images)
+        failures.append(f"{name} top-1 differs from eager on {disagree} of {agreement.images} val images")
+    return failures

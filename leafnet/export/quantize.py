@@ -1,0 +1,93 @@
+"""int8 ONNX variants with onnxruntime's quantization tools.
+
+Both start from the fp32 model after `quant_pre_process` (shape inference + graph optimisation,
+which folds BatchNorm into convolutions so one quantized Conv replaces a Conv+BN pair).
+- dynamic: weights int8 ahead of time, activations quantized per batch at run time (ConvInteger).
+  Compact, but onnxruntime's ConvInteger kernels are slow: docs/export.md shows how slow.
+- static: QDQ format, per-channel weights, activation ranges calibrated on training images; the
+  variant to serve on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_dynamic,
+    quantize_static,
+)
+
+from leafnet.errors import LeafnetError
+from leafnet.export.config import Int8Config
+from leafnet.export.onnx_export import INPUT_NAME, check_onnx
+
+
+@contextmanager
+def _quiet_onnxruntime_tools() -> Iterator[None]:
+    """The quantizer logs advice meant for its developers (e.g. 'please consider pre-processing')
+    at WARNING through the root logger; keep it out of the user's output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quant_type(name: str) -> QuantType:
+    try:
+        return QuantType[name]
+    except KeyError:
+        raise LeafnetError(f"unknown quantization type {name!r}; choose QInt8 or QUInt8") from None
+
+
+def preprocess_for_quantization(fp32: Path, out: Path) -> None:
+    with _quiet_onnxruntime_tools():
+        quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
+
+
+def quantize_onnx_dynamic(prepared: Path, out: Path) -> None:
+    # QUInt8 weights: onnxruntime's CPU ConvInteger has no kernel for int8 weights.
+    with _quiet_onnxruntime_tools():
+        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QUInt8)
+    check_onnx(out)
+
+
+class _Batches(CalibrationDataReader):
+    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+        self._batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+
+
+def quantize_onnx_static(prepared: Path, out: Path, calibration: Iterable[np.ndarray], config: Int8Config) -> None:
+    try:
+        method = CalibrationMethod[config.calibration_method]
+    except KeyError:
+        choices = ", ".join(m.name for m in CalibrationMethod)
+        method = config.calibration_method
+        raise LeafnetError(f"unknown calibration method {method!r}; choose one of {choices}") from None
+    with _quiet_onnxruntime_tools():
+        quantize_static(
+            str(prepared),
+            str(out),
+            _Batches(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=config.per_channel,
+            activation_type=_quant_type(config.activation_type),
+            weight_type=_quant_type(config.weight_type),
+            calibrate_method=method,
+        )
+    check_onnx(out)

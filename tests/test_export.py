@@ -1,0 +1,293 @@
+"""Export: every variant from a tiny trained checkpoint, parity gates, archives, the handler, the benchmark."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+import leafnet.export.exporter as exporter
+from leafnet.bench.inference import InferenceBenchConfig, run_inference_benchmark
+from leafnet.checkpoint import load_checkpoint, save_checkpoint
+from leafnet.data.transforms import PreprocessSpec, eval_transform
+from leafnet.errors import LeafnetError
+from leafnet.export.config import ExportConfig, GateConfig
+from leafnet.export.onnx_export import export_onnx
+from leafnet.export.parity import TopK, compare_logits, gate_failures
+from leafnet.export.torchscript import export_torchscript
+from leafnet.models import model_from_checkpoint
+from leafnet.train import main as train
+from tests.conftest import REPO, tiny_config
+
+sys.path.insert(0, str(REPO / "handlers"))
+import leafnet_handler
+
+MAR_FILES = {
+    "leafnet_handler.py",
+    "image_io.py",
+    "preprocess.json",
+    "index_to_name.json",
+    "model-config.yaml",
+    "MAR-INF/MANIFEST.json",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_leaves, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export_run")
+    no_aug = ["data.augment.rotation_deg=0", "data.augment.scale=[1.0,1.0]", "data.augment.hflip=0"]
+    train(tiny_config(tiny_leaves, out, "model.name=resnet10t", "schedule.epochs=12", "optim.lr=0.003", *no_aug))
+    return out / "run" / "checkpoints" / "best.pt"
+
+
+def export_config(checkpoint: Path, base: Path, **overrides) -> ExportConfig:
+    return ExportConfig(
+        checkpoint=str(checkpoint),
+        output=str(base / "exports" / "tiny"),
+        model_store=str(base / "model_store"),
+        workers=0,
+        threads=1,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory) -> tuple[dict, ExportConfig]:
+    config = export_config(tiny_checkpoint, tmp_path_factory.mktemp("export"))
+    return exporter.export_checkpoint(config, log=lambda _: None), config
+
+
+def unpack(archive: Path, into: Path) -> tuple[Path, dict]:
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(into)
+    return into, json.loads((into / "MAR-INF" / "MANIFEST.json").read_text())
+
+
+def handler_for(model_dir: Path, manifest: dict):
+    from ts.context import Context, RequestProcessor
+
+    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    context = Context("leafnet", str(model_dir), manifest, 8, None, "0.12.0", model_yaml_config=config)
+    context.request_processor = [RequestProcessor({}) for _ in range(3)]
+    handler = leafnet_handler.LeafnetHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+@pytest.mark.slow
+def test_every_variant_is_written_and_matches_eager(exported):
+    report, config = exported
+    out = Path(config.output)
+    assert {v.file for v in exporter.VARIANTS} | {"export.json"} == {p.name for p in out.iterdir()}
+    assert json.loads((out / "export.json").read_text()) == report
+    for variant in exporter.VARIANTS:
+        facts = report["variants"][variant.name]
+        assert facts["bytes"] == (out / variant.file).stat().st_size > 0
+        if not variant.quantized:
+            assert facts["max_abs_logit_diff"] <= 1e-3 and facts["top1_agreement"] == 1.0
+            assert facts["test_top1"] == report["eager"]["test_top1"]
+        else:
+            assert report["eager"]["test_top1"] - facts["test_top1"] <= 0.01
+    assert report["variants"]["onnx-int8"]["bytes"] < report["variants"]["onnx"]["bytes"] / 3
+    model = onnx.load(str(out / "model.onnx"))
+    assert model.opset_import[0].version >= 18
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a symbolic batch dimension
+    assert not list(out.glob("*.data"))
+    assert sorted(report["archives"]) == ["leafnet-onnx-int8.mar", "leafnet.mar"]
+    assert {p.name for p in Path(config.model_store).iterdir()} == set(report["archives"])  # no staging left
+
+
+@pytest.mark.slow
+def test_archives_hold_the_model_handler_and_preprocessing(exported, tmp_path):
+    report, config = exported
+    checkpoint = load_checkpoint(config.checkpoint)
+    for name, facts in report["archives"].items():
+        model_dir, manifest = unpack(Path(config.model_store) / name, tmp_path / name)
+        model_file = exporter.VARIANT_BY_NAME[facts["variant"]].file
+        assert {str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file()} == MAR_FILES | {model_file}
+        assert manifest["model"]["serializedFile"] == model_file
+        assert manifest["model"]["modelVersion"] == report["version"]
+        preprocess = json.loads((model_dir / "preprocess.json").read_text())
+        assert preprocess.pop("fit") == {"size": 32, "mode": "pad"}
+        assert preprocess == checkpoint["preprocess"]
+        names = json.loads((model_dir / "index_to_name.json").read_text())
+        assert [names[str(i)] for i in range(len(names))] == checkpoint["class_names"]
+
+
+@pytest.mark.slow
+def test_each_archive_answers_like_the_eager_model(exported, tiny_leaves, tmp_path):
+    report, config = exported
+    checkpoint = load_checkpoint(config.checkpoint)
+    model = model_from_checkpoint(checkpoint)
+    transform = eval_transform(PreprocessSpec(**checkpoint["preprocess"]))
+    images = sorted((tiny_leaves / "test").rglob("*.png"))[:3]
+    with torch.no_grad():
+        expected = [model(transform(Image.open(p).convert("RGB"))[None]).argmax().item() for p in images]
+    for name in report["archives"]:
+        handler, context = handler_for(*unpack(Path(config.model_store) / name, tmp_path / name))
+        requests = [{"body": images[0].read_bytes()}, {"data": b"not an image"}, {"body": images[1].read_bytes()}]
+        answers = handler.handle(requests, context)
+        assert [answers[0]["predictions"][0]["index"], answers[2]["predictions"][0]["index"]] == expected[:2], name
+        assert answers[0]["model_version"] == report["version"]
+        assert len(answers[0]["predictions"]) == 4  # topk 5, capped at the 4 classes
+        assert context.get_response_status(1)[0] == 400 and "not an image" in json.loads(answers[1])["error"]
+
+
+@pytest.mark.slow
+def test_the_archived_handler_imports_neither_leafnet_nor_timm(exported, tmp_path):
+    _, config = exported
+    model_dir, _ = unpack(Path(config.model_store) / "leafnet.mar", tmp_path / "mar")
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import leafnet_handler, image_io; "
+        "assert leafnet_handler.decode_image.__module__ == 'image_io'; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('leafnet', 'timm', 'torchvision')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, str(model_dir)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PreprocessSpec(input_size=32, crop_pct=1.0, interpolation="bilinear"),
+        PreprocessSpec(input_size=40, crop_pct=0.875, interpolation="bicubic", mean=[0.3] * 3, std=[0.4] * 3),
+    ],
+)
+def test_handler_preprocessing_equals_the_training_eval_transform(spec):
+    """The handler's numpy version of timm's eval transform, on the sizes prepare and raw uploads give."""
+    rng = np.random.default_rng(0)
+    for width, height in [(32, 32), (40, 40), (48, 48), (97, 61), (50, 130), (300, 301)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        expected = eval_transform(spec)(image).numpy()
+        np.testing.assert_allclose(leafnet_handler.eval_tensor(image, spec.to_dict()), expected, atol=1e-5)
+
+
+def test_compare_logits_and_topk():
+    reference = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    agreement = compare_logits(reference, reference + np.array([[0.0, 0.0, 0.5], [0.0, 0.0, 1.5]]))
+    assert agreement.max_abs_logit == 1.5 and agreement.top1_agreement == 0.5
+    meter = TopK()
+    meter.update(reference, np.array([0, 0]))
+    assert meter.result() == {"top1": 0.5, "top5": 1.0}
+
+
+def test_gate_failures_name_the_variant_and_the_limit():
+    gates = GateConfig(fp32_max_abs_logit=1e-3, max_top1_drop=1.0)
+    close = compare_logits(np.zeros((2, 3)), np.full((2, 3), 1e-4))
+    assert gate_failures("onnx", False, close, 0.9, 0.9, gates) == []
+    far = compare_logits(np.eye(3), np.eye(3)[::-1] * 2)
+    assert any("onnx max |Δlogit| 2 > 0.001" in f for f in gate_failures("onnx", False, far, 0.9, 0.9, gates))
+    assert any("differs from eager on 2 of 3" in f for f in gate_failures("onnx", False, far, 0.9, 0.9, gates))
+    assert gate_failures("onnx-int8", True, far, 0.895, 0.9, gates) == []  # 0.5 points: allowed
+    assert gate_failures("onnx-int8", True, far, 0.88, 0.9, gates) == [
+        "onnx-int8 loses 2.00 points of test top-1 (limit 1.0)"
+    ]
+
+
+@pytest.mark.slow
+def test_a_perturbed_export_fails_the_gate_and_leaves_everything_as_it_was(
+    exported, tiny_checkpoint, tmp_path, monkeypatch
+):
+    _, config = exported
+    before = {p: p.read_bytes() for p in [*Path(config.output).iterdir(), *Path(config.model_store).iterdir()]}
+
+    def perturbed_torchscript(model, example, path):
+        broken = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+        with torch.no_grad():
+            broken.get_classifier().bias.add_(0.01)
+        export_torchscript(broken, example, path)
+
+    monkeypatch.setattr(exporter, "export_torchscript", perturbed_torchscript)
+    with pytest.raises(LeafnetError, match=r"parity gate failed.*torchscript max \|Δlogit\|"):
+        exporter.export_checkpoint(config, log=lambda _: None)
+    after = {p: p.read_bytes() for p in [*Path(config.output).iterdir(), *Path(config.model_store).iterdir()]}
+    assert after == before
+    assert sorted(p.name for p in Path(config.output).parent.iterdir()) == ["tiny"]
+
+
+class _Unexportable(nn.Module):
+    def forward(self, x):
+        raise NotImplementedError("this layer has no tracing support")
+
+
+def test_an_architecture_that_cannot_export_gives_one_line(tmp_path):
+    with pytest.raises(LeafnetError, match="cannot trace the model to TorchScript: this layer"):
+        export_torchscript(_Unexportable(), torch.zeros(2, 3, 8, 8), tmp_path / "m.pt")
+    with pytest.raises(LeafnetError, match="cannot export the model to ONNX"):
+        export_onnx(_Unexportable(), torch.zeros(2, 3, 8, 8), tmp_path / "m.onnx")
+
+
+def _run_export(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export.py"), *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+@pytest.mark.slow
+def test_bad_checkpoints_fail_with_one_line_and_write_nothing(tiny_checkpoint, tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x02 not a checkpoint" * 10)
+    future = tmp_path / "future.pt"
+    save_checkpoint(future, {**load_checkpoint(tiny_checkpoint), "format_version": 99})
+    cases = {
+        tmp_path / "missing.pt": "checkpoint not found",
+        corrupt: "cannot read checkpoint",
+        future: "has checkpoint format 99",
+    }
+    for checkpoint, message in cases.items():
+        result = _run_export(f"checkpoint={checkpoint}", "model_store=store", "output=out", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and message in result.stderr
+        assert not (tmp_path / "store").exists() or not list((tmp_path / "store").iterdir())
+        assert not (tmp_path / "out").exists()
+    result = _run_export(f"checkpoint={tiny_checkpoint}", "served=[onnx-fp16]", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown served variant 'onnx-fp16'" in result.stderr
+
+
+@pytest.mark.slow
+def test_benchmark_writes_json_markdown_and_plot(exported, tmp_path):
+    _, config = exported
+    bench = InferenceBenchConfig(
+        export_dir=config.output,
+        batch_sizes=[1, 2],
+        threads=[1],
+        warmup=1,
+        min_seconds=0.0,
+        min_calls=3,
+        output=str(tmp_path),
+    )
+    report = run_inference_benchmark(bench, log=lambda _: None)
+    names = ["eager", *(v.name for v in exporter.VARIANTS)]
+    assert list(report["variants"]) == names
+    assert len(report["results"]) == len(names) * 2
+    for row in report["results"]:
+        assert row["calls"] >= 3 and row["images_per_s"] > 0
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["speedup_vs_onnx"] > 0
+    assert {r["speedup_vs_onnx"] for r in report["results"] if r["variant"] == "onnx"} == {1.0}
+    assert json.loads((tmp_path / "benchmark.json").read_text()) == report
+    table = (tmp_path / "benchmark.md").read_text()
+    assert table.count("| onnx-int8 |") == 2 and "| eager |" in table
+    with Image.open(io.BytesIO((tmp_path / "benchmark.png").read_bytes())) as plot:
+        assert plot.format == "PNG" and plot.width > 600
+
+
+def test_benchmark_script_names_a_missing_export(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_onnx.py"), str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "export.json not found" in result.stderr
