@@ -55,7 +55,7 @@ class BadInputError(Exception):
         self.status = status
 
 
-def request_bytes(item: dict, max_bytes: int | None = None) -> bytes:
+def request_bytes(item: dict) -> bytes:
     """The image bytes of one request: raw body, a multipart field, or JSON with base64."""
     payload = item.get("data") if item.get("data") is not None else item.get("body")
     if payload is None:  # multipart with another field name: take the first file-like part
@@ -67,18 +67,18 @@ def request_bytes(item: dict, max_bytes: int | None = None) -> bytes:
         payload = _b64(payload)
     elif isinstance(payload, str):
         payload = _b64(payload)  # a text body (text/plain) can only carry base64
+    elif payload is not None and not isinstance(payload, bytes | bytearray):
+        raise BadInputError(f"unsupported body ({type(payload).__name__}): send image bytes or JSON with base64")
     if not payload:
         raise BadInputError("empty body: send image bytes (curl -T leaf.png or --data-binary @leaf.png)")
-    payload = bytes(payload)
-    if max_bytes is not None and len(payload) > max_bytes:
-        raise BadInputError(f"body of {len(payload)} bytes exceeds the limit of {max_bytes}", status=413)
-    return payload
+    return bytes(payload)
 
 
 def _b64(text: str) -> bytes:
-    text = text.split(",", 1)[1] if text.startswith("data:") else text  # data URLs
+    if text.startswith("data:"):  # a data URL: data:image/png;base64,....
+        text = text.partition(",")[2]
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)  # wrapped lines are fine
     except (binascii.Error, ValueError):
         raise BadInputError("image field is not valid base64") from None
 
@@ -117,7 +117,9 @@ class LeafnetHandler(BaseHandler):
         self.max_pixels = int(options.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         workers = max(1, int(yaml_config.get("maxWorkers", 1) or 1))
         threads = int(options.get("threads", 0)) or max(1, (os.cpu_count() or 1) // workers)
-        self.device = torch.device("cpu")
+        gpu = properties.get("gpu_id")
+        use_cuda = gpu is not None and torch.cuda.is_available() and model_file.suffix != ".onnx"
+        self.device = torch.device(f"cuda:{gpu}" if use_cuda else "cpu")
         self.session = None
         if model_file.suffix == ".onnx":
             import onnxruntime as ort
@@ -131,9 +133,11 @@ class LeafnetHandler(BaseHandler):
             torch.set_num_threads(threads)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
-                self.model = torch.jit.load(str(model_file), map_location="cpu").eval()
+                self.model = torch.jit.load(str(model_file), map_location=self.device).eval()
         self.initialized = True
-        logger.info("leafnet: loaded %s (%d classes, %d threads)", model_file.name, len(self.labels), threads)
+        logger.info(
+            "leafnet: loaded %s on %s (%d classes, %d threads)", model_file.name, self.device, len(self.labels), threads
+        )
 
     def image_array(self, data: bytes) -> np.ndarray:
         try:
@@ -149,7 +153,7 @@ class LeafnetHandler(BaseHandler):
         if self.session is not None:
             return self.session.run(None, {self.input_name: batch})[0]
         with torch.inference_mode():
-            return self.model(torch.from_numpy(batch)).float().numpy()
+            return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
     def top_k(self, logits: np.ndarray) -> dict:
         shifted = np.exp(logits - logits.max())
@@ -160,6 +164,11 @@ class LeafnetHandler(BaseHandler):
         ]
         return {"predictions": predictions, "model_version": self.version}
 
+    @staticmethod
+    def refuse(context, position: int, status: int, reason: str) -> str:
+        context.set_response_status(code=status, phrase=reason, idx=position)
+        return json.dumps({"error": reason, "code": status})
+
     def handle(self, data: list[dict], context) -> list:
         """Decodes each request on its own, so one bad image gets its own 4xx and the rest succeed."""
         results: list = [None] * len(data)
@@ -169,8 +178,10 @@ class LeafnetHandler(BaseHandler):
                 arrays.append(self.image_array(request_bytes(item)))
                 positions.append(position)
             except BadInputError as error:
-                context.set_response_status(code=error.status, phrase=str(error), idx=position)
-                results[position] = json.dumps({"error": str(error), "code": error.status})
+                results[position] = self.refuse(context, position, error.status, str(error))
+            except Exception as error:  # a decoder bug must cost this request only, not the batch
+                logger.exception("leafnet: request %d failed", position)
+                results[position] = self.refuse(context, position, 500, f"cannot process image: {type(error).__name__}")
         if arrays:
             logits = self.logits(np.stack(arrays).astype(np.float32))
             for position, row in zip(positions, logits, strict=True):

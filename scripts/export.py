@@ -11,11 +11,11 @@ from leafnet.config import load_config
 from leafnet.export.config import ExportConfig
 from leafnet.export.exporter import export_checkpoint
 
-DEFAULT_CONFIG = "config/export.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "export.yaml"  # wherever it runs from
 
 
 def main(argv: list[str]) -> None:
-    defaults = [DEFAULT_CONFIG] if Path(DEFAULT_CONFIG).is_file() else []
+    defaults = [DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else []
     export_checkpoint(load_config(ExportConfig, argv, files=defaults))
 
 

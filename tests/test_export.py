@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import subprocess
@@ -20,6 +21,7 @@ from torch import nn
 import leafnet.export.exporter as exporter
 from leafnet.bench.inference import InferenceBenchConfig, run_inference_benchmark
 from leafnet.checkpoint import load_checkpoint, save_checkpoint
+from leafnet.data.image_io import fit_square
 from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
 from leafnet.export.config import ExportConfig, GateConfig
@@ -145,6 +147,46 @@ def test_each_archive_answers_like_the_eager_model(exported, tiny_leaves, tmp_pa
 
 
 @pytest.mark.slow
+def test_the_handler_takes_every_body_form_and_refuses_bad_ones(exported, tiny_leaves, tmp_path):
+    _, config = exported
+    handler, context = handler_for(*unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", tmp_path / "mar"))
+    raws = sorted((tiny_leaves.parent / "raw").rglob("*.png"))
+    raw = next(p for p in raws if Image.open(p).width != Image.open(p).height)  # a raw upload: letterboxed first
+    png = raw.read_bytes()
+    encoded = base64.encodebytes(png).decode()  # wrapped at 76 characters, as `base64` prints it
+    accepted = [
+        {"body": bytearray(png)},  # what TorchServe hands over for a raw body
+        {"data": png},  # multipart field "data"
+        {"file": png},  # multipart with another field name
+        {"body": {"image": encoded}},  # application/json
+        {"body": "data:image/png;base64," + encoded},  # a data URL as text/plain
+    ]
+    answers = [handler.handle([item], context)[0] for item in accepted]
+    checkpoint = load_checkpoint(config.checkpoint)
+    spec = PreprocessSpec(**checkpoint["preprocess"])
+    with Image.open(raw) as image:
+        fitted = fit_square(image.convert("RGB"), 32, "pad", (0, 0, 0))
+    with torch.no_grad():
+        logits = model_from_checkpoint(checkpoint)(eval_transform(spec)(fitted)[None])[0]
+    expected = logits.argmax().item()
+    assert {a["predictions"][0]["index"] for a in answers} == {expected}
+    refused = {
+        "empty body": {"body": b""},
+        "unsupported body (int)": {"body": 10_000_000_000},
+        "not valid base64": {"body": {"image": "@@@"}},
+        'needs an "image" field': {"body": {"picture": 1}},
+        "not an image": {"body": b"GIF89a but not really"},
+    }
+    for reason, item in refused.items():
+        answer = json.loads(handler.handle([item], context)[0])
+        assert reason in answer["error"] and answer["code"] == 400, (reason, answer)
+    strip = io.BytesIO()
+    Image.new("L", (16, 20_000)).save(strip, format="PNG")
+    answer = json.loads(handler.handle([{"body": strip.getvalue()}], context)[0])
+    assert answer["code"] == 413 and "letterboxing" in answer["error"]
+
+
+@pytest.mark.slow
 def test_the_archived_handler_imports_neither_leafnet_nor_timm(exported, tmp_path):
     _, config = exported
     model_dir, _ = unpack(Path(config.model_store) / "leafnet.mar", tmp_path / "mar")
@@ -191,6 +233,7 @@ def test_gate_failures_name_the_variant_and_the_limit():
     assert any("onnx max |Δlogit| 2 > 0.001" in f for f in gate_failures("onnx", False, far, 0.9, 0.9, gates))
     assert any("differs from eager on 2 of 3" in f for f in gate_failures("onnx", False, far, 0.9, 0.9, gates))
     assert gate_failures("onnx-int8", True, far, 0.895, 0.9, gates) == []  # 0.5 points: allowed
+    assert gate_failures("onnx-int8", True, far, 0.89, 0.90, gates) == []  # exactly the limit, despite float error
     assert gate_failures("onnx-int8", True, far, 0.88, 0.9, gates) == [
         "onnx-int8 loses 2.00 points of test top-1 (limit 1.0)"
     ]
@@ -252,8 +295,18 @@ def test_bad_checkpoints_fail_with_one_line_and_write_nothing(tiny_checkpoint, t
         assert result.stderr.count("\n") == 1 and message in result.stderr
         assert not (tmp_path / "store").exists() or not list((tmp_path / "store").iterdir())
         assert not (tmp_path / "out").exists()
-    result = _run_export(f"checkpoint={tiny_checkpoint}", "served=[onnx-fp16]", cwd=tmp_path)
-    assert result.returncode == 2 and "unknown served variant 'onnx-fp16'" in result.stderr
+    unknown_model = tmp_path / "unknown_model.pt"
+    save_checkpoint(unknown_model, {**load_checkpoint(tiny_checkpoint), "model_name": "resnet_nonexistent"})
+    refusals = {
+        (f"checkpoint={unknown_model}",): "cannot rebuild the model",
+        (f"checkpoint={tiny_checkpoint}", "served=[onnx-fp16]"): "unknown served variant 'onnx-fp16'",
+        (f"checkpoint={tiny_checkpoint}", "int8.activation_type=QInt4x"): "unknown quantization type 'QInt4x'",
+        (f"checkpoint={tiny_checkpoint}", "opset=17"): "opset 17 is too old",
+    }
+    for args, message in refusals.items():
+        result = _run_export(*args, "model_store=store", "output=out", cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        assert not (tmp_path / "out").exists() and not list((tmp_path / "store").glob("*.mar"))
 
 
 @pytest.mark.slow

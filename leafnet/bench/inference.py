@@ -120,21 +120,22 @@ def run_inference_benchmark(config: InferenceBenchConfig, log=print) -> dict:
     size = export["preprocess"]["input_size"]
     rng = np.random.default_rng(0)
     batches = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in config.batch_sizes}
-    cells = [(name, threads, b) for name in names for threads in config.threads for b in config.batch_sizes]
     log(f"benchmark: {len(names)} variants x {len(config.threads)} thread counts x {len(batches)} batch sizes")
     results: list[dict] = []
-    bar = progress_bar(total=len(cells), desc="benchmark")
-    for name in names:
-        for threads in config.threads:
-            predict = _predictor(name, export, export_dir, threads)
-            for batch_size, batch in batches.items():
+    bar = progress_bar(total=len(names) * len(config.threads) * len(batches), desc="benchmark")
+    # Variants run side by side within each (threads, batch) cell, so a speed-up compares measurements
+    # seconds apart rather than minutes: this VM's speed drifts.
+    for threads in config.threads:
+        predictors = {name: _predictor(name, export, export_dir, threads) for name in names}
+        for batch_size, batch in batches.items():
+            for name, predict in predictors.items():
                 bar.set_postfix_str(f"{name} b={batch_size} t={threads}")
                 durations = time_calls(predict, batch, config.warmup, config.min_seconds, config.min_calls)
-                results.append(
-                    {"variant": name, "threads": threads, "batch": batch_size, **summarise(durations, batch_size)}
-                )
+                cell = {"variant": name, "threads": threads, "batch": batch_size}
+                results.append({**cell, **summarise(durations, batch_size)})
                 bar.update()
     bar.close()
+    results.sort(key=lambda r: (names.index(r["variant"]), r["threads"], r["batch"]))  # table order
     _add_speedups(results)
     report = {
         "export_dir": str(export_dir),

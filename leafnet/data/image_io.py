@@ -68,6 +68,12 @@ def decode_image(
             width, height = image.size
             if width * height > max_pixels:
                 raise RejectedImage(f"too large: {width}x{height} exceeds max_pixels={max_pixels}", "too_large")
+            if max(width, height) ** 2 > max_pixels:  # letterboxing pads to a square of the longest side
+                raise RejectedImage(
+                    f"too large: letterboxing {width}x{height} needs {max(width, height) ** 2} pixels, "
+                    f"over max_pixels={max_pixels}",
+                    "too_large",
+                )
             image.seek(0)  # first frame of GIF/TIFF/WebP animations
             image.load()
         except RejectedImage:

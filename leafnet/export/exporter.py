@@ -31,7 +31,12 @@ from leafnet.export.archive import build_archive
 from leafnet.export.config import ExportConfig
 from leafnet.export.onnx_export import export_onnx
 from leafnet.export.parity import TopK, compare_logits, gate_failures
-from leafnet.export.quantize import preprocess_for_quantization, quantize_onnx_dynamic, quantize_onnx_static
+from leafnet.export.quantize import (
+    check_int8_config,
+    preprocess_for_quantization,
+    quantize_onnx_dynamic,
+    quantize_onnx_static,
+)
 from leafnet.export.runtime import load_predictor, torch_predictor
 from leafnet.export.torchscript import export_dynamic_quantized_torchscript, export_torchscript
 from leafnet.fsutil import atomic_directory, is_replaceable, sha256_file, write_json
@@ -89,12 +94,13 @@ def _validate(config: ExportConfig) -> None:
             raise LeafnetError(f"{key} must be at least 1, got {getattr(config, key)}")
     if config.trace_batch < 2:
         raise LeafnetError("trace_batch must be at least 2, so no batch size of 1 is baked into the trace")
-    if config.int8.calibration_images < 1:
-        raise LeafnetError("int8.calibration_images must be at least 1")
     if config.workers < 0 or config.threads < 0:
         raise LeafnetError("workers and threads must not be negative")
     if config.gates.fp32_max_abs_logit < 0 or config.gates.max_top1_drop < 0:
         raise LeafnetError("gates must not be negative")
+    if config.opset < 18:
+        raise LeafnetError(f"opset {config.opset} is too old: the dynamo exporter needs opset >= 18")
+    check_int8_config(config.int8)
 
 
 def _preprocess_json(checkpoint: dict, data_root: Path) -> dict:
@@ -102,7 +108,10 @@ def _preprocess_json(checkpoint: dict, data_root: Path) -> dict:
     spec = dict(checkpoint["preprocess"])
     stats_path = data_root / "stats.json"
     if stats_path.is_file():
-        stats = json.loads(stats_path.read_text())
+        try:
+            stats = json.loads(stats_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise LeafnetError(f"{stats_path} is not valid JSON ({error}); re-run prepare") from None
         if "image_size" in stats and "resize" in stats:
             spec["fit"] = {"size": stats["image_size"], "mode": stats["resize"]}
     return spec
@@ -148,6 +157,11 @@ def _read_inputs(config: ExportConfig) -> _Inputs:
     return _Inputs(checkpoint, run_name, data_root, spec, classes, splits, handler, model_config, output)
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class _Timer:
     """Times each step and prints one progress line per step."""
 
@@ -157,7 +171,12 @@ class _Timer:
 
     def __call__(self, name: str, action: Callable[[], object], note: str = "") -> None:
         t0 = time.perf_counter()
-        action()
+        try:
+            action()
+        except LeafnetError:
+            raise
+        except Exception as error:  # exporters and quantizers fail in many ways; name the step
+            raise LeafnetError(f"{name} failed: {_first_line(error)}") from None
         self.seconds[name] = round(time.perf_counter() - t0, 2)
         self.log(f"  {name:<22} {self.seconds[name]:6.1f}s{note}")
 
@@ -175,7 +194,10 @@ def _write_variants(model, example: torch.Tensor, stage: Path, scratch: Path, ca
 
 def _measure(eager, stage: Path, parity_images: np.ndarray, test, config: ExportConfig, timer):
     """Logit agreement on the parity images and test top-1/top-5, for eager and every variant."""
-    predictors = {v.name: load_predictor(stage / v.file, config.threads) for v in VARIANTS}
+    try:
+        predictors = {v.name: load_predictor(stage / v.file, config.threads) for v in VARIANTS}
+    except Exception as error:
+        raise LeafnetError(f"cannot load an exported variant back: {_first_line(error)}") from None
     reference = eager(parity_images)
     agreements = {name: compare_logits(reference, predict(parity_images)) for name, predict in predictors.items()}
     meters = {name: TopK() for name in ["eager", *predictors]}
@@ -196,7 +218,10 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) 
     inputs = _read_inputs(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    model = model_from_checkpoint(inputs.checkpoint).float()
+    try:
+        model = model_from_checkpoint(inputs.checkpoint).float()
+    except Exception as error:  # an architecture this timm lacks, or weights that do not fit it
+        raise LeafnetError(f"cannot rebuild the model of {config.checkpoint}: {_first_line(error)}") from None
     eager = torch_predictor(model)
     parity_images, _ = next(_batches(_spread(inputs.splits["val"], config.parity_images), config.parity_images, 0))
     example = torch.from_numpy(np.resize(parity_images, (config.trace_batch, *parity_images.shape[1:])))
@@ -209,6 +234,9 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) 
     timer = _Timer(log)
     model_store = Path(config.model_store)
     model_store.mkdir(parents=True, exist_ok=True)
+    for name in archive_names(config):
+        if (model_store / name).exists() and not (model_store / name).is_file():
+            raise LeafnetError(f"{model_store / name} exists and is not a file; move it away")
     with tempfile.TemporaryDirectory(prefix=".export-", dir=model_store) as archive_stage:
         with atomic_directory(inputs.output) as stage, tempfile.TemporaryDirectory(prefix="leafnet-export-") as tmp:
             scratch = Path(tmp)
@@ -279,11 +307,19 @@ def _report(config, inputs, stage, checkpoint_sha, version, parity_count, agreem
     }
 
 
+def archive_names(config: ExportConfig) -> list[str]:
+    """<archive_name>.mar for the first served variant, <archive_name>-<variant>.mar for the others."""
+    return [
+        f"{config.archive_name}.mar" if position == 0 else f"{config.archive_name}-{name}.mar"
+        for position, name in enumerate(config.served)
+    ]
+
+
 def _pack_archives(config, inputs, stage: Path, extras: list[Path], version: str, into: Path, timer) -> dict:
     """One .mar per served variant, built in `into`: {archive file name: variant, bytes, sha256}."""
     archives = {}
-    for position, name in enumerate(config.served):
-        archive_name = config.archive_name if position == 0 else f"{config.archive_name}-{name}"
+    for name, archive in zip(config.served, archive_names(config), strict=True):
+        archive_name = archive.removesuffix(".mar")
         model_file = stage / VARIANT_BY_NAME[name].file
         handler, model_config = inputs.handler, inputs.model_config
         build = partial(build_archive, archive_name, version, model_file, handler, extras, model_config, into)

@@ -51,6 +51,23 @@ def _quant_type(name: str) -> QuantType:
         raise LeafnetError(f"unknown quantization type {name!r}; choose QInt8 or QUInt8") from None
 
 
+def check_int8_config(config: Int8Config) -> None:
+    """Fails on a misspelt type or method before any export work starts."""
+    _quant_type(config.activation_type)
+    _quant_type(config.weight_type)
+    _calibration_method(config.calibration_method)
+    if config.calibration_images < 1:
+        raise LeafnetError("int8.calibration_images must be at least 1")
+
+
+def _calibration_method(name: str) -> CalibrationMethod:
+    try:
+        return CalibrationMethod[name]
+    except KeyError:
+        choices = ", ".join(m.name for m in CalibrationMethod)
+        raise LeafnetError(f"unknown calibration method {name!r}; choose one of {choices}") from None
+
+
 def preprocess_for_quantization(fp32: Path, out: Path) -> None:
     with _quiet_onnxruntime_tools():
         quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
@@ -73,12 +90,7 @@ class _Batches(CalibrationDataReader):
 
 
 def quantize_onnx_static(prepared: Path, out: Path, calibration: Iterable[np.ndarray], config: Int8Config) -> None:
-    try:
-        method = CalibrationMethod[config.calibration_method]
-    except KeyError:
-        choices = ", ".join(m.name for m in CalibrationMethod)
-        method = config.calibration_method
-        raise LeafnetError(f"unknown calibration method {method!r}; choose one of {choices}") from None
+    method = _calibration_method(config.calibration_method)
     with _quiet_onnxruntime_tools():
         quantize_static(
             str(prepared),
