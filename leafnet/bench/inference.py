@@ -220,7 +220,7 @@ def benchmark_figure(report: dict):
     left.yaxis.set_minor_formatter(plain)
     left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="best")
     cells = {r["variant"]: r for r in results if r["threads"] == threads and r["batch"] == focus}
     speeds = [cells[name]["images_per_s"] for name in names]
     bars = right.barh(range(len(names)), speeds, color=[f"C{i}" for i in range(len(names))])
