@@ -24,12 +24,15 @@ prepare: setup
 	$(PY) scripts/prepare_data.py source=synthetic output=$(DATA)
 
 # The main job on the embedded default data: prepare, train (config/train.yaml), evaluate on test,
-# export every variant with parity gates (config/export.yaml) and benchmark them.
+# export every variant with parity gates (config/export.yaml), benchmark them, then serve the int8
+# archive with TorchServe, classify one test image with curl and stop the server.
 demo: prepare
 	$(PY) scripts/train.py data.root=$(DATA) train.name=leafnet
 	$(PY) scripts/evaluate.py checkpoint=runs/leafnet/checkpoints/best.pt split=test
 	$(PY) scripts/export.py checkpoint=runs/leafnet/checkpoints/best.pt
 	$(PY) scripts/benchmark_onnx.py exports/leafnet
+	scripts/serve.sh start onnx-int8
+	status=0; scripts/predict.sh "$$(ls $(DATA)/test/*/*.png | head -1)" || status=$$?; scripts/serve.sh stop; exit $$status
 
 export: setup
 	$(PY) scripts/export.py checkpoint=runs/leafnet/checkpoints/best.pt

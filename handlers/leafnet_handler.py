@@ -47,12 +47,9 @@ INTERPOLATION = {
 }
 
 
-class BadInputError(Exception):
-    """A request this handler refuses; the message is the JSON reason of its 4xx response."""
-
-    def __init__(self, reason: str, status: int = 400) -> None:
-        super().__init__(reason)
-        self.status = status
+def bad_request(reason: str) -> RejectedImage:
+    # A refusal is a RejectedImage too: TorchServe insists on exactly one class defined in a handler module.
+    return RejectedImage(reason, "bad_request")
 
 
 def request_bytes(item: dict) -> bytes:
@@ -63,14 +60,14 @@ def request_bytes(item: dict) -> bytes:
     if isinstance(payload, dict):  # TorchServe parses application/json bodies
         payload = payload.get("image", payload.get("data", payload.get("b64")))
         if not isinstance(payload, str):
-            raise BadInputError('JSON body needs an "image" field holding base64 image data')
+            raise bad_request('JSON body needs an "image" field holding base64 image data')
         payload = _b64(payload)
     elif isinstance(payload, str):
         payload = _b64(payload)  # a text body (text/plain) can only carry base64
     elif payload is not None and not isinstance(payload, bytes | bytearray):
-        raise BadInputError(f"unsupported body ({type(payload).__name__}): send image bytes or JSON with base64")
+        raise bad_request(f"unsupported body ({type(payload).__name__}): send image bytes or JSON with base64")
     if not payload:
-        raise BadInputError("empty body: send image bytes (curl -T leaf.png or --data-binary @leaf.png)")
+        raise bad_request("empty body: send image bytes (curl -T leaf.png or --data-binary @leaf.png)")
     return bytes(payload)
 
 
@@ -80,7 +77,7 @@ def _b64(text: str) -> bytes:
     try:
         return base64.b64decode("".join(text.split()), validate=True)  # wrapped lines are fine
     except (binascii.Error, ValueError):
-        raise BadInputError("image field is not valid base64") from None
+        raise bad_request("image field is not valid base64") from None
 
 
 def eval_tensor(image: Image.Image, spec: dict) -> np.ndarray:
@@ -140,10 +137,7 @@ class LeafnetHandler(BaseHandler):
         )
 
     def image_array(self, data: bytes) -> np.ndarray:
-        try:
-            image = decode_image(data, max_pixels=self.max_pixels, background=self.background)
-        except RejectedImage as error:
-            raise BadInputError(str(error), status=413 if error.kind == "too_large" else 400) from None
+        image = decode_image(data, max_pixels=self.max_pixels, background=self.background)
         fit_step = self.spec.get("fit")
         if fit_step:
             image = fit_square(image, fit_step["size"], fit_step["mode"], self.background)
@@ -177,8 +171,9 @@ class LeafnetHandler(BaseHandler):
             try:
                 arrays.append(self.image_array(request_bytes(item)))
                 positions.append(position)
-            except BadInputError as error:
-                results[position] = self.refuse(context, position, error.status, str(error))
+            except RejectedImage as error:
+                status = 413 if error.kind == "too_large" else 400
+                results[position] = self.refuse(context, position, status, str(error))
             except Exception as error:  # a decoder bug must cost this request only, not the batch
                 logger.exception("leafnet: request %d failed", position)
                 results[position] = self.refuse(context, position, 500, f"cannot process image: {type(error).__name__}")

@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import leafnet.export.exporter as exporter
 from leafnet.config import load_config
 from leafnet.data.prepare import PrepareConfig, prepare
 from leafnet.data.species import SPECIES
 from leafnet.data.synthetic import SyntheticConfig, render_leaf
+from leafnet.export.config import ExportConfig
+from leafnet.train import main as train
 from leafnet.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,3 +85,28 @@ def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
         "train.threads=1",
     ]
     return load_config(TrainConfig, [*base, *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_leaves, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export_run")
+    no_aug = ["data.augment.rotation_deg=0", "data.augment.scale=[1.0,1.0]", "data.augment.hflip=0"]
+    train(tiny_config(tiny_leaves, out, "model.name=resnet10t", "schedule.epochs=12", "optim.lr=0.003", *no_aug))
+    return out / "run" / "checkpoints" / "best.pt"
+
+
+def export_config(checkpoint: Path, base: Path, **overrides) -> ExportConfig:
+    return ExportConfig(
+        checkpoint=str(checkpoint),
+        output=str(base / "exports" / "tiny"),
+        model_store=str(base / "model_store"),
+        workers=0,
+        threads=1,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_checkpoint, tmp_path_factory) -> tuple[dict, ExportConfig]:
+    config = export_config(tiny_checkpoint, tmp_path_factory.mktemp("export"))
+    return exporter.export_checkpoint(config, log=lambda _: None), config

@@ -24,13 +24,12 @@ from leafnet.checkpoint import load_checkpoint, save_checkpoint
 from leafnet.data.image_io import fit_square
 from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
-from leafnet.export.config import ExportConfig, GateConfig
+from leafnet.export.config import GateConfig
 from leafnet.export.onnx_export import export_onnx
 from leafnet.export.parity import TopK, compare_logits, gate_failures
 from leafnet.export.torchscript import export_torchscript
 from leafnet.models import model_from_checkpoint
-from leafnet.train import main as train
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "handlers"))
 import leafnet_handler
@@ -43,31 +42,6 @@ MAR_FILES = {
     "model-config.yaml",
     "MAR-INF/MANIFEST.json",
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tiny_leaves, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("export_run")
-    no_aug = ["data.augment.rotation_deg=0", "data.augment.scale=[1.0,1.0]", "data.augment.hflip=0"]
-    train(tiny_config(tiny_leaves, out, "model.name=resnet10t", "schedule.epochs=12", "optim.lr=0.003", *no_aug))
-    return out / "run" / "checkpoints" / "best.pt"
-
-
-def export_config(checkpoint: Path, base: Path, **overrides) -> ExportConfig:
-    return ExportConfig(
-        checkpoint=str(checkpoint),
-        output=str(base / "exports" / "tiny"),
-        model_store=str(base / "model_store"),
-        workers=0,
-        threads=1,
-        **overrides,
-    )
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory) -> tuple[dict, ExportConfig]:
-    config = export_config(tiny_checkpoint, tmp_path_factory.mktemp("export"))
-    return exporter.export_checkpoint(config, log=lambda _: None), config
 
 
 def unpack(archive: Path, into: Path) -> tuple[Path, dict]:

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Local TorchServe: scripts/serve.sh start|stop|status [variant]
+#   variant: torchscript (default, model_store/leafnet.mar) or another served export, e.g. onnx-int8
+#   (model_store/leafnet-onnx-int8.mar). Either way the model answers at /predictions/leafnet.
+# Environment: TS_CONFIG (default config/torchserve/config.properties), MODEL_STORE (model_store),
+#   LOG_LOCATION (runs/torchserve), READY_TIMEOUT (seconds, 120).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+action=${1:-}
+variant=${2:-torchscript}
+config=${TS_CONFIG:-config/torchserve/config.properties}
+store=${MODEL_STORE:-model_store}
+export LOG_LOCATION=${LOG_LOCATION:-runs/torchserve}
+export METRICS_LOCATION=${METRICS_LOCATION:-$LOG_LOCATION}
+torchserve=.venv/bin/torchserve
+[ -x "$torchserve" ] || torchserve=torchserve
+
+[ -f "$config" ] || { echo "error: TorchServe config $config not found" >&2; exit 2; }
+inference=$(sed -n 's/^inference_address=//p' "$config")
+if [ "$variant" = torchscript ]; then archive=leafnet.mar; else archive="leafnet-$variant.mar"; fi
+
+case "$action" in
+  start)
+    [ -f "$store/$archive" ] || { echo "error: $store/$archive not found: run make export (or scripts/export.py served=[...])" >&2; exit 2; }
+    mkdir -p "$LOG_LOCATION"
+    # The JVM keeps the launcher's stdout: send it to a file, not a pipe.
+    "$torchserve" --start --ncs --ts-config "$config" --model-store "$store" --models "leafnet=$archive" \
+      >"$LOG_LOCATION/launcher.log" 2>&1
+    deadline=$((SECONDS + ${READY_TIMEOUT:-120}))
+    until curl -sf -m 2 "$inference/ping" | grep -q Healthy; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "error: TorchServe not healthy after ${READY_TIMEOUT:-120}s; see $LOG_LOCATION/model_log.log" >&2
+        "$torchserve" --stop >/dev/null 2>&1 || true
+        exit 1
+      fi
+      sleep 1
+    done
+    echo "TorchServe serves $archive: curl -X POST $inference/predictions/leafnet -T leaf.png"
+    ;;
+  stop)
+    "$torchserve" --stop
+    ;;
+  status)
+    curl -sS -m 5 "$inference/ping" || { echo "TorchServe is not answering at $inference" >&2; exit 1; }
+    ;;
+  *)
+    echo "usage: scripts/serve.sh start|stop|status [variant]" >&2
+    exit 2
+    ;;
+esac
