@@ -6,13 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 import leafnet.export.exporter as exporter
+from leafnet.checkpoint import load_checkpoint
 from leafnet.config import load_config
 from leafnet.data.prepare import PrepareConfig, prepare
 from leafnet.data.species import SPECIES
 from leafnet.data.synthetic import SyntheticConfig, render_leaf
+from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.export.config import ExportConfig
+from leafnet.models import model_from_checkpoint
 from leafnet.train import main as train
 from leafnet.train_config import TrainConfig
 
@@ -110,3 +115,11 @@ def export_config(checkpoint: Path, base: Path, **overrides) -> ExportConfig:
 def exported(tiny_checkpoint, tmp_path_factory) -> tuple[dict, ExportConfig]:
     config = export_config(tiny_checkpoint, tmp_path_factory.mktemp("export"))
     return exporter.export_checkpoint(config, log=lambda _: None), config
+
+
+def offline_top1(checkpoint_path: str, images: list[Path]) -> list[int]:
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(checkpoint)
+    transform = eval_transform(PreprocessSpec(**checkpoint["preprocess"]))
+    with torch.no_grad():
+        return [model(transform(Image.open(p).convert("RGB"))[None]).argmax().item() for p in images]

@@ -29,7 +29,7 @@ from leafnet.export.onnx_export import export_onnx
 from leafnet.export.parity import TopK, compare_logits, gate_failures
 from leafnet.export.torchscript import export_torchscript
 from leafnet.models import model_from_checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, offline_top1
 
 sys.path.insert(0, str(REPO / "handlers"))
 import leafnet_handler
@@ -104,12 +104,8 @@ def test_archives_hold_the_model_handler_and_preprocessing(exported, tmp_path):
 @pytest.mark.slow
 def test_each_archive_answers_like_the_eager_model(exported, tiny_leaves, tmp_path):
     report, config = exported
-    checkpoint = load_checkpoint(config.checkpoint)
-    model = model_from_checkpoint(checkpoint)
-    transform = eval_transform(PreprocessSpec(**checkpoint["preprocess"]))
     images = sorted((tiny_leaves / "test").rglob("*.png"))[:3]
-    with torch.no_grad():
-        expected = [model(transform(Image.open(p).convert("RGB"))[None]).argmax().item() for p in images]
+    expected = offline_top1(config.checkpoint, images)
     for name in report["archives"]:
         handler, context = handler_for(*unpack(Path(config.model_store) / name, tmp_path / name))
         requests = [{"body": images[0].read_bytes()}, {"data": b"not an image"}, {"body": images[1].read_bytes()}]

@@ -16,13 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image
 
-from leafnet.checkpoint import load_checkpoint
-from leafnet.data.transforms import PreprocessSpec, eval_transform
-from leafnet.models import model_from_checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, offline_top1
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 MODELS = {"leafnet": "leafnet.mar", "leafnet-onnx-int8": "leafnet-onnx-int8.mar"}
@@ -101,14 +96,6 @@ def server(exported, tmp_path_factory):
         yield urls
     finally:
         subprocess.run([torchserve, "--stop"], env=env, cwd=base, capture_output=True, timeout=60)
-
-
-def offline_top1(checkpoint_path: str, images: list[Path]) -> list[int]:
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(checkpoint)
-    transform = eval_transform(PreprocessSpec(**checkpoint["preprocess"]))
-    with torch.no_grad():
-        return [model(transform(Image.open(p).convert("RGB"))[None]).argmax().item() for p in images]
 
 
 def test_ping_is_healthy(server):

@@ -93,10 +93,10 @@ def summarise(durations: list[float], batch_size: int) -> dict:
     }
 
 
-def _predictor(name: str, export: dict, export_dir: Path, threads: int) -> Predictor:
+def _predictor(name: str, export: dict, export_dir: Path, threads: int, eager_model) -> Predictor:
     torch.set_num_threads(threads)  # TorchScript and eager; onnxruntime sessions get their own setting
     if name == EAGER:
-        return torch_predictor(model_from_checkpoint(load_checkpoint(export["checkpoint"])).float())
+        return torch_predictor(eager_model)
     return load_predictor(export_dir / export["variants"][name]["file"], threads)
 
 
@@ -125,8 +125,9 @@ def run_inference_benchmark(config: InferenceBenchConfig, log=print) -> dict:
     bar = progress_bar(total=len(names) * len(config.threads) * len(batches), desc="benchmark")
     # Variants run side by side within each (threads, batch) cell, so a speed-up compares measurements
     # seconds apart rather than minutes: this VM's speed drifts.
+    eager_model = model_from_checkpoint(load_checkpoint(export["checkpoint"])).float() if EAGER in names else None
     for threads in config.threads:
-        predictors = {name: _predictor(name, export, export_dir, threads) for name in names}
+        predictors = {name: _predictor(name, export, export_dir, threads, eager_model) for name in names}
         for batch_size, batch in batches.items():
             for name, predict in predictors.items():
                 bar.set_postfix_str(f"{name} b={batch_size} t={threads}")

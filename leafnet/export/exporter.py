@@ -243,9 +243,9 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) 
             calibration = _spread(inputs.splits["train"], config.int8.calibration_images)
             _write_variants(model, example, stage, scratch, calibration, config, timer)
             agreements, accuracy = _measure(eager, stage, parity_images, inputs.splits["test"], config, timer)
-            report = _report(config, inputs, stage, checkpoint_sha, version, len(parity_images), agreements, accuracy)
-            for v in VARIANTS:
-                report["variants"][v.name]["export_seconds"] = timer.seconds.get(v.name)
+            report = _report(
+                config, inputs, stage, checkpoint_sha, version, len(parity_images), agreements, accuracy, timer.seconds
+            )
             _log_table(report, log)
             failures = [
                 failure
@@ -273,7 +273,7 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) 
     return report
 
 
-def _report(config, inputs, stage, checkpoint_sha, version, parity_count, agreements, accuracy) -> dict:
+def _report(config, inputs, stage, checkpoint_sha, version, parity_count, agreements, accuracy, seconds) -> dict:
     def scores(name: str) -> dict:
         return {"test_top1": round(accuracy[name]["top1"], 4), "test_top5": round(accuracy[name]["top5"], 4)}
 
@@ -299,6 +299,7 @@ def _report(config, inputs, stage, checkpoint_sha, version, parity_count, agreem
                 "max_abs_logit_diff": agreements[v.name].max_abs_logit,
                 "top1_agreement": round(agreements[v.name].top1_agreement, 4),
                 **scores(v.name),
+                "export_seconds": seconds.get(v.name),
             }
             for v in VARIANTS
         },
