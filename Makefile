@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA := data/processed/synthetic
 
-.PHONY: setup demo test lint format prepare baseline bench-data bench-train export bench-onnx lock clean species-doc
+.PHONY: setup demo test lint format prepare baseline bench-data bench-train export bench-onnx bench-serving lock clean species-doc
 
 setup: $(STAMP)
 
@@ -25,20 +25,27 @@ prepare: setup
 
 # The main job on the embedded default data: prepare, train (config/train.yaml), evaluate on test,
 # export every variant with parity gates (config/export.yaml), benchmark them, then serve the int8
-# archive with TorchServe, classify one test image with curl and stop the server.
+# archive with TorchServe, load-test it briefly, classify one test image with curl and stop the server.
 demo: prepare
 	$(PY) scripts/train.py data.root=$(DATA) train.name=leafnet
 	$(PY) scripts/evaluate.py checkpoint=runs/leafnet/checkpoints/best.pt split=test
 	$(PY) scripts/export.py checkpoint=runs/leafnet/checkpoints/best.pt
 	$(PY) scripts/benchmark_onnx.py exports/leafnet
 	scripts/serve.sh start onnx-int8
-	status=0; scripts/predict.sh "$$(ls $(DATA)/test/*/*.png | head -1)" || status=$$?; scripts/serve.sh stop; exit $$status
+	status=0; \
+	  $(PY) scripts/benchmark_serving.py concurrency=[1,8] duration_s=5 || status=$$?; \
+	  [ $$status -ne 0 ] || scripts/predict.sh "$$(ls $(DATA)/test/*/*.png | head -1)" || status=$$?; \
+	  scripts/serve.sh stop; exit $$status
 
 export: setup
 	$(PY) scripts/export.py checkpoint=runs/leafnet/checkpoints/best.pt
 
 bench-onnx: setup
 	$(PY) scripts/benchmark_onnx.py exports/leafnet
+
+# Against a running server (scripts/serve.sh start onnx-int8); 60 s per level, as the targets are measured.
+bench-serving: setup
+	$(PY) scripts/benchmark_serving.py concurrency=[1,2,4,8,16] duration_s=60
 
 baseline: prepare
 	$(PY) scripts/baseline_linear.py data=$(DATA)

@@ -11,6 +11,10 @@ archive runs on a bare TorchServe image. It reads from the archive:
 - `index_to_name.json`: class index -> label;
 - the `handler:` section of model-config.yaml: `topk`, `max_image_pixels`.
 
+It reports to TorchServe's metrics (Prometheus on the metrics address, declared in
+config/torchserve/metrics.yaml): model latency per batch, batch size, top-1 probability per answer, and
+refused inputs by reason.
+
 Subclasses BaseHandler, not VisionHandler/ImageClassifier: those import captum, and without it the
 worker dies with a misleading "No module named 'ts.torch_handler.handler'".
 """
@@ -22,12 +26,15 @@ import binascii
 import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from ts.metrics.metric_cache_errors import MetricsCacheKeyError
+from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 try:  # export packs leafnet/data/image_io.py beside this file in every .mar
@@ -39,6 +46,18 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TOPK = 5
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+# name: (type, unit, extra dimension): declared in config/torchserve/metrics.yaml for the Prometheus endpoint.
+METRICS = {
+    "leafnet_inference_seconds": (MetricTypes.HISTOGRAM, "Seconds", None),  # model forward, per batch
+    "leafnet_batch_size": (MetricTypes.HISTOGRAM, "Count", None),  # images per forward
+    "leafnet_top1_probability": (MetricTypes.HISTOGRAM, "Probability", None),  # per answered request
+    "leafnet_rejected_total": (MetricTypes.COUNTER, "Count", "Reason"),  # refused requests by kind
+}
+FORM_BODY = (
+    "body arrived as a form (application/x-www-form-urlencoded, curl's default for --data-binary), which "
+    "mangles binary data: add -H 'Content-Type: application/octet-stream' or use curl -T leaf.png"
+)
+STATUS = {"too_large": 413, "form_body": 415, "internal": 500}  # any other refusal kind is a 400
 INTERPOLATION = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -47,27 +66,28 @@ INTERPOLATION = {
 }
 
 
-def bad_request(reason: str) -> RejectedImage:
-    # A refusal is a RejectedImage too: TorchServe insists on exactly one class defined in a handler module.
-    return RejectedImage(reason, "bad_request")
+def request_bytes(item: dict, content_type: str = "") -> bytes:
+    """The image bytes of one request: raw body, a multipart field, or JSON with base64.
 
-
-def request_bytes(item: dict) -> bytes:
-    """The image bytes of one request: raw body, a multipart field, or JSON with base64."""
+    Refusals are RejectedImage too: TorchServe insists on exactly one class defined in a handler module.
+    """
+    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        raise RejectedImage(FORM_BODY, "form_body")
     payload = item.get("data") if item.get("data") is not None else item.get("body")
     if payload is None:  # multipart with another field name: take the first file-like part
         payload = next((v for v in item.values() if isinstance(v, bytes | bytearray)), None)
     if isinstance(payload, dict):  # TorchServe parses application/json bodies
         payload = payload.get("image", payload.get("data", payload.get("b64")))
         if not isinstance(payload, str):
-            raise bad_request('JSON body needs an "image" field holding base64 image data')
+            raise RejectedImage('JSON body needs an "image" field holding base64 image data', "bad_json")
         payload = _b64(payload)
     elif isinstance(payload, str):
         payload = _b64(payload)  # a text body (text/plain) can only carry base64
     elif payload is not None and not isinstance(payload, bytes | bytearray):
-        raise bad_request(f"unsupported body ({type(payload).__name__}): send image bytes or JSON with base64")
+        reason = f"unsupported body ({type(payload).__name__}): send image bytes or JSON with base64"
+        raise RejectedImage(reason, "bad_json")
     if not payload:
-        raise bad_request("empty body: send image bytes (curl -T leaf.png or --data-binary @leaf.png)")
+        raise RejectedImage("empty body: send image bytes (curl -T leaf.png)", "empty")
     return bytes(payload)
 
 
@@ -77,7 +97,51 @@ def _b64(text: str) -> bytes:
     try:
         return base64.b64decode("".join(text.split()), validate=True)  # wrapped lines are fine
     except (binascii.Error, ValueError):
-        raise bad_request("image field is not valid base64") from None
+        raise RejectedImage("image field is not valid base64", "bad_base64") from None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (containers, Cloud Run),
+    which os.cpu_count() ignores: a 2-vCPU container on a 64-core host must not start 64 threads."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, quota) if quota else cpus)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Whole CPUs granted by the cgroup quota (v2 cpu.max, else v1 cfs), rounded up; None when unlimited."""
+    try:
+        if (root / "cpu.max").is_file():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def content_type_of(context, position: int) -> str:
+    headers = context.get_all_request_header(position) or {}
+    return next((str(v) for k, v in headers.items() if str(k).lower() == "content-type"), "")
+
+
+def register_metrics(context) -> dict:
+    """The handler's metrics, from the server's metrics config when it declares them, else added here.
+
+    Without a declaration in the server's metrics_config the Prometheus endpoint drops them (unless
+    model_metrics_auto_detect is on), but the handler works the same.
+    """
+    metrics, cache = {}, context.metrics
+    for name, (kind, unit, extra) in METRICS.items():
+        try:
+            metrics[name] = cache.get_metric(name, kind)
+        except MetricsCacheKeyError:
+            dimensions = ["ModelName", "Level", *([extra] if extra else [])]
+            metrics[name] = cache.add_metric_to_cache(name, unit, dimensions, kind)
+    return metrics
 
 
 def eval_tensor(image: Image.Image, spec: dict) -> np.ndarray:
@@ -113,7 +177,7 @@ class LeafnetHandler(BaseHandler):
         self.topk = min(int(options.get("topk", DEFAULT_TOPK)), len(self.labels))
         self.max_pixels = int(options.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         workers = max(1, int(yaml_config.get("maxWorkers", 1) or 1))
-        threads = int(options.get("threads", 0)) or max(1, (os.cpu_count() or 1) // workers)
+        threads = int(options.get("threads", 0)) or max(1, available_cpus() // workers)
         gpu = properties.get("gpu_id")
         use_cuda = gpu is not None and torch.cuda.is_available() and model_file.suffix != ".onnx"
         self.device = torch.device(f"cuda:{gpu}" if use_cuda else "cpu")
@@ -124,6 +188,9 @@ class LeafnetHandler(BaseHandler):
             session_options = ort.SessionOptions()
             session_options.intra_op_num_threads = threads
             session_options.inter_op_num_threads = 1
+            # Idle intra-op threads sleep instead of spinning: the worker shares its cores with TorchServe's
+            # frontend, and spinning threads starve it.
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(str(model_file), session_options, providers=["CPUExecutionProvider"])
             self.input_name = self.session.get_inputs()[0].name
         else:
@@ -131,6 +198,8 @@ class LeafnetHandler(BaseHandler):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
                 self.model = torch.jit.load(str(model_file), map_location=self.device).eval()
+        self.model_name = context.model_name
+        self.metrics = register_metrics(context) if getattr(context, "metrics", None) is not None else {}
         self.initialized = True
         logger.info(
             "leafnet: loaded %s on %s (%d classes, %d threads)", model_file.name, self.device, len(self.labels), threads
@@ -158,9 +227,15 @@ class LeafnetHandler(BaseHandler):
         ]
         return {"predictions": predictions, "model_version": self.version}
 
-    @staticmethod
-    def refuse(context, position: int, status: int, reason: str) -> str:
+    def record(self, name: str, value: float, *extra_dimension: str) -> None:
+        metric = self.metrics.get(name)
+        if metric is not None:
+            metric.add_or_update(value, [self.model_name, "Model", *extra_dimension])
+
+    def refuse(self, context, position: int, kind: str, reason: str) -> str:
+        status = STATUS.get(kind, 400)
         context.set_response_status(code=status, phrase=reason, idx=position)
+        self.record("leafnet_rejected_total", 1, kind)
         return json.dumps({"error": reason, "code": status})
 
     def handle(self, data: list[dict], context) -> list:
@@ -169,16 +244,20 @@ class LeafnetHandler(BaseHandler):
         arrays, positions = [], []
         for position, item in enumerate(data):
             try:
-                arrays.append(self.image_array(request_bytes(item)))
+                arrays.append(self.image_array(request_bytes(item, content_type_of(context, position))))
                 positions.append(position)
             except RejectedImage as error:
-                status = 413 if error.kind == "too_large" else 400
-                results[position] = self.refuse(context, position, status, str(error))
+                results[position] = self.refuse(context, position, error.kind, str(error))
             except Exception as error:  # a decoder bug must cost this request only, not the batch
                 logger.exception("leafnet: request %d failed", position)
-                results[position] = self.refuse(context, position, 500, f"cannot process image: {type(error).__name__}")
+                reason = f"cannot process image: {type(error).__name__}"
+                results[position] = self.refuse(context, position, "internal", reason)
         if arrays:
+            started = time.perf_counter()
             logits = self.logits(np.stack(arrays).astype(np.float32))
+            self.record("leafnet_inference_seconds", time.perf_counter() - started)
+            self.record("leafnet_batch_size", len(arrays))
             for position, row in zip(positions, logits, strict=True):
                 results[position] = self.top_k(row)
+                self.record("leafnet_top1_probability", results[position]["predictions"][0]["probability"])
         return results

@@ -2,10 +2,12 @@
 # Local TorchServe: scripts/serve.sh start|stop|status [variant]
 #   variant: torchscript (default, model_store/leafnet.mar) or another served export, e.g. onnx-int8
 #   (model_store/leafnet-onnx-int8.mar). Either way the model answers at /predictions/leafnet.
-# Environment: TS_CONFIG (default config/torchserve/config.properties), MODEL_STORE (model_store),
-#   LOG_LOCATION (runs/torchserve), READY_TIMEOUT (seconds, 120).
+# Environment: TS_CONFIG (default config/torchserve/config.properties; gce.properties and
+#   cloudrun.properties are the deployment profiles), MODEL_STORE (model_store), LOG_LOCATION
+#   (runs/torchserve), READY_TIMEOUT (seconds, 120), PORT (for cloudrun.properties, default 8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/torchserve.sh
 
 action=${1:-}
 variant=${2:-torchscript}
@@ -17,7 +19,8 @@ torchserve=.venv/bin/torchserve
 [ -x "$torchserve" ] || torchserve=torchserve
 
 [ -f "$config" ] || { echo "error: TorchServe config $config not found" >&2; exit 2; }
-inference=$(sed -n 's/^inference_address=//p' "$config")
+export PORT=${PORT:-8080}  # TorchServe fills $$PORT$$ from it (Cloud Run profile)
+inference=$(inference_url "$config")
 if [ "$variant" = torchscript ]; then archive=leafnet.mar; else archive="leafnet-$variant.mar"; fi
 
 case "$action" in
@@ -37,6 +40,9 @@ case "$action" in
       sleep 1
     done
     echo "TorchServe serves $archive: curl -X POST $inference/predictions/leafnet -T leaf.png"
+    if [ -f key_file.json ]; then
+      echo "token authorization is on: add -H \"Authorization: Bearer <inference key>\" (keys in $PWD/key_file.json)"
+    fi
     ;;
   stop)
     "$torchserve" --stop

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +127,22 @@ def offline_top1(checkpoint_path: str, images: list[Path]) -> list[int]:
     transform = eval_transform(PreprocessSpec(**checkpoint["preprocess"]))
     with torch.no_grad():
         return [model(transform(Image.open(p).convert("RGB"))[None]).argmax().item() for p in images]
+
+
+def unpack(archive: Path, into: Path) -> tuple[Path, dict]:
+    """A .mar's files, extracted as TorchServe does for a worker, and its manifest."""
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(into)
+    return into, json.loads((into / "MAR-INF" / "MANIFEST.json").read_text())
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 100-byte PNG whose header claims width x height: a decompression bomb's opening."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )

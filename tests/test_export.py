@@ -2,37 +2,29 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 from PIL import Image
 from torch import nn
 
 import leafnet.export.exporter as exporter
 from leafnet.bench.inference import InferenceBenchConfig, run_inference_benchmark
 from leafnet.checkpoint import load_checkpoint, save_checkpoint
-from leafnet.data.image_io import fit_square
-from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
 from leafnet.export.config import GateConfig
 from leafnet.export.onnx_export import export_onnx
 from leafnet.export.parity import TopK, compare_logits, gate_failures
 from leafnet.export.torchscript import export_torchscript
 from leafnet.models import model_from_checkpoint
-from tests.conftest import REPO, offline_top1
-
-sys.path.insert(0, str(REPO / "handlers"))
-import leafnet_handler
+from tests.conftest import REPO, unpack
 
 MAR_FILES = {
     "leafnet_handler.py",
@@ -42,23 +34,6 @@ MAR_FILES = {
     "model-config.yaml",
     "MAR-INF/MANIFEST.json",
 }
-
-
-def unpack(archive: Path, into: Path) -> tuple[Path, dict]:
-    with zipfile.ZipFile(archive) as z:
-        z.extractall(into)
-    return into, json.loads((into / "MAR-INF" / "MANIFEST.json").read_text())
-
-
-def handler_for(model_dir: Path, manifest: dict):
-    from ts.context import Context, RequestProcessor
-
-    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    context = Context("leafnet", str(model_dir), manifest, 8, None, "0.12.0", model_yaml_config=config)
-    context.request_processor = [RequestProcessor({}) for _ in range(3)]
-    handler = leafnet_handler.LeafnetHandler()
-    handler.initialize(context)
-    return handler, context
 
 
 @pytest.mark.slow
@@ -99,91 +74,6 @@ def test_archives_hold_the_model_handler_and_preprocessing(exported, tmp_path):
         assert preprocess == checkpoint["preprocess"]
         names = json.loads((model_dir / "index_to_name.json").read_text())
         assert [names[str(i)] for i in range(len(names))] == checkpoint["class_names"]
-
-
-@pytest.mark.slow
-def test_each_archive_answers_like_the_eager_model(exported, tiny_leaves, tmp_path):
-    report, config = exported
-    images = sorted((tiny_leaves / "test").rglob("*.png"))[:3]
-    expected = offline_top1(config.checkpoint, images)
-    for name in report["archives"]:
-        handler, context = handler_for(*unpack(Path(config.model_store) / name, tmp_path / name))
-        requests = [{"body": images[0].read_bytes()}, {"data": b"not an image"}, {"body": images[1].read_bytes()}]
-        answers = handler.handle(requests, context)
-        assert [answers[0]["predictions"][0]["index"], answers[2]["predictions"][0]["index"]] == expected[:2], name
-        assert answers[0]["model_version"] == report["version"]
-        assert len(answers[0]["predictions"]) == 4  # topk 5, capped at the 4 classes
-        assert context.get_response_status(1)[0] == 400 and "not an image" in json.loads(answers[1])["error"]
-
-
-@pytest.mark.slow
-def test_the_handler_takes_every_body_form_and_refuses_bad_ones(exported, tiny_leaves, tmp_path):
-    _, config = exported
-    handler, context = handler_for(*unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", tmp_path / "mar"))
-    raws = sorted((tiny_leaves.parent / "raw").rglob("*.png"))
-    raw = next(p for p in raws if Image.open(p).width != Image.open(p).height)  # a raw upload: letterboxed first
-    png = raw.read_bytes()
-    encoded = base64.encodebytes(png).decode()  # wrapped at 76 characters, as `base64` prints it
-    accepted = [
-        {"body": bytearray(png)},  # what TorchServe hands over for a raw body
-        {"data": png},  # multipart field "data"
-        {"file": png},  # multipart with another field name
-        {"body": {"image": encoded}},  # application/json
-        {"body": "data:image/png;base64," + encoded},  # a data URL as text/plain
-    ]
-    answers = [handler.handle([item], context)[0] for item in accepted]
-    checkpoint = load_checkpoint(config.checkpoint)
-    spec = PreprocessSpec(**checkpoint["preprocess"])
-    with Image.open(raw) as image:
-        fitted = fit_square(image.convert("RGB"), 32, "pad", (0, 0, 0))
-    with torch.no_grad():
-        logits = model_from_checkpoint(checkpoint)(eval_transform(spec)(fitted)[None])[0]
-    expected = logits.argmax().item()
-    assert {a["predictions"][0]["index"] for a in answers} == {expected}
-    refused = {
-        "empty body": {"body": b""},
-        "unsupported body (int)": {"body": 10_000_000_000},
-        "not valid base64": {"body": {"image": "@@@"}},
-        'needs an "image" field': {"body": {"picture": 1}},
-        "not an image": {"body": b"GIF89a but not really"},
-    }
-    for reason, item in refused.items():
-        answer = json.loads(handler.handle([item], context)[0])
-        assert reason in answer["error"] and answer["code"] == 400, (reason, answer)
-    strip = io.BytesIO()
-    Image.new("L", (16, 20_000)).save(strip, format="PNG")
-    answer = json.loads(handler.handle([{"body": strip.getvalue()}], context)[0])
-    assert answer["code"] == 413 and "letterboxing" in answer["error"]
-
-
-@pytest.mark.slow
-def test_the_archived_handler_imports_neither_leafnet_nor_timm(exported, tmp_path):
-    _, config = exported
-    model_dir, _ = unpack(Path(config.model_store) / "leafnet.mar", tmp_path / "mar")
-    probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import leafnet_handler, image_io; "
-        "assert leafnet_handler.decode_image.__module__ == 'image_io'; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('leafnet', 'timm', 'torchvision')))"
-    )
-    result = subprocess.run([sys.executable, "-c", probe, str(model_dir)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [
-        PreprocessSpec(input_size=32, crop_pct=1.0, interpolation="bilinear"),
-        PreprocessSpec(input_size=40, crop_pct=0.875, interpolation="bicubic", mean=[0.3] * 3, std=[0.4] * 3),
-    ],
-)
-def test_handler_preprocessing_equals_the_training_eval_transform(spec):
-    """The handler's numpy version of timm's eval transform, on the sizes prepare and raw uploads give."""
-    rng = np.random.default_rng(0)
-    for width, height in [(32, 32), (40, 40), (48, 48), (97, 61), (50, 130), (300, 301)]:
-        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-        expected = eval_transform(spec)(image).numpy()
-        np.testing.assert_allclose(leafnet_handler.eval_tensor(image, spec.to_dict()), expected, atol=1e-5)
 
 
 def test_compare_logits_and_topk():

@@ -3,25 +3,35 @@ on free loopback ports in a temp dir: health, predictions equal to the offline m
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import REPO, offline_top1
+from leafnet.bench.serving import ServingBenchConfig, run_serving_benchmark
+from leafnet.errors import LeafnetError
+from leafnet.export.archive import build_archive
+from tests.conftest import REPO, offline_top1, png_claiming, unpack
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 MODELS = {"leafnet": "leafnet.mar", "leafnet-onnx-int8": "leafnet-onnx-int8.mar"}
 READY_TIMEOUT_S = 180
+BATCH = 8
 
 
 def free_port() -> int:
@@ -49,53 +59,99 @@ def request(url: str, data: bytes | None = None, headers: dict | None = None, me
         return None, b""
 
 
-def wait_until_ready(management: str, models: list[str], server_log: Path) -> None:
+def ready_workers(management: str, model: str, headers: dict | None = None) -> list[dict]:
+    status, body = request(f"{management}/models/{model}", headers=headers)
+    return [w for w in json.loads(body)[0]["workers"] if w["status"] == "READY"] if status == 200 else []
+
+
+def wait_until_ready(management: str, models: list[str], server_log: Path, auth=dict) -> None:
     """Polls until every model has a READY worker: TorchServe offers no blocking start."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        ready = []
-        for name in models:
-            status, body = request(f"{management}/models/{name}")
-            workers = json.loads(body)[0]["workers"] if status == 200 else []
-            ready.append(any(w["status"] == "READY" for w in workers))
-        if all(ready):
+        if all(ready_workers(management, name, auth()) for name in models):
             return
         time.sleep(0.5)
     log = server_log.read_text()[-3000:] if server_log.is_file() else "no log"
     raise AssertionError(f"TorchServe did not get ready in {READY_TIMEOUT_S} s:\n{log}")
 
 
-@pytest.fixture(scope="module")
-def server(exported, tmp_path_factory):
-    _, config = exported
-    base = tmp_path_factory.mktemp("torchserve")
-    ports = {name: free_port() for name in ("inference", "management", "metrics")}
-    properties = (REPO / "config" / "torchserve" / "config.properties").read_text()
+def loopback_properties(profile: str, model_store: str, models: dict[str, str]):
+    """A profile from config/torchserve on free loopback ports, serving `models` from `model_store`:
+    tests never bind 0.0.0.0. Returns the properties text, the three HTTP URLs and the environment
+    it needs (PORT, for the Cloud Run profile's $$PORT$$)."""
+    properties = (REPO / "config" / "torchserve" / profile).read_text().replace("0.0.0.0", "127.0.0.1")
+    env = {"PORT": str(free_port())} if "$$PORT$$" in properties else {}
+    urls = {"inference": f"http://127.0.0.1:{env['PORT']}"} if env else {}
     for name, default in (("inference", 8080), ("management", 8081), ("metrics", 8082)):
-        properties = properties.replace(f"127.0.0.1:{default}", f"127.0.0.1:{ports[name]}")
+        if name in urls:
+            continue
+        port = free_port()
+        properties = properties.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
+        urls[name] = f"http://127.0.0.1:{port}"
     properties = free_grpc_ports(properties)
-    load = ",".join(f"{name}={archive}" for name, archive in MODELS.items())
+    # Workers talk to the frontend over /tmp/.ts.sock.<port> whatever TMPDIR says, from 9000 up: two servers
+    # at once must number their workers apart.
+    properties += f"\ninitial_worker_port={free_port()}\n"
+    metrics_config = REPO / "config" / "torchserve" / "metrics.yaml"  # the profiles' path is relative to the repo
+    properties = properties.replace("=config/torchserve/metrics.yaml", f"={metrics_config}")
+    load = ",".join(f"{name}={archive}" for name, archive in models.items())
     properties = re.sub(r"(?m)^load_models=.*$", f"load_models={load}", properties)
-    properties = re.sub(r"(?m)^model_store=.*$", f"model_store={config.model_store}", properties)
+    properties = re.sub(r"(?m)^model_store=.*$", f"model_store={model_store}", properties)
+    return properties, urls, env
+
+
+@contextlib.contextmanager
+def torchserve(base: Path, properties: str, urls: dict[str, str], models: list[str], **env: str):
+    """A TorchServe started in `base` (its working directory, pid file and logs), stopped on exit."""
     (base / "config.properties").write_text(properties)
     # TMPDIR isolates TorchServe's pid file (it lives in the temp dir) from any other server.
-    env = {
-        **os.environ,
-        "TMPDIR": str(base),
-        "LOG_LOCATION": str(base / "logs"),
-        "METRICS_LOCATION": str(base / "logs"),
-    }
-    torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
-    start = [torchserve, "--start", "--ncs", "--ts-config", str(base / "config.properties")]
+    logs = str(base / "logs")
+    env = {**os.environ, "TMPDIR": str(base), "LOG_LOCATION": logs, "METRICS_LOCATION": logs, **env}
+    command = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
+    start = [command, "--start", "--ncs", "--ts-config", str(base / "config.properties")]
     with open(base / "launcher.log", "w") as launcher:  # the JVM inherits these: a pipe would never close
-        subprocess.run([*start, "--model-store", config.model_store], env=env, cwd=base, stdout=launcher,
-                       stderr=subprocess.STDOUT, check=True, timeout=60)  # fmt: skip
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        subprocess.run(start, env=env, cwd=base, stdout=launcher, stderr=subprocess.STDOUT, check=True, timeout=60)
     try:
-        wait_until_ready(urls["management"], list(MODELS), base / "logs" / "model_log.log")
+        wait_until_ready(urls["management"], models, base / "logs" / "model_log.log", lambda: management_auth(base))
         yield urls
     finally:
-        subprocess.run([torchserve, "--stop"], env=env, cwd=base, capture_output=True, timeout=60)
+        subprocess.run([command, "--stop"], env=env, cwd=base, capture_output=True, timeout=60)
+
+
+def management_auth(base: Path) -> dict:
+    """The management key's header when TorchServe wrote a key file (token authorization on)."""
+    try:
+        keys = json.loads((base / "key_file.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # none, or TorchServe is still writing it
+        return {}
+    return {"Authorization": f"Bearer {keys['management']['key']}"}
+
+
+@pytest.fixture(scope="module")
+def batch_archive(exported, tmp_path_factory) -> str:
+    """The int8 archive again, with a long maxBatchDelay: concurrent requests surely share one batch."""
+    _, config = exported
+    base = tmp_path_factory.mktemp("batch_archive")
+    model_dir, manifest = unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", base / "unpacked")
+    model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    model_config.update(batchSize=BATCH, maxBatchDelay=5000)
+    (base / "model-config.yaml").write_text(yaml.safe_dump(model_config))
+    extras = [model_dir / name for name in ("index_to_name.json", "preprocess.json", "image_io.py")]
+    build_archive(
+        "leafnet-batch", manifest["model"]["modelVersion"], model_dir / manifest["model"]["serializedFile"],
+        model_dir / "leafnet_handler.py", extras, base / "model-config.yaml", Path(config.model_store),
+    )  # fmt: skip
+    return "leafnet-batch.mar"
+
+
+@pytest.fixture(scope="module")
+def server(exported, batch_archive, tmp_path_factory):
+    _, config = exported
+    base = tmp_path_factory.mktemp("torchserve")
+    models = {**MODELS, "leafnet-batch": batch_archive}
+    properties, urls, _ = loopback_properties("config.properties", config.model_store, models)
+    with torchserve(base, properties, urls, list(models)):
+        yield urls
 
 
 def test_ping_is_healthy(server):
@@ -118,22 +174,84 @@ def test_every_served_model_predicts_like_the_offline_model(server, exported, ti
         assert served == expected, model
 
 
-def test_curl_multipart_and_raw_uploads(server, tiny_leaves):
+def curl(*args: str) -> dict:
+    return json.loads(subprocess.run(["curl", "-s", "-X", "POST", *args], capture_output=True, check=True).stdout)
+
+
+def test_every_accepted_input_form_gives_the_same_answer(server, tiny_leaves):
     image = sorted((tiny_leaves / "test").rglob("*.png"))[0]
     url = f"{server['inference']}/predictions/leafnet"
-    raw = subprocess.run(["curl", "-s", "-X", "POST", url, "-T", str(image)], capture_output=True, check=True)
-    form = subprocess.run(["curl", "-s", "-X", "POST", url, "-F", f"data=@{image}"], capture_output=True, check=True)
-    assert json.loads(raw.stdout) == json.loads(form.stdout)
-    assert len(json.loads(raw.stdout)["predictions"]) == 4  # top-5 capped at the 4 classes
+    encoded = base64.b64encode(image.read_bytes()).decode()
+    answers = [
+        curl(url, "-T", str(image)),
+        curl(url, "-F", f"data=@{image}"),
+        curl(url, "-F", f"leaf=@{image}"),  # another field name
+        curl(url, "--data-binary", f"@{image}", "-H", "Content-Type: application/octet-stream"),
+        curl(url, "-H", "Content-Type: application/json", "-d", json.dumps({"image": encoded})),
+        curl(url, "-H", "Content-Type: text/plain", "-d", f"data:image/png;base64,{encoded}"),
+    ]
+    assert all(answer == answers[0] for answer in answers), answers
+    assert len(answers[0]["predictions"]) == 4  # top-5 capped at the 4 classes
 
 
-def test_bad_input_gets_a_json_reason_and_the_worker_survives(server, tiny_leaves):
+def test_every_bad_input_gets_a_4xx_with_a_reason_and_the_worker_survives(server, tiny_leaves, tmp_path):
     url = f"{server['inference']}/predictions/leafnet-onnx-int8"
-    status, body = request(url, data=b"certainly not a PNG", headers={"Content-Type": "application/octet-stream"})
-    assert status == 400 and "not an image" in json.loads(body)["error"]
-    image = sorted((tiny_leaves / "test").rglob("*.png"))[0]
-    status, _ = request(url, data=image.read_bytes(), headers={"Content-Type": "application/octet-stream"})
-    assert status == 200
+    [worker] = ready_workers(server["management"], "leafnet-onnx-int8")
+    png = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
+    octets = {"Content-Type": "application/octet-stream"}
+    cases = [
+        (b"", octets, 400, "empty body"),
+        (b"certainly not a PNG", octets, 400, "not an image"),
+        (png[: len(png) // 2], octets, 400, "truncated"),
+        (png_claiming(7_000, 7_000), octets, 413, "exceeds max_pixels"),
+        # A form body reaches the handler only when Netty can parse it as a form: no bad %-escape, else
+        # TorchServe answers 500 ErrorDataDecoderException itself (docs/serving.md).
+        (png.replace(b"%", b""), {"Content-Type": "application/x-www-form-urlencoded"}, 415, "octet-stream"),
+        (b'{"picture": 1}', {"Content-Type": "application/json"}, 400, '"image" field'),
+        (b"%%% not base64", {"Content-Type": "text/plain"}, 400, "not valid base64"),
+    ]
+    for body, headers, expected, reason in cases:
+        status, answer = request(url, data=body, headers=headers)
+        assert status == expected and reason in json.loads(answer)["error"], (reason, status, answer)
+    # TorchServe itself refuses a body over max_request_size (10 MB), before any handler, without a body.
+    # curl waits for "100 Continue" and reads the 413; urllib would still be sending when the server hangs up.
+    (tmp_path / "huge.png").write_bytes(png + bytes(10 * 1024 * 1024))
+    status = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", url, "-T", str(tmp_path / "huge.png")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert status == "413"
+    assert request(url, data=png)[0] == 200
+    assert [w["pid"] for w in ready_workers(server["management"], "leafnet-onnx-int8")] == [worker["pid"]]
+
+
+def test_a_batch_with_one_bad_item_answers_each_request_on_its_own(server, exported, tiny_leaves):
+    """leafnet-batch waits up to 5 s to fill a batch of 8: eight concurrent requests are one batch."""
+    _, config = exported
+    images = sorted((tiny_leaves / "test").rglob("*.png"))[: BATCH - 1]
+    bodies = [p.read_bytes() for p in images]
+    bodies.insert(3, b"not an image at all")
+    url = f"{server['inference']}/predictions/leafnet-batch"
+    with ThreadPoolExecutor(BATCH) as pool:
+        results = list(pool.map(lambda body: request(url, data=body), bodies))
+    bad_status, bad_body = results.pop(3)
+    assert bad_status == 400 and "not an image" in json.loads(bad_body)["error"]
+    assert [status for status, _ in results] == [200] * (BATCH - 1)
+    served = [json.loads(body)["predictions"][0]["index"] for _, body in results]
+    assert served == offline_top1(config.checkpoint, images)
+    batches = metric_values(server["metrics"], "leafnet_batch_size", 'ModelName="leafnet-batch"', ("count", "sum"))
+    assert batches == {"count": 1.0, "sum": BATCH - 1.0}  # one forward pass for the seven good images
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, exported, tiny_leaves):
+    _, config = exported
+    images = sorted((tiny_leaves / "test").rglob("*.png")) * 4
+    url = f"{server['inference']}/predictions/leafnet-onnx-int8"
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda image: request(url, data=image.read_bytes()), images))
+    assert [status for status, _ in results] == [200] * len(images)
+    served = [json.loads(body)["predictions"][0]["index"] for _, body in results]
+    assert served == offline_top1(config.checkpoint, images)
 
 
 def test_model_api_refuses_remote_registration(server):
@@ -141,19 +259,77 @@ def test_model_api_refuses_remote_registration(server):
     assert status == 405
 
 
-def test_prometheus_metrics_count_requests(server):
-    status, body = request(f"{server['metrics']}/metrics")
-    assert status == 200 and b"ts_inference_requests_total" in body
+def metric_values(metrics_url: str, name: str, labels: str, suffixes: tuple[str, ...]) -> dict[str, float]:
+    """Values of `name`_<suffix>{...labels...} on the Prometheus endpoint, polled until all appear: the
+    frontend reads metrics from the worker's log asynchronously."""
+    deadline = time.monotonic() + 30
+    while True:
+        _, body = request(f"{metrics_url}/metrics")
+        found = {}
+        for line in body.decode().splitlines():
+            for suffix in suffixes:
+                if line.startswith(f"{name}_{suffix}{{") and labels in line:
+                    found[suffix] = float(line.rsplit(" ", 1)[1])
+        if len(found) == len(suffixes) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_prometheus_endpoint_shows_the_handler_metrics(server, tiny_leaves):
+    url = f"{server['inference']}/predictions/leafnet"
+    assert request(url, data=sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes())[0] == 200
+    assert request(url, data=b"")[0] == 400
+    model = 'ModelName="leafnet"'
+    assert metric_values(server["metrics"], "leafnet_inference_seconds", model, ("count", "sum"))["count"] >= 1
+    assert metric_values(server["metrics"], "leafnet_top1_probability", model, ("count",))["count"] >= 1
+    assert metric_values(server["metrics"], "leafnet_rejected", f'{model},Level="Model",Reason="empty"', ("total",))
+    _, body = request(f"{server['metrics']}/metrics")
+    assert b"ts_inference_requests_total" in body and b"# TYPE leafnet_batch_size histogram" in body
+
+
+def test_a_killed_worker_is_restarted_and_serves_again(server, tiny_leaves):
+    management, model = server["management"], "leafnet-onnx-int8"
+    [worker] = ready_workers(management, model)
+    os.kill(worker["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not [w for w in ready_workers(management, model) if w["pid"] != worker["pid"]]:
+        assert time.monotonic() < deadline, "TorchServe did not restart the killed worker"
+        time.sleep(0.5)
+    image = sorted((tiny_leaves / "test").rglob("*.png"))[0]
+    assert request(f"{server['inference']}/predictions/{model}", data=image.read_bytes())[0] == 200
+
+
+def test_gce_profile_needs_the_inference_token(exported, tiny_leaves, tmp_path):
+    _, config = exported
+    properties, urls, env = loopback_properties("gce.properties", config.model_store, {"leafnet": "leafnet.mar"})
+    image = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
+    with torchserve(tmp_path, properties, urls, ["leafnet"], **env):
+        keys = json.loads((tmp_path / "key_file.json").read_text())
+        url = f"{urls['inference']}/predictions/leafnet"
+        status, body = request(url, data=image)
+        assert status == 400 and "Token Authorization failed" in json.loads(body)["message"]
+        assert request(url, data=image, headers={"Authorization": "Bearer wrong"})[0] == 400
+        assert request(url, data=image, headers={"Authorization": f"Bearer {keys['inference']['key']}"})[0] == 200
+        assert request(f"{urls['management']}/models")[0] == 400
+        management = {"Authorization": f"Bearer {keys['management']['key']}"}
+        assert request(f"{urls['management']}/models", headers=management)[0] == 200
+
+
+def test_cloudrun_profile_serves_on_the_port_cloud_run_gives(exported, tiny_leaves, tmp_path):
+    _, config = exported
+    properties, urls, env = loopback_properties("cloudrun.properties", config.model_store, {"leafnet": "leafnet.mar"})
+    assert env["PORT"] in urls["inference"]
+    image = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
+    with torchserve(tmp_path, properties, urls, ["leafnet"], **env):
+        assert not (tmp_path / "key_file.json").exists()  # Cloud Run's IAM guards it instead
+        assert request(f"{urls['inference']}/ping")[0] == 200
+        assert request(f"{urls['inference']}/predictions/leafnet", data=image)[0] == 200
 
 
 def test_serve_and_predict_scripts(server, exported, tiny_leaves, tmp_path):
     """scripts/serve.sh start|status|stop and scripts/predict.sh, on their own server beside the fixture's."""
     _, config = exported
-    port = free_port()
-    properties = (REPO / "config" / "torchserve" / "config.properties").read_text()
-    for default in (8080, 8081, 8082):
-        properties = properties.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port if default == 8080 else free_port()}")
-    properties = free_grpc_ports(properties)
+    properties, urls, _ = loopback_properties("config.properties", config.model_store, {"leafnet": "leafnet.mar"})
     (tmp_path / "config.properties").write_text(properties)
     env = {
         **os.environ,
@@ -167,7 +343,7 @@ def test_serve_and_predict_scripts(server, exported, tiny_leaves, tmp_path):
     try:
         started = subprocess.run([*serve, "start", "onnx-int8"], env=env, capture_output=True, text=True, timeout=200)
         assert started.returncode == 0, started.stderr
-        assert "leafnet-onnx-int8.mar" in started.stdout
+        assert f"leafnet-onnx-int8.mar: curl -X POST {urls['inference']}/predictions/leafnet" in started.stdout
         status = subprocess.run([*serve, "status"], env=env, capture_output=True, text=True)
         assert status.returncode == 0 and "Healthy" in status.stdout
         predicted = subprocess.run(
@@ -181,3 +357,44 @@ def test_serve_and_predict_scripts(server, exported, tiny_leaves, tmp_path):
         stopped = subprocess.run([*serve, "stop"], env=env, capture_output=True, text=True, timeout=60)
     assert stopped.returncode == 0
     assert subprocess.run([*serve, "status"], env=env, capture_output=True).returncode == 1
+
+
+def test_serving_benchmark_measures_load_and_the_in_process_reference(server, exported, tiny_leaves, tmp_path):
+    _, config = exported
+    bench = ServingBenchConfig(
+        url=server["inference"],
+        model="leafnet-onnx-int8",
+        archive=str(Path(config.model_store) / "leafnet-onnx-int8.mar"),
+        images=str(tiny_leaves / "test"),
+        concurrency=[1, 4],
+        duration_s=1.0,
+        warmup_s=0.2,
+        reference_s=0.3,
+        output=str(tmp_path / "bench"),
+    )
+    report = run_serving_benchmark(bench, log=lambda _: None)
+    assert [level["concurrency"] for level in report["levels"]] == [1, 4]
+    for level in report["levels"]:
+        assert level["requests"] > 0 and level["errors"] == 0
+        assert 0 < level["p50_ms"] <= level["p90_ms"] <= level["p99_ms"]
+        assert level["ratio_to_in_process"] == pytest.approx(
+            level["requests_per_s"] / level["in_process_images_per_s"], abs=1e-3
+        )
+    assert sorted(report["in_process"]) == ["1", "4"]  # batch min(concurrency, batchSize)
+    assert report["single_request_overhead_ms"] == pytest.approx(
+        report["levels"][0]["p50_ms"] - report["in_process"]["1"]["median_call_ms"], abs=0.02
+    )
+    assert json.loads((tmp_path / "bench" / "serving_benchmark.json").read_text()) == report
+    assert "| 4 |" in (tmp_path / "bench" / "serving_benchmark.md").read_text()
+
+
+def test_serving_benchmark_names_what_is_missing(exported, tiny_leaves, tmp_path):
+    _, config = exported
+    archive = str(Path(config.model_store) / "leafnet-onnx-int8.mar")
+    nobody = ServingBenchConfig(url=f"http://127.0.0.1:{free_port()}", archive=archive, images=str(tiny_leaves))
+    with pytest.raises(LeafnetError, match=r"no TorchServe answers at .*serve\.sh start"):
+        run_serving_benchmark(nobody, log=lambda _: None)
+    with pytest.raises(LeafnetError, match=r"archive .*nothing\.mar not found"):
+        run_serving_benchmark(replace(nobody, archive=str(tmp_path / "nothing.mar")), log=lambda _: None)
+    with pytest.raises(LeafnetError, match="concurrency must list"):
+        run_serving_benchmark(replace(nobody, concurrency=[0]), log=lambda _: None)

@@ -1,0 +1,360 @@
+"""Serving benchmark: closed-loop HTTP load on a running TorchServe, against the same archive in-process.
+
+Each concurrency level runs `concurrency` clients for `warmup_s` + `duration_s`; every client sends one
+image, waits for the answer, and sends the next (closed loop), over its own keep-alive connection.
+Requests started during the warm-up are not counted. Latency is per request, end to end.
+
+The reference is the archive's own handler run in this process, without TorchServe: decode, preprocess
+and onnxruntime/TorchScript on the same images, in batches of min(concurrency, batchSize) as the server
+would fuse them. So `ratio` is what TorchServe's HTTP, queueing and IPC cost on top of the very code it
+runs. The reference is measured first, while the server is idle; client and server share this machine's
+cores, as they would on one VM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from leafnet.errors import LeafnetError
+from leafnet.fsutil import atomic_write_bytes, sha256_file, write_json
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class ServingBenchConfig:
+    url: str = "http://127.0.0.1:8080"  # TorchServe's inference address
+    model: str = "leafnet"
+    archive: str = "model_store/leafnet-onnx-int8.mar"  # the archive the server serves: the in-process reference
+    images: str = "data/processed/synthetic/test"  # a folder of images, sent round robin
+    max_images: int = 64
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    reference_s: float = 3.0  # seconds of in-process timing per batch size
+    token: str | None = None  # bearer token (GCE profile); default: none
+    timeout_s: float = 30.0
+    output: str = "runs/benchmark_serving"
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    requests: int
+    errors: int
+    error_kinds: dict[str, int]
+    seconds: float
+    latencies_ms: list[float]
+
+    def summary(self) -> dict:
+        latencies = np.asarray(self.latencies_ms or [float("nan")])
+        p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+        return {
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_kinds": self.error_kinds,
+            "seconds": round(self.seconds, 3),
+            "requests_per_s": round(self.requests / self.seconds, 2) if self.seconds else 0.0,
+            "p50_ms": round(float(p50), 2),
+            "p90_ms": round(float(p90), 2),
+            "p99_ms": round(float(p99), 2),
+        }
+
+
+def _validate(config: ServingBenchConfig) -> None:
+    if not config.concurrency or min(config.concurrency) < 1:
+        raise LeafnetError("concurrency must list levels of at least 1")
+    if config.duration_s <= 0 or config.warmup_s < 0 or config.reference_s <= 0 or config.timeout_s <= 0:
+        raise LeafnetError("duration_s, reference_s and timeout_s must be > 0, warmup_s >= 0")
+    if config.max_images < 1:
+        raise LeafnetError("max_images must be at least 1")
+    if urllib.parse.urlsplit(config.url).scheme not in ("http", "https"):
+        raise LeafnetError(f"url must be http(s)://host:port, got {config.url!r}")
+
+
+def load_images(folder: str, limit: int) -> list[bytes]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise LeafnetError(f"images folder {root} not found: run make prepare, or pass images=<folder>")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not paths:
+        raise LeafnetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    return [p.read_bytes() for p in paths]
+
+
+class InProcessHandler:
+    """The archive's handler, loaded as a TorchServe worker would load it, minus TorchServe."""
+
+    def __init__(self, archive: Path, workdir: Path) -> None:
+        from ts.context import Context, RequestProcessor
+
+        if not archive.is_file():
+            raise LeafnetError(f"archive {archive} not found: run scripts/export.py, or pass archive=<file.mar>")
+        try:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(workdir)
+            manifest = json.loads((workdir / "MAR-INF" / "MANIFEST.json").read_text())
+        except (zipfile.BadZipFile, OSError, json.JSONDecodeError, KeyError) as error:
+            raise LeafnetError(f"{archive} is not a TorchServe archive: {error}") from None
+        model_config = yaml.safe_load((workdir / "model-config.yaml").read_text()) or {}
+        self.batch_size = int(model_config.get("batchSize", 1))
+        self.version = manifest["model"].get("modelVersion", "")
+        handler_file = workdir / manifest["model"]["handler"]
+        sys.path.insert(0, str(workdir))  # the handler imports image_io from beside itself
+        try:
+            spec = importlib.util.spec_from_file_location(f"_bench_handler_{os.getpid()}", handler_file)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(workdir))
+        self._context = Context(
+            manifest["model"]["modelName"], str(workdir), manifest, self.batch_size, None, "", None,
+            model_yaml_config=model_config,
+        )  # fmt: skip
+        self._request_processor = RequestProcessor
+        self._handler = module.LeafnetHandler()
+        self._handler.initialize(self._context)
+
+    def __call__(self, bodies: list[bytes]) -> list:
+        self._context.request_processor = [self._request_processor({}) for _ in bodies]
+        return self._handler.handle([{"body": body} for body in bodies], self._context)
+
+
+def reference_throughput(handler: InProcessHandler, images: list[bytes], batch: int, seconds: float) -> dict:
+    """Images per second and median seconds per call of the in-process handler at one batch size."""
+    for _ in range(3):
+        handler(images[:batch])  # warm-up: first calls allocate
+    durations, position = [], 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or len(durations) < 5:
+        bodies = [images[(position + i) % len(images)] for i in range(batch)]
+        position += batch
+        t0 = time.perf_counter()
+        answers = handler(bodies)
+        durations.append(time.perf_counter() - t0)
+        if not all(isinstance(a, dict) for a in answers):
+            raise LeafnetError(f"the in-process handler refused a benchmark image: {answers}")
+    return {
+        "batch": batch,
+        "images_per_s": round(batch * len(durations) / sum(durations), 2),
+        "median_call_ms": round(float(np.median(durations)) * 1000, 3),
+        "calls": len(durations),
+    }
+
+
+class HttpClient:
+    """A lean HTTP/1.1 client on one keep-alive socket, reopened after an error.
+
+    Client and server share this machine's cores, so the load generator must cost little: http.client
+    took about a third of a core at 400 req/s. This one sends prebuilt request bytes and reads the
+    response by Content-Length (TorchServe always sends it), as load generators such as wrk do.
+    """
+
+    def __init__(self, url: str, path: str, token: str | None, timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http":
+            raise LeafnetError(f"the serving benchmark speaks plain http, not {parts.scheme}: {url}")
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._timeout = timeout
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self._head = (
+            f"POST {parts.path.rstrip('/')}{path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}"
+            "Content-Type: application/octet-stream\r\nContent-Length: "
+        ).encode()
+        self._socket: socket.socket | None = None
+        self._buffer = b""
+
+    def post(self, body: bytes) -> tuple[int, bytes]:
+        if self._socket is None:
+            self._socket = socket.create_connection(self._address, timeout=self._timeout)
+            self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._buffer = b""
+        try:
+            self._socket.sendall(self._head + str(len(body)).encode() + b"\r\n\r\n" + body)
+            status, headers, payload = self._read_response()
+        except (OSError, ValueError):
+            self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, payload
+
+    def _read_response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self._buffer:
+            self._receive()
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if status == 100:  # "100 Continue": the real response follows
+            return self._read_response()
+        if "content-length" not in headers:
+            raise ValueError(f"response without Content-Length (HTTP {status})")
+        length = int(headers["content-length"])
+        while len(self._buffer) < length:
+            self._receive()
+        payload, self._buffer = self._buffer[:length], self._buffer[length:]
+        return status, headers, payload
+
+    def _receive(self) -> None:
+        chunk = self._socket.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("server closed the connection")
+        self._buffer += chunk
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+def run_level(config: ServingBenchConfig, images: list[bytes], concurrency: int) -> LevelResult:
+    """`concurrency` closed-loop clients for warmup_s + duration_s; only requests started after the warm-up count."""
+    measure_from = time.perf_counter() + config.warmup_s
+    stop_at = measure_from + config.duration_s
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+
+    def client(index: int) -> None:
+        http_client = HttpClient(config.url, f"/predictions/{config.model}", config.token, config.timeout_s)
+        position = index * 7919  # clients start at different images
+        try:
+            while (started := time.perf_counter()) < stop_at:
+                body = images[position % len(images)]
+                position += 1
+                try:
+                    status, _ = http_client.post(body)
+                    kind = None if status == 200 else f"HTTP {status}"
+                except (OSError, ValueError) as error:
+                    kind = type(error).__name__
+                if started < measure_from:
+                    continue
+                with lock:
+                    if kind is None:
+                        latencies.append((time.perf_counter() - started) * 1000)
+                    else:
+                        errors[kind] = errors.get(kind, 0) + 1
+        finally:
+            http_client.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = max(time.perf_counter() - measure_from, 1e-9)
+    return LevelResult(concurrency, len(latencies), sum(errors.values()), errors, seconds, latencies)
+
+
+def check_server(config: ServingBenchConfig, image: bytes, version: str) -> None:
+    """Fails early, with the fix, when nothing answers or the server runs another model version."""
+    client = HttpClient(config.url, f"/predictions/{config.model}", config.token, config.timeout_s)
+    try:
+        status, body = client.post(image)
+    except (OSError, ValueError) as error:
+        raise LeafnetError(
+            f"no TorchServe answers at {config.url} ({error}): start one with scripts/serve.sh start onnx-int8"
+        ) from None
+    finally:
+        client.close()
+    if status != 200:
+        raise LeafnetError(f"{config.url}/predictions/{config.model} answered HTTP {status}: {body[:200]!r}")
+    served = json.loads(body).get("model_version")
+    if served != version:
+        raise LeafnetError(f"the server runs model version {served}, but {config.archive} holds {version}")
+
+
+def run_serving_benchmark(config: ServingBenchConfig, log=print) -> dict:
+    _validate(config)
+    images = load_images(config.images, config.max_images)
+    archive = Path(config.archive)
+    with tempfile.TemporaryDirectory(prefix="leafnet-bench-") as workdir:
+        handler = InProcessHandler(archive, Path(workdir))
+        check_server(config, images[0], handler.version)
+        log(f"in-process reference: {archive.name}, {len(images)} images, batch sizes up to {handler.batch_size}")
+        single = reference_throughput(handler, images, 1, config.reference_s)
+        references = {1: single}
+        for level in config.concurrency:
+            batch = min(level, handler.batch_size)
+            if batch not in references:
+                references[batch] = reference_throughput(handler, images, batch, config.reference_s)
+        batch_size = handler.batch_size
+    levels = []
+    for level in config.concurrency:
+        result = run_level(config, images, level).summary()
+        reference = references[min(level, batch_size)]
+        result["in_process_images_per_s"] = reference["images_per_s"]
+        result["ratio_to_in_process"] = round(result["requests_per_s"] / reference["images_per_s"], 3)
+        levels.append(result)
+        log(
+            f"  concurrency {level:>3}: {result['requests_per_s']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
+            f"p90 {result['p90_ms']:7.2f}  p99 {result['p99_ms']:7.2f}  errors {result['errors']}  "
+            f"ratio {result['ratio_to_in_process']:.2f}"
+        )
+    report = {
+        "config": {k: v for k, v in vars(config).items() if k != "token"},
+        "archive_sha256": sha256_file(archive),
+        "model_version": handler.version,
+        "server_batch_size": batch_size,
+        "in_process": {str(batch): facts for batch, facts in sorted(references.items())},
+        "levels": levels,
+        "single_request_overhead_ms": _single_overhead(levels, single),
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "serving_benchmark.json", report)
+    atomic_write_bytes(out / "serving_benchmark.md", render_markdown(report).encode())
+    return report
+
+
+def _single_overhead(levels: list[dict], single: dict) -> float | None:
+    """Served median latency at concurrency 1 minus the in-process median of one image (decode included)."""
+    one = next((level for level in levels if level["concurrency"] == 1), None)
+    return round(one["p50_ms"] - single["median_call_ms"], 2) if one else None
+
+
+def render_markdown(report: dict) -> str:
+    config = report["config"]
+    lines = [
+        f"# Serving benchmark: {config['model']} at {config['url']}",
+        "",
+        f"Archive `{Path(config['archive']).name}` (version {report['model_version']}), "
+        f"{config['duration_s']} s per level after {config['warmup_s']} s warm-up; server batchSize "
+        f"{report['server_batch_size']}. Ratio: served requests/s over the same handler's images/s in-process "
+        "at batch min(concurrency, batchSize).",
+        "",
+        "| concurrency | req/s | p50 ms | p90 ms | p99 ms | errors | in-process img/s | ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for level in report["levels"]:
+        lines.append(
+            f"| {level['concurrency']} | {level['requests_per_s']:.1f} | {level['p50_ms']:.2f} | {level['p90_ms']:.2f} "
+            f"| {level['p99_ms']:.2f} | {level['errors']} | {level['in_process_images_per_s']:.1f} "
+            f"| {level['ratio_to_in_process']:.2f} |"
+        )
+    single = report["in_process"]["1"]["median_call_ms"]
+    lines += ["", f"In-process median for one image (decode included): {single:.2f} ms."]
+    if report["single_request_overhead_ms"] is not None:
+        lines.append(f"Served median at concurrency 1 is {report['single_request_overhead_ms']:+.2f} ms from it.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,21 @@
+# Sourced by serve.sh and predict.sh: facts about a TorchServe config.properties.
+
+# The URL a local client uses for the config's inference address: $$PORT$$ (the Cloud Run profile) is
+# filled from $PORT as TorchServe does, and a wildcard bind (0.0.0.0) is reached on loopback.
+inference_url() {
+  local address
+  address=$(sed -n 's/^inference_address=//p' "$1")
+  [ -n "$address" ] || { echo "error: no inference_address in $1" >&2; return 2; }
+  address=${address//\$\$PORT\$\$/${PORT:-8080}}
+  echo "${address/0.0.0.0/127.0.0.1}"
+}
+
+# curl arguments for token authorization: TS_TOKEN, else the inference key of a key_file.json that
+# TorchServe wrote in this directory (profiles with disable_token_authorization=false).
+auth_header() {
+  local token=${TS_TOKEN:-}
+  if [ -z "$token" ] && [ -f key_file.json ]; then
+    token=$(sed -n '/"inference"/,/}/s/.*"key": "\([^"]*\)".*/\1/p' key_file.json)
+  fi
+  [ -z "$token" ] || printf '%s\n' -H "Authorization: Bearer $token"
+}

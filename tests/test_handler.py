@@ -1,0 +1,298 @@
+"""The TorchServe handler in-process, with TorchServe's own Context: answers like the eager model, every
+body form, every refusal, its metrics, and property tests that no input crashes it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from leafnet.checkpoint import load_checkpoint
+from leafnet.data.image_io import fit_square
+from leafnet.data.transforms import PreprocessSpec, eval_transform
+from leafnet.models import model_from_checkpoint
+from tests.conftest import REPO, offline_top1, png_claiming, unpack
+
+sys.path.insert(0, str(REPO / "handlers"))
+import leafnet_handler
+
+CLASSES = 4  # the tiny test model's
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def handler_for(model_dir: Path, manifest: dict, metrics=None):
+    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    context = Context("leafnet", str(model_dir), manifest, 8, None, "0.12.0", metrics=metrics, model_yaml_config=config)
+    handler = leafnet_handler.LeafnetHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+def handle(handler, context, items: list, headers: list[dict] | None = None) -> list:
+    """One batch, as a TorchServe worker hands it over: request headers per item, fresh response statuses."""
+    context.request_processor = [RequestProcessor(h) for h in headers or [{} for _ in items]]
+    return handler.handle(items, context)
+
+
+def status_of(context, position: int = 0) -> int:
+    return context.get_response_status(position)[0]
+
+
+def assert_answer_or_refusal(answer, context, position: int = 0) -> None:
+    """A valid top-k answer with status 200, or a JSON reason with a 4xx status: never a 5xx or a crash."""
+    if isinstance(answer, dict):
+        assert status_of(context, position) == 200
+        predictions = answer["predictions"]
+        assert len(predictions) == CLASSES and sorted({p["index"] for p in predictions}) == list(range(CLASSES))
+        probabilities = [p["probability"] for p in predictions]
+        assert probabilities == sorted(probabilities, reverse=True) and min(probabilities) >= 0
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+    else:
+        refusal = json.loads(answer)
+        assert 400 <= refusal["code"] < 500 and refusal["code"] == status_of(context, position)
+        assert refusal["error"]
+
+
+@pytest.fixture(scope="module")
+def int8(exported, tmp_path_factory):
+    """(handler, context) of the int8 archive, with the metrics cache TorchServe builds from metrics.yaml."""
+    _, config = exported
+    metrics = MetricsCacheYamlImpl(str(REPO / "config" / "torchserve" / "metrics.yaml"))
+    metrics.initialize_cache()
+    mar = Path(config.model_store) / "leafnet-onnx-int8.mar"
+    return handler_for(*unpack(mar, tmp_path_factory.mktemp("int8")), metrics=metrics)
+
+
+@pytest.mark.slow
+def test_each_archive_answers_like_the_eager_model(exported, tiny_leaves, tmp_path):
+    report, config = exported
+    images = sorted((tiny_leaves / "test").rglob("*.png"))[:3]
+    expected = offline_top1(config.checkpoint, images)
+    for name in report["archives"]:
+        handler, context = handler_for(*unpack(Path(config.model_store) / name, tmp_path / name))
+        requests = [{"body": images[0].read_bytes()}, {"data": b"not an image"}, {"body": images[1].read_bytes()}]
+        answers = handle(handler, context, requests)
+        assert [answers[0]["predictions"][0]["index"], answers[2]["predictions"][0]["index"]] == expected[:2], name
+        assert answers[0]["model_version"] == report["version"]
+        assert len(answers[0]["predictions"]) == 4  # topk 5, capped at the 4 classes
+        assert status_of(context, 1) == 400 and "not an image" in json.loads(answers[1])["error"]
+
+
+@pytest.mark.slow
+def test_the_handler_takes_every_body_form_and_refuses_bad_ones(exported, int8, tiny_leaves):
+    _, config = exported
+    handler, context = int8
+    raws = sorted((tiny_leaves.parent / "raw").rglob("*.png"))
+    raw = next(p for p in raws if Image.open(p).width != Image.open(p).height)  # a raw upload: letterboxed first
+    png = raw.read_bytes()
+    encoded = base64.encodebytes(png).decode()  # wrapped at 76 characters, as `base64` prints it
+    accepted = [
+        {"body": bytearray(png)},  # what TorchServe hands over for a raw body
+        {"data": png},  # multipart field "data"
+        {"file": png},  # multipart with another field name
+        {"body": {"image": encoded}},  # application/json
+        {"body": "data:image/png;base64," + encoded},  # a data URL as text/plain
+    ]
+    answers = [handle(handler, context, [item])[0] for item in accepted]
+    checkpoint = load_checkpoint(config.checkpoint)
+    spec = PreprocessSpec(**checkpoint["preprocess"])
+    with Image.open(raw) as image:
+        fitted = fit_square(image.convert("RGB"), 32, "pad", (0, 0, 0))
+    with torch.no_grad():
+        logits = model_from_checkpoint(checkpoint)(eval_transform(spec)(fitted)[None])[0]
+    expected = logits.argmax().item()
+    assert {a["predictions"][0]["index"] for a in answers} == {expected}
+    refused = {
+        "empty body": {"body": b""},
+        "empty body: send": {"data": None, "body": None},
+        "unsupported body (int)": {"body": 10_000_000_000},
+        "not valid base64": {"body": {"image": "@@@"}},
+        'needs an "image" field': {"body": {"picture": 1}},
+        "not an image": {"body": b"GIF89a but not really"},
+    }
+    for reason, item in refused.items():
+        answer = json.loads(handle(handler, context, [item])[0])
+        assert reason in answer["error"] and answer["code"] == 400 == status_of(context), (reason, answer)
+    truncated = json.loads(handle(handler, context, [{"body": png[: len(png) // 2]}])[0])
+    assert truncated["code"] == 400 and "truncated" in truncated["error"]
+    strip = io.BytesIO()
+    Image.new("L", (16, 20_000)).save(strip, format="PNG")
+    answer = json.loads(handle(handler, context, [{"body": strip.getvalue()}])[0])
+    assert answer["code"] == 413 and "letterboxing" in answer["error"]
+    for side, reason in [(7_000, "7000x7000 exceeds max_pixels=40000000"), (100_000, "decompression bomb")]:
+        bomb = json.loads(handle(handler, context, [{"body": png_claiming(side, side)}])[0])
+        assert bomb["code"] == 413 == status_of(context) and reason in bomb["error"], bomb
+
+
+@pytest.mark.slow
+def test_a_form_encoded_body_is_refused_with_the_fix(int8, tiny_leaves):
+    """curl --data-binary labels a body as a form; TorchServe then splits it on & and =, beyond repair."""
+    handler, context = int8
+    png = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    answers = handle(handler, context, [{"body": png}, {"body": png}], headers=[form, {"content-type": "image/png"}])
+    refusal = json.loads(answers[0])
+    assert refusal["code"] == 415 == status_of(context, 0)
+    assert "Content-Type: application/octet-stream" in refusal["error"]
+    assert status_of(context, 1) == 200 and answers[1]["predictions"]
+
+
+@pytest.mark.slow
+def test_the_archived_handler_imports_neither_leafnet_nor_timm(exported, tmp_path):
+    _, config = exported
+    model_dir, _ = unpack(Path(config.model_store) / "leafnet.mar", tmp_path / "mar")
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import leafnet_handler, image_io; "
+        "assert leafnet_handler.decode_image.__module__ == 'image_io'; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('leafnet', 'timm', 'torchvision')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, str(model_dir)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PreprocessSpec(input_size=32, crop_pct=1.0, interpolation="bilinear"),
+        PreprocessSpec(input_size=40, crop_pct=0.875, interpolation="bicubic", mean=[0.3] * 3, std=[0.4] * 3),
+    ],
+)
+def test_handler_preprocessing_equals_the_training_eval_transform(spec):
+    """The handler's numpy version of timm's eval transform, on the sizes prepare and raw uploads give."""
+    rng = np.random.default_rng(0)
+    for width, height in [(32, 32), (40, 40), (48, 48), (97, 61), (50, 130), (300, 301)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        expected = eval_transform(spec)(image).numpy()
+        np.testing.assert_allclose(leafnet_handler.eval_tensor(image, spec.to_dict()), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_metrics_report_latency_batch_size_confidence_and_refusals(int8, tiny_leaves, caplog):
+    """What the worker prints for TorchServe's frontend, which turns it into Prometheus metrics."""
+    handler, context = int8
+    images = [p.read_bytes() for p in sorted((tiny_leaves / "test").rglob("*.png"))[:2]]
+    with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
+        answers = handle(handler, context, [{"body": images[0]}, {"body": b""}, {"body": images[1]}])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]leafnet_")]
+
+    def values(name: str) -> list[tuple[float, str]]:
+        found = [line.split(":", 1)[1].split("|") for line in lines if line.startswith(f"[METRICS]{name}.")]
+        return [(float(fields[0]), fields[1]) for fields in found]
+
+    assert values("leafnet_batch_size") == [(2.0, "#ModelName:leafnet,Level:Model")]
+    [(seconds, _)] = values("leafnet_inference_seconds")
+    assert 0 < seconds < 5
+    confidences = [v for v, _ in values("leafnet_top1_probability")]
+    assert confidences == [answers[0]["predictions"][0]["probability"], answers[2]["predictions"][0]["probability"]]
+    assert values("leafnet_rejected_total") == [(1.0, "#ModelName:leafnet,Level:Model,Reason:empty")]
+    for line in lines:
+        assert "#type:" in line and "#hostname:" in line
+
+
+def test_every_handler_metric_is_declared_for_the_prometheus_endpoint():
+    declared = yaml.safe_load((REPO / "config" / "torchserve" / "metrics.yaml").read_text())["model_metrics"]
+    by_name = {m["name"]: (kind, m) for kind, metrics in declared.items() for m in metrics}
+    for name, (kind, unit, extra) in leafnet_handler.METRICS.items():
+        declared_kind, metric = by_name[name]
+        assert (declared_kind, metric["unit"]) == (kind.value, unit), name
+        assert metric["dimensions"] == ["ModelName", "Level", *([extra] if extra else [])], name
+
+
+def test_threads_follow_the_cgroup_cpu_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert leafnet_handler.cgroup_cpu_quota(tmp_path) == 2  # 1.5 CPUs: round up
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert leafnet_handler.cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert leafnet_handler.cgroup_cpu_quota(tmp_path) == 4
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert leafnet_handler.cgroup_cpu_quota(tmp_path) is None
+    assert leafnet_handler.cgroup_cpu_quota(tmp_path / "absent") is None
+    assert leafnet_handler.available_cpus() >= 1
+
+
+# Property tests: whatever arrives, the handler answers (200) or refuses (4xx); it never raises or 500s.
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@pytest.mark.slow
+@PROPERTY
+@given(data=st.binary(max_size=4096))
+def test_arbitrary_bytes_get_an_answer_or_a_4xx(int8, data):
+    handler, context = int8
+    assert_answer_or_refusal(handle(handler, context, [{"body": data}])[0], context)
+
+
+@pytest.mark.slow
+@PROPERTY
+@given(item=st.dictionaries(st.sampled_from(["body", "data", "file", "image"]), JSONISH | st.binary(), max_size=3))
+def test_arbitrary_request_shapes_get_an_answer_or_a_4xx(int8, item):
+    """What TorchServe may hand over: parsed JSON of any shape, text, bytes, under any field names."""
+    handler, context = int8
+    assert_answer_or_refusal(handle(handler, context, [item])[0], context)
+
+
+MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "CMYK", "YCbCr"]
+FORMATS = ["PNG", "JPEG", "GIF", "TIFF", "BMP", "WEBP"]
+
+
+@st.composite
+def encoded_images(draw) -> tuple[bytes, tuple[int, int]]:
+    width, height = draw(st.integers(16, 160)), draw(st.integers(16, 160))
+    mode, image_format = draw(st.sampled_from(MODES)), draw(st.sampled_from(FORMATS))
+    seed = draw(st.integers(0, 2**16))
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 4), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGBA")
+    image = image.convert(mode) if mode not in ("I;16", "I") else image.convert("L").convert(mode)
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=image_format, progressive=draw(st.booleans()))
+    except (OSError, ValueError, KeyError, TypeError):
+        assume(False)  # PIL cannot write this mode in this format
+    return buffer.getvalue(), (width, height)
+
+
+@pytest.mark.slow
+@PROPERTY
+@given(encoded=encoded_images())
+def test_any_common_image_is_classified(int8, encoded):
+    handler, context = int8
+    data, _ = encoded
+    answer = handle(handler, context, [{"body": data}])[0]
+    assert isinstance(answer, dict), answer
+    assert_answer_or_refusal(answer, context)
+
+
+@pytest.mark.slow
+@PROPERTY
+@given(encoded=encoded_images(), cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255))))
+def test_damaged_images_get_an_answer_or_a_4xx(int8, encoded, cut, flips):
+    """Truncated uploads and flipped bytes: a corrupt image is refused, a still-decodable one classified."""
+    handler, context = int8
+    data = bytearray(encoded[0][: max(1, int(len(encoded[0]) * cut))])
+    for where, value in flips:
+        data[int(where * (len(data) - 1))] = value
+    assert_answer_or_refusal(handle(handler, context, [{"body": bytes(data)}])[0], context)
