@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import struct
-import zipfile
 import zlib
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from leafnet.data.prepare import PrepareConfig, prepare
 from leafnet.data.species import SPECIES
 from leafnet.data.synthetic import SyntheticConfig, render_leaf
 from leafnet.data.transforms import PreprocessSpec, eval_transform
+from leafnet.export.archive import unpack_archive
 from leafnet.export.config import ExportConfig
 from leafnet.models import model_from_checkpoint
 from leafnet.train import main as train
@@ -131,9 +130,7 @@ def offline_top1(checkpoint_path: str, images: list[Path]) -> list[int]:
 
 def unpack(archive: Path, into: Path) -> tuple[Path, dict]:
     """A .mar's files, extracted as TorchServe does for a worker, and its manifest."""
-    with zipfile.ZipFile(archive) as z:
-        z.extractall(into)
-    return into, json.loads((into / "MAR-INF" / "MANIFEST.json").read_text())
+    return into, unpack_archive(archive, into)
 
 
 def png_claiming(width: int, height: int) -> bytes:

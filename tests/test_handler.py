@@ -18,12 +18,12 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from leafnet.checkpoint import load_checkpoint
 from leafnet.data.image_io import fit_square
 from leafnet.data.transforms import PreprocessSpec, eval_transform
+from leafnet.export.archive import ArchivedHandler
 from leafnet.models import model_from_checkpoint
 from tests.conftest import REPO, offline_top1, png_claiming, unpack
 
@@ -32,20 +32,6 @@ import leafnet_handler
 
 CLASSES = 4  # the tiny test model's
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def handler_for(model_dir: Path, manifest: dict, metrics=None):
-    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    context = Context("leafnet", str(model_dir), manifest, 8, None, "0.12.0", metrics=metrics, model_yaml_config=config)
-    handler = leafnet_handler.LeafnetHandler()
-    handler.initialize(context)
-    return handler, context
-
-
-def handle(handler, context, items: list, headers: list[dict] | None = None) -> list:
-    """One batch, as a TorchServe worker hands it over: request headers per item, fresh response statuses."""
-    context.request_processor = [RequestProcessor(h) for h in headers or [{} for _ in items]]
-    return handler.handle(items, context)
 
 
 def status_of(context, position: int = 0) -> int:
@@ -69,12 +55,13 @@ def assert_answer_or_refusal(answer, context, position: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def int8(exported, tmp_path_factory):
-    """(handler, context) of the int8 archive, with the metrics cache TorchServe builds from metrics.yaml."""
+    """(handler, context) of the int8 archive served as "leafnet", with TorchServe's metrics cache."""
     _, config = exported
     metrics = MetricsCacheYamlImpl(str(REPO / "config" / "torchserve" / "metrics.yaml"))
     metrics.initialize_cache()
     mar = Path(config.model_store) / "leafnet-onnx-int8.mar"
-    return handler_for(*unpack(mar, tmp_path_factory.mktemp("int8")), metrics=metrics)
+    served = ArchivedHandler(unpack(mar, tmp_path_factory.mktemp("int8"))[0], "leafnet", metrics)
+    return served, served.context
 
 
 @pytest.mark.slow
@@ -83,9 +70,10 @@ def test_each_archive_answers_like_the_eager_model(exported, tiny_leaves, tmp_pa
     images = sorted((tiny_leaves / "test").rglob("*.png"))[:3]
     expected = offline_top1(config.checkpoint, images)
     for name in report["archives"]:
-        handler, context = handler_for(*unpack(Path(config.model_store) / name, tmp_path / name))
+        handler = ArchivedHandler(unpack(Path(config.model_store) / name, tmp_path / name)[0])
+        context = handler.context
         requests = [{"body": images[0].read_bytes()}, {"data": b"not an image"}, {"body": images[1].read_bytes()}]
-        answers = handle(handler, context, requests)
+        answers = handler(requests)
         assert [answers[0]["predictions"][0]["index"], answers[2]["predictions"][0]["index"]] == expected[:2], name
         assert answers[0]["model_version"] == report["version"]
         assert len(answers[0]["predictions"]) == 4  # topk 5, capped at the 4 classes
@@ -107,7 +95,7 @@ def test_the_handler_takes_every_body_form_and_refuses_bad_ones(exported, int8, 
         {"body": {"image": encoded}},  # application/json
         {"body": "data:image/png;base64," + encoded},  # a data URL as text/plain
     ]
-    answers = [handle(handler, context, [item])[0] for item in accepted]
+    answers = [handler([item])[0] for item in accepted]
     checkpoint = load_checkpoint(config.checkpoint)
     spec = PreprocessSpec(**checkpoint["preprocess"])
     with Image.open(raw) as image:
@@ -125,16 +113,16 @@ def test_the_handler_takes_every_body_form_and_refuses_bad_ones(exported, int8, 
         "not an image": {"body": b"GIF89a but not really"},
     }
     for reason, item in refused.items():
-        answer = json.loads(handle(handler, context, [item])[0])
+        answer = json.loads(handler([item])[0])
         assert reason in answer["error"] and answer["code"] == 400 == status_of(context), (reason, answer)
-    truncated = json.loads(handle(handler, context, [{"body": png[: len(png) // 2]}])[0])
+    truncated = json.loads(handler([{"body": png[: len(png) // 2]}])[0])
     assert truncated["code"] == 400 and "truncated" in truncated["error"]
     strip = io.BytesIO()
     Image.new("L", (16, 20_000)).save(strip, format="PNG")
-    answer = json.loads(handle(handler, context, [{"body": strip.getvalue()}])[0])
+    answer = json.loads(handler([{"body": strip.getvalue()}])[0])
     assert answer["code"] == 413 and "letterboxing" in answer["error"]
     for side, reason in [(7_000, "7000x7000 exceeds max_pixels=40000000"), (100_000, "decompression bomb")]:
-        bomb = json.loads(handle(handler, context, [{"body": png_claiming(side, side)}])[0])
+        bomb = json.loads(handler([{"body": png_claiming(side, side)}])[0])
         assert bomb["code"] == 413 == status_of(context) and reason in bomb["error"], bomb
 
 
@@ -144,7 +132,7 @@ def test_a_form_encoded_body_is_refused_with_the_fix(int8, tiny_leaves):
     handler, context = int8
     png = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
     form = {"Content-Type": "application/x-www-form-urlencoded"}
-    answers = handle(handler, context, [{"body": png}, {"body": png}], headers=[form, {"content-type": "image/png"}])
+    answers = handler([{"body": png}, {"body": png}], headers=[form, {"content-type": "image/png"}])
     refusal = json.loads(answers[0])
     assert refusal["code"] == 415 == status_of(context, 0)
     assert "Content-Type: application/octet-stream" in refusal["error"]
@@ -184,10 +172,10 @@ def test_handler_preprocessing_equals_the_training_eval_transform(spec):
 @pytest.mark.slow
 def test_metrics_report_latency_batch_size_confidence_and_refusals(int8, tiny_leaves, caplog):
     """What the worker prints for TorchServe's frontend, which turns it into Prometheus metrics."""
-    handler, context = int8
+    handler, _ = int8
     images = [p.read_bytes() for p in sorted((tiny_leaves / "test").rglob("*.png"))[:2]]
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
-        answers = handle(handler, context, [{"body": images[0]}, {"body": b""}, {"body": images[1]}])
+        answers = handler([{"body": images[0]}, {"body": b""}, {"body": images[1]}])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]leafnet_")]
 
     def values(name: str) -> list[tuple[float, str]]:
@@ -243,7 +231,7 @@ JSONISH = st.recursive(
 @given(data=st.binary(max_size=4096))
 def test_arbitrary_bytes_get_an_answer_or_a_4xx(int8, data):
     handler, context = int8
-    assert_answer_or_refusal(handle(handler, context, [{"body": data}])[0], context)
+    assert_answer_or_refusal(handler([{"body": data}])[0], context)
 
 
 @pytest.mark.slow
@@ -252,7 +240,7 @@ def test_arbitrary_bytes_get_an_answer_or_a_4xx(int8, data):
 def test_arbitrary_request_shapes_get_an_answer_or_a_4xx(int8, item):
     """What TorchServe may hand over: parsed JSON of any shape, text, bytes, under any field names."""
     handler, context = int8
-    assert_answer_or_refusal(handle(handler, context, [item])[0], context)
+    assert_answer_or_refusal(handler([item])[0], context)
 
 
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "CMYK", "YCbCr"]
@@ -281,7 +269,7 @@ def encoded_images(draw) -> tuple[bytes, tuple[int, int]]:
 def test_any_common_image_is_classified(int8, encoded):
     handler, context = int8
     data, _ = encoded
-    answer = handle(handler, context, [{"body": data}])[0]
+    answer = handler([{"body": data}])[0]
     assert isinstance(answer, dict), answer
     assert_answer_or_refusal(answer, context)
 
@@ -295,4 +283,4 @@ def test_damaged_images_get_an_answer_or_a_4xx(int8, encoded, cut, flips):
     data = bytearray(encoded[0][: max(1, int(len(encoded[0]) * cut))])
     for where, value in flips:
         data[int(where * (len(data) - 1))] = value
-    assert_answer_or_refusal(handle(handler, context, [{"body": bytes(data)}])[0], context)
+    assert_answer_or_refusal(handler([{"body": bytes(data)}])[0], context)

@@ -13,24 +13,21 @@ cores, as they would on one VM.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
 import socket
-import sys
 import tempfile
 import threading
 import time
 import urllib.parse
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from leafnet.errors import LeafnetError
+from leafnet.export.archive import ArchivedHandler, unpack_archive
 from leafnet.fsutil import atomic_write_bytes, sha256_file, write_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -98,55 +95,17 @@ def load_images(folder: str, limit: int) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
 
-class InProcessHandler:
-    """The archive's handler, loaded as a TorchServe worker would load it, minus TorchServe."""
-
-    def __init__(self, archive: Path, workdir: Path) -> None:
-        from ts.context import Context, RequestProcessor
-
-        if not archive.is_file():
-            raise LeafnetError(f"archive {archive} not found: run scripts/export.py, or pass archive=<file.mar>")
-        try:
-            with zipfile.ZipFile(archive) as z:
-                z.extractall(workdir)
-            manifest = json.loads((workdir / "MAR-INF" / "MANIFEST.json").read_text())
-        except (zipfile.BadZipFile, OSError, json.JSONDecodeError, KeyError) as error:
-            raise LeafnetError(f"{archive} is not a TorchServe archive: {error}") from None
-        model_config = yaml.safe_load((workdir / "model-config.yaml").read_text()) or {}
-        self.batch_size = int(model_config.get("batchSize", 1))
-        self.version = manifest["model"].get("modelVersion", "")
-        handler_file = workdir / manifest["model"]["handler"]
-        sys.path.insert(0, str(workdir))  # the handler imports image_io from beside itself
-        try:
-            spec = importlib.util.spec_from_file_location(f"_bench_handler_{os.getpid()}", handler_file)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(workdir))
-        self._context = Context(
-            manifest["model"]["modelName"], str(workdir), manifest, self.batch_size, None, "", None,
-            model_yaml_config=model_config,
-        )  # fmt: skip
-        self._request_processor = RequestProcessor
-        self._handler = module.LeafnetHandler()
-        self._handler.initialize(self._context)
-
-    def __call__(self, bodies: list[bytes]) -> list:
-        self._context.request_processor = [self._request_processor({}) for _ in bodies]
-        return self._handler.handle([{"body": body} for body in bodies], self._context)
-
-
-def reference_throughput(handler: InProcessHandler, images: list[bytes], batch: int, seconds: float) -> dict:
+def reference_throughput(handler: ArchivedHandler, images: list[bytes], batch: int, seconds: float) -> dict:
     """Images per second and median seconds per call of the in-process handler at one batch size."""
     for _ in range(3):
-        handler(images[:batch])  # warm-up: first calls allocate
+        handler([{"body": body} for body in images[:batch]])  # warm-up: first calls allocate
     durations, position = [], 0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds or len(durations) < 5:
-        bodies = [images[(position + i) % len(images)] for i in range(batch)]
+        items = [{"body": images[(position + i) % len(images)]} for i in range(batch)]
         position += batch
         t0 = time.perf_counter()
-        answers = handler(bodies)
+        answers = handler(items)
         durations.append(time.perf_counter() - t0)
         if not all(isinstance(a, dict) for a in answers):
             raise LeafnetError(f"the in-process handler refused a benchmark image: {answers}")
@@ -289,7 +248,8 @@ def run_serving_benchmark(config: ServingBenchConfig, log=print) -> dict:
     images = load_images(config.images, config.max_images)
     archive = Path(config.archive)
     with tempfile.TemporaryDirectory(prefix="leafnet-bench-") as workdir:
-        handler = InProcessHandler(archive, Path(workdir))
+        unpack_archive(archive, Path(workdir))
+        handler = ArchivedHandler(Path(workdir))
         check_server(config, images[0], handler.version)
         log(f"in-process reference: {archive.name}, {len(images)} images, batch sizes up to {handler.batch_size}")
         single = reference_throughput(handler, images, 1, config.reference_s)

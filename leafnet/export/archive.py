@@ -1,10 +1,17 @@
-"""TorchServe model archives (.mar) built with torch-model-archiver."""
+"""TorchServe model archives (.mar): built with torch-model-archiver, unpacked and run in-process."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+import ts
+import yaml
+from ts.context import Context, RequestProcessor
 
 from leafnet.errors import LeafnetError
 
@@ -48,3 +55,45 @@ def build_archive(
         lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
         raise LeafnetError(f"torch-model-archiver failed for {name}: {lines[-1] if lines else 'no output'}")
     return archive
+
+
+def unpack_archive(archive: Path, into: Path) -> dict:
+    """Extracts a .mar as TorchServe does for a worker; returns its manifest."""
+    if not archive.is_file():
+        raise LeafnetError(f"archive {archive} not found: run scripts/export.py, or pass archive=<file.mar>")
+    try:
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(into)
+        return json.loads((into / "MAR-INF" / "MANIFEST.json").read_text())
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError) as error:
+        raise LeafnetError(f"{archive} is not a TorchServe archive: {error}") from None
+
+
+class ArchivedHandler:
+    """The handler of an unpacked archive with TorchServe's own Context, as a worker sets it up (manifest,
+    model-config.yaml, batch size), minus the frontend and its IPC: for tests and in-process references."""
+
+    def __init__(self, model_dir: Path, model_name: str | None = None, metrics=None) -> None:
+        manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+        model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text()) or {}
+        self.batch_size = int(model_config.get("batchSize", 1))
+        self.version = manifest["model"].get("modelVersion", "")
+        sys.path.insert(0, str(model_dir))  # the handler imports image_io from beside itself, as in a worker
+        try:
+            handler_file = model_dir / manifest["model"]["handler"]
+            spec = importlib.util.spec_from_file_location(f"archived_{handler_file.stem}", handler_file)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(model_dir))
+        self.context = Context(
+            model_name or manifest["model"]["modelName"], str(model_dir), manifest, self.batch_size, None,
+            ts.__version__, True, metrics, model_config,
+        )  # fmt: skip
+        self.handler = module.LeafnetHandler()
+        self.handler.initialize(self.context)
+
+    def __call__(self, items: list[dict], headers: list[dict] | None = None) -> list:
+        """One batch as a worker hands it over: request headers per item, fresh response statuses."""
+        self.context.request_processor = [RequestProcessor(h) for h in headers or [{} for _ in items]]
+        return self.handler.handle(items, self.context)
