@@ -284,3 +284,19 @@ def test_damaged_images_get_an_answer_or_a_4xx(int8, encoded, cut, flips):
     for where, value in flips:
         data[int(where * (len(data) - 1))] = value
     assert_answer_or_refusal(handler([{"body": bytes(data)}])[0], context)
+
+
+def test_threads_split_cores_between_workers_but_not_for_a_whole_machine_reference(exported, tmp_path):
+    """A worker gets cores / maxWorkers intra-op threads; the benchmark's in-process reference gets every
+    core, so more workers cannot lower the bar the served throughput is compared with."""
+    _, config = exported
+    model_dir = unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", tmp_path)[0]
+    model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    (model_dir / "model-config.yaml").write_text(yaml.safe_dump({**model_config, "minWorkers": 2, "maxWorkers": 2}))
+    cores = leafnet_handler.available_cpus()
+
+    def threads(handler: ArchivedHandler) -> int:
+        return handler.handler.session.get_session_options().intra_op_num_threads
+
+    assert threads(ArchivedHandler(model_dir)) == max(1, cores // 2)
+    assert threads(ArchivedHandler(model_dir, whole_machine=True)) == cores

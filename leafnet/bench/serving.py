@@ -249,7 +249,7 @@ def run_serving_benchmark(config: ServingBenchConfig, log=print) -> dict:
     archive = Path(config.archive)
     with tempfile.TemporaryDirectory(prefix="leafnet-bench-") as workdir:
         unpack_archive(archive, Path(workdir))
-        handler = ArchivedHandler(Path(workdir))
+        handler = ArchivedHandler(Path(workdir), whole_machine=True)
         check_server(config, images[0], handler.version)
         log(f"in-process reference: {archive.name}, {len(images)} images, batch sizes up to {handler.batch_size}")
         single = reference_throughput(handler, images, 1, config.reference_s)

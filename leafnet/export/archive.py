@@ -73,9 +73,15 @@ class ArchivedHandler:
     """The handler of an unpacked archive with TorchServe's own Context, as a worker sets it up (manifest,
     model-config.yaml, batch size), minus the frontend and its IPC: for tests and in-process references."""
 
-    def __init__(self, model_dir: Path, model_name: str | None = None, metrics=None) -> None:
+    def __init__(
+        self, model_dir: Path, model_name: str | None = None, metrics=None, whole_machine: bool = False
+    ) -> None:
+        """whole_machine: size the handler as the only worker (all cores to its intra-op threads), whatever
+        the archive's worker count, for a reference that does not handicap in-process inference."""
         manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
         model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text()) or {}
+        if whole_machine:
+            model_config = {**model_config, "minWorkers": 1, "maxWorkers": 1}
         self.batch_size = int(model_config.get("batchSize", 1))
         self.version = manifest["model"].get("modelVersion", "")
         sys.path.insert(0, str(model_dir))  # the handler imports image_io from beside itself, as in a worker
