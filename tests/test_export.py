@@ -29,6 +29,7 @@ from tests.conftest import REPO, unpack
 MAR_FILES = {
     "leafnet_handler.py",
     "image_io.py",
+    "drift_reference.json",
     "preprocess.json",
     "index_to_name.json",
     "model-config.yaml",
@@ -40,7 +41,8 @@ MAR_FILES = {
 def test_every_variant_is_written_and_matches_eager(exported):
     report, config = exported
     out = Path(config.output)
-    assert {v.file for v in exporter.VARIANTS} | {"export.json"} == {p.name for p in out.iterdir()}
+    expected = {v.file for v in exporter.VARIANTS} | {"export.json", "drift_reference.json"}
+    assert expected == {p.name for p in out.iterdir()}
     assert json.loads((out / "export.json").read_text()) == report
     for variant in exporter.VARIANTS:
         facts = report["variants"][variant.name]

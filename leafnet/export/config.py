@@ -38,6 +38,7 @@ class ExportConfig:
     opset: int = 18
     batch_size: int = 64  # for the accuracy pass over the test split
     workers: int = 2
+    drift_reference_images: int = 1000  # train images, seeded sample, whose statistics go into drift_reference.json
     threads: int = 0  # intra-op threads for torch and onnxruntime; 0 = all cores
     gates: GateConfig = field(default_factory=GateConfig)
     int8: Int8Config = field(default_factory=Int8Config)

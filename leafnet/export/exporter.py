@@ -41,6 +41,7 @@ from leafnet.export.runtime import load_predictor, torch_predictor
 from leafnet.export.torchscript import export_dynamic_quantized_torchscript, export_torchscript
 from leafnet.fsutil import atomic_directory, is_replaceable, sha256_file, write_json
 from leafnet.models import model_from_checkpoint
+from leafnet.monitoring.reference import REFERENCE_FILE, build_reference, top1_probability
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "export.json"
@@ -89,7 +90,7 @@ def _validate(config: ExportConfig) -> None:
         raise LeafnetError(f"unknown served variant {unknown[0]!r}; choose from {', '.join(VARIANT_BY_NAME)}")
     if not config.served:
         raise LeafnetError("served is empty: name at least one variant to pack as a .mar")
-    for key in ("parity_images", "trace_batch", "batch_size"):
+    for key in ("parity_images", "trace_batch", "batch_size", "drift_reference_images"):
         if getattr(config, key) < 1:
             raise LeafnetError(f"{key} must be at least 1, got {getattr(config, key)}")
     if config.trace_batch < 2:
@@ -193,7 +194,8 @@ def _write_variants(model, example: torch.Tensor, stage: Path, scratch: Path, ca
 
 
 def _measure(eager, stage: Path, parity_images: np.ndarray, test, config: ExportConfig, timer):
-    """Logit agreement on the parity images and test top-1/top-5, for eager and every variant."""
+    """Logit agreement on the parity images and test top-1/top-5, for eager and every variant; and the
+    eager model's top-1 probability on each test image, the drift reference's confidence."""
     try:
         predictors = {v.name: load_predictor(stage / v.file, config.threads) for v in VARIANTS}
     except Exception as error:
@@ -201,19 +203,23 @@ def _measure(eager, stage: Path, parity_images: np.ndarray, test, config: Export
     reference = eager(parity_images)
     agreements = {name: compare_logits(reference, predict(parity_images)) for name, predict in predictors.items()}
     meters = {name: TopK() for name in ["eager", *predictors]}
+    confidence = []
 
     def run_test_split() -> None:
         for images, targets in _batches(test, config.batch_size, config.workers):
-            meters["eager"].update(eager(images), targets)
+            logits = eager(images)
+            meters["eager"].update(logits, targets)
+            confidence.append(top1_probability(logits))
             for name, predict in predictors.items():
                 meters[name].update(predict(images), targets)
 
     timer("test accuracy", run_test_split, f"  ({len(test)} images, every variant)")
-    return agreements, {name: meter.result() for name, meter in meters.items()}
+    return agreements, {name: meter.result() for name, meter in meters.items()}, np.concatenate(confidence)
 
 
 def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) -> dict:
-    """Writes every variant and export.json to `output`, and the served variants' .mar to the model store."""
+    """Writes every variant, drift_reference.json and export.json to `output`, and the served variants' .mar
+    (each with the drift reference) to the model store."""
     started = time.perf_counter()
     inputs = _read_inputs(config)
     if config.threads:
@@ -242,7 +248,9 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) 
             scratch = Path(tmp)
             calibration = _spread(inputs.splits["train"], config.int8.calibration_images)
             _write_variants(model, example, stage, scratch, calibration, config, timer)
-            agreements, accuracy = _measure(eager, stage, parity_images, inputs.splits["test"], config, timer)
+            agreements, accuracy, confidence = _measure(
+                eager, stage, parity_images, inputs.splits["test"], config, timer
+            )
             report = _report(
                 config, inputs, stage, checkpoint_sha, version, len(parity_images), agreements, accuracy, timer.seconds
             )
@@ -262,6 +270,9 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) 
             if failures:
                 raise LeafnetError("parity gate failed, nothing written: " + "; ".join(failures))
             extras = _write_extras(scratch, inputs)
+            timer("drift reference", lambda: _write_reference(stage, inputs, confidence, version, config))
+            report["drift_reference"] = _reference_facts(stage)
+            extras.append(stage / REFERENCE_FILE)
             report["archives"] = _pack_archives(config, inputs, stage, extras, version, Path(archive_stage), timer)
             report["seconds"] = round(time.perf_counter() - started, 1)
             write_json(stage / MARKER, report)
@@ -337,6 +348,26 @@ def _write_extras(scratch: Path, inputs: _Inputs) -> list[Path]:
     write_json(extras / "index_to_name.json", {str(i): name for i, name in enumerate(inputs.classes)})
     write_json(extras / "preprocess.json", _preprocess_json(inputs.checkpoint, inputs.data_root))
     return [extras / "index_to_name.json", extras / "preprocess.json", Path(image_io.__file__)]
+
+
+def _write_reference(stage: Path, inputs: _Inputs, confidence: np.ndarray, version: str, config) -> None:
+    """drift_reference.json: what scripts/drift_report.py compares served requests with (docs/serving.md)."""
+    background = tuple(inputs.spec.background)  # the handler's, from preprocess.json
+    reference = build_reference(
+        inputs.data_root, inputs.classes, background, confidence, version, config.drift_reference_images
+    )
+    write_json(stage / REFERENCE_FILE, reference)
+
+
+def _reference_facts(stage: Path) -> dict:
+    reference = json.loads((stage / REFERENCE_FILE).read_text())
+    return {
+        "file": REFERENCE_FILE,
+        "images": reference["images"],
+        "features": sorted(reference["features"]),
+        "confidence_images": len(reference["confidence"]),
+        "sha256": sha256_file(stage / REFERENCE_FILE),
+    }
 
 
 def _log_table(report: dict, log: Callable[[str], None]) -> None:
