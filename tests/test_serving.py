@@ -92,8 +92,8 @@ def loopback_properties(profile: str, model_store: str, models: dict[str, str]):
     # Workers talk to the frontend over /tmp/.ts.sock.<port> whatever TMPDIR says, from 9000 up: two servers
     # at once must number their workers apart.
     properties += f"\ninitial_worker_port={free_port()}\n"
-    metrics_config = REPO / "config" / "torchserve" / "metrics.yaml"  # the profiles' path is relative to the repo
-    properties = properties.replace("=config/torchserve/metrics.yaml", f"={metrics_config}")
+    # The profiles name metrics.yaml and log4j2.xml relative to the repository; servers run elsewhere.
+    properties = properties.replace("=config/torchserve/", f"={REPO / 'config' / 'torchserve'}/")
     load = ",".join(f"{name}={archive}" for name, archive in models.items())
     properties = re.sub(r"(?m)^load_models=.*$", f"load_models={load}", properties)
     properties = re.sub(r"(?m)^model_store=.*$", f"model_store={model_store}", properties)
@@ -159,19 +159,24 @@ def test_ping_is_healthy(server):
     assert status == 200 and json.loads(body)["status"] == "Healthy"
 
 
+def served_top1(inference: str, model: str, images: list[Path], version: str) -> list[int]:
+    """The served top-1 class of each image, checking every answer is a 200 from model `version`."""
+    served = []
+    for image in images:
+        status, body = request(f"{inference}/predictions/{model}", data=image.read_bytes())
+        assert status == 200, body
+        answer = json.loads(body)
+        assert answer["model_version"] == version
+        served.append(answer["predictions"][0]["index"])
+    return served
+
+
 def test_every_served_model_predicts_like_the_offline_model(server, exported, tiny_leaves):
     report, config = exported
     images = sorted((tiny_leaves / "test").rglob("*.png"))[::2]
     expected = offline_top1(config.checkpoint, images)
     for model in MODELS:
-        served = []
-        for image in images:
-            status, body = request(f"{server['inference']}/predictions/{model}", data=image.read_bytes())
-            assert status == 200, body
-            answer = json.loads(body)
-            assert answer["model_version"] == report["version"]
-            served.append(answer["predictions"][0]["index"])
-        assert served == expected, model
+        assert served_top1(server["inference"], model, images, report["version"]) == expected, model
 
 
 def curl(*args: str) -> dict:
@@ -324,6 +329,10 @@ def test_cloudrun_profile_serves_on_the_port_cloud_run_gives(exported, tiny_leav
         assert not (tmp_path / "key_file.json").exists()  # Cloud Run's IAM guards it instead
         assert request(f"{urls['inference']}/ping")[0] == 200
         assert request(f"{urls['inference']}/predictions/leafnet", data=image)[0] == 200
+    # Cloud Run's disk is memory: no log files; the worker's lines, drift statistics included, go to stdout.
+    assert sorted(p.name for p in (tmp_path / "logs").glob("*.log")) == []
+    stdout = (tmp_path / "launcher.log").read_text()
+    assert "MODEL_LOG" in stdout and "LEAFNET_DRIFT {" in stdout
 
 
 def test_serve_and_predict_scripts(server, exported, tiny_leaves, tmp_path):
