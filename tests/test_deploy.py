@@ -1,0 +1,370 @@
+"""scripts/deploy_cloudrun.sh and scripts/deploy_gce.sh: the gcloud commands they print and run.
+
+No test calls the real gcloud. Dry runs are parsed with shlex; real runs find a fake `gcloud` that records
+its arguments, so a test can compare what ran with what the dry run printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+CLOUDRUN = REPO / "scripts" / "deploy_cloudrun.sh"
+GCE = REPO / "scripts" / "deploy_gce.sh"
+CLOUD_INIT = REPO / "config" / "gce" / "cloud-init.yaml"
+MODEL_CONFIG = yaml.safe_load((REPO / "config" / "torchserve" / "model-config.yaml").read_text())
+BASH = shutil.which("bash")
+FAKE_URL = "https://leafnet-abc123-uc.a.run.app"
+FAKE_IP = "203.0.113.9"
+
+
+def deploy(script: Path, *args: str, env: dict[str, str], path: Path) -> subprocess.CompletedProcess:
+    """Runs a deploy script with exactly `env` and a PATH of `path` alone: no gcloud unless the test put one there."""
+    return subprocess.run(
+        [BASH, str(script), *args],
+        env={"PATH": str(path), "HOME": str(path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def commands(result: subprocess.CompletedProcess) -> list[list[str]]:
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines and all(line.startswith("gcloud ") for line in lines), result.stdout
+    # Each line is quoted as shlex would quote it, so it runs as printed.
+    assert all(shlex.join(shlex.split(line)) == line for line in lines)
+    return [shlex.split(line) for line in lines]
+
+
+def flags(argv: list[str]) -> dict[str, str | bool]:
+    """`--flag value` pairs and bare `--switch`es of a command line (the scripts always print that form)."""
+    found: dict[str, str | bool] = {}
+    for i, word in enumerate(argv):
+        if word.startswith("--"):
+            following = argv[i + 1] if i + 1 < len(argv) else "--"
+            found[word] = True if following.startswith("--") else following
+    return found
+
+
+def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def bare_path(tmp_path) -> Path:
+    """A PATH directory with nothing in it: the scripts need no tool but bash (run by its full path)."""
+    path = tmp_path / "bin"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def fake_gcloud(bare_path, tmp_path) -> Path:
+    """A `gcloud` that records each call (arguments separated by US characters, one call per line) in
+    the returned log, answers describe calls like the real one, and fails `images describe` for a tag `absent`."""
+    log = tmp_path / "gcloud.log"
+    script = bare_path / "gcloud"
+    script.write_text(
+        f"#!{BASH}\n"
+        f"{{ printf '%s\\037' \"$@\"; printf '\\n'; }} >> {shlex.quote(str(log))}\n"
+        'case "$*" in\n'
+        "  *'images describe'*:absent*) echo 'ERROR: image not found' >&2; exit 1 ;;\n"
+        f"  *'run services describe'*) echo {FAKE_URL} ;;\n"
+        f"  *'compute instances describe'*) echo {FAKE_IP} ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return log
+
+
+def recorded(log: Path) -> list[list[str]]:
+    if not log.exists():
+        return []
+    return [["gcloud", *line.split("\x1f")[:-1]] for line in log.read_text().splitlines()]
+
+
+# ---- Cloud Run ----
+
+
+def test_cloudrun_dry_run_prints_the_deployment_with_defaults_from_the_model_config(bare_path):
+    describe_image, run_deploy, describe_service = commands(
+        deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "my-proj"}, path=bare_path)
+    )
+    image = "us-central1-docker.pkg.dev/my-proj/leafnet/leafnet-serve:main"
+    assert describe_image == ["gcloud", "artifacts", "docker", "images", "describe", image, "--format", "none"]
+    assert run_deploy[:4] == ["gcloud", "run", "deploy", "leafnet"]
+    deployed = flags(run_deploy)
+    assert deployed["--project"] == "my-proj" and deployed["--region"] == "us-central1"
+    assert deployed["--image"] == image
+    assert deployed["--port"] == "8080"  # the serve image's PORT
+    assert deployed["--cpu"] == "2" and deployed["--memory"] == "2Gi"
+    assert deployed["--concurrency"] == str(2 * MODEL_CONFIG["batchSize"]) == "16"
+    assert deployed["--timeout"] == f"{2 * MODEL_CONFIG['responseTimeout']}s"
+    assert deployed["--min-instances"] == "1" and deployed["--max-instances"] == "3"
+    assert deployed["--cpu-boost"] is True
+    assert deployed["--no-allow-unauthenticated"] is True and "--allow-unauthenticated" not in deployed
+    probe = dict(item.split("=", 1) for item in deployed["--startup-probe"].split(","))
+    assert probe["httpGet.path"] == "/ping" and probe["httpGet.port"] == "8080"
+    window = int(probe["periodSeconds"]) * int(probe["failureThreshold"])
+    assert window >= MODEL_CONFIG["startupTimeout"]
+    assert "--service-account" not in deployed
+    assert describe_service[:5] == ["gcloud", "run", "services", "describe", "leafnet"]
+    assert flags(describe_service)["--format"] == "value(status.url)"
+
+
+def test_cloudrun_defaults_follow_another_model_config(bare_path, tmp_path):
+    config = tmp_path / "model-config.yaml"
+    config.write_text("minWorkers: 1\nbatchSize: 4   # a comment\nresponseTimeout: 45\nstartupTimeout: 60\n")
+    _, run_deploy, _ = commands(
+        deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "p", "MODEL_CONFIG": str(config)}, path=bare_path)
+    )
+    deployed = flags(run_deploy)
+    assert deployed["--concurrency"] == "8" and deployed["--timeout"] == "90s"
+    assert "failureThreshold=45" in deployed["--startup-probe"]
+
+
+def test_cloudrun_model_config_without_batch_size_fails_in_one_line(bare_path, tmp_path):
+    config = tmp_path / "model-config.yaml"
+    config.write_text("responseTimeout: 30\nstartupTimeout: 120\n")
+    result = deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "p", "MODEL_CONFIG": str(config)}, path=bare_path)
+    one_line_error(result, "batchSize", str(config))
+
+
+def test_cloudrun_flags_beat_environment_and_values_are_quoted(bare_path):
+    env = {"PROJECT": "env-proj", "REGION": "europe-west4", "SERVICE": "", "IMAGE_TAG": "0123abc"}
+    _, run_deploy, _ = commands(
+        deploy(
+            CLOUDRUN,
+            "--dry-run",
+            "--region=us-east1",
+            "--concurrency",
+            "4",
+            "--service-account",
+            "run it's@p.iam.gserviceaccount.com",
+            env=env,
+            path=bare_path,
+        )
+    )
+    deployed = flags(run_deploy)
+    assert run_deploy[3] == "leafnet"  # an empty SERVICE takes the default
+    assert deployed["--project"] == "env-proj" and deployed["--region"] == "us-east1"
+    assert deployed["--image"] == "us-east1-docker.pkg.dev/env-proj/leafnet/leafnet-serve:0123abc"
+    assert deployed["--concurrency"] == "4"
+    assert deployed["--service-account"] == "run it's@p.iam.gserviceaccount.com"
+
+
+def test_cloudrun_explicit_image_is_deployed_as_given(bare_path):
+    image = "europe-docker.pkg.dev/other/repo/leafnet-serve@sha256:" + "a" * 64
+    describe_image, run_deploy, _ = commands(
+        deploy(CLOUDRUN, "--dry-run", "--project", "p", "--image", image, env={}, path=bare_path)
+    )
+    assert describe_image[5] == image and flags(run_deploy)["--image"] == image
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragments"),
+    [
+        ([], {}, ["PROJECT", "--project"]),
+        (["--project"], {}, ["--project needs a value"]),
+        (["--project", "p", "--regoin", "x"], {}, ["unknown option --regoin"]),
+        (["--project", "p", "--concurrency", "lots"], {}, ["--concurrency", "lots"]),
+        (["--project", "p"], {"MAX_INSTANCES": "-1"}, ["--max-instances"]),
+    ],
+)
+def test_cloudrun_bad_settings_fail_in_one_line(bare_path, args, env, fragments):
+    one_line_error(deploy(CLOUDRUN, "--dry-run", *args, env=env, path=bare_path), *fragments)
+
+
+def test_cloudrun_without_gcloud_fails_clearly(bare_path):
+    result = deploy(CLOUDRUN, "--project", "p", env={}, path=bare_path)
+    one_line_error(result, "gcloud not found", "--dry-run")
+
+
+def test_cloudrun_real_run_runs_exactly_what_the_dry_run_prints(bare_path, fake_gcloud):
+    env = {"PROJECT": "p", "REGION": "asia-northeast1", "IMAGE_TAG": "f00d"}
+    dry = deploy(CLOUDRUN, "--dry-run", env=env, path=bare_path)
+    assert not fake_gcloud.exists()  # a dry run ran nothing, though a gcloud was on the PATH
+    real = deploy(CLOUDRUN, env=env, path=bare_path)
+    assert real.returncode == 0, real.stderr
+    assert recorded(fake_gcloud) == commands(dry)
+    hint = next(line for line in real.stderr.splitlines() if "curl" in line)
+    assert "$(gcloud auth print-identity-token)" in hint and f"{FAKE_URL}/predictions/leafnet" in hint
+
+
+def test_cloudrun_missing_image_stops_before_deploying(bare_path, fake_gcloud):
+    result = deploy(CLOUDRUN, env={"PROJECT": "p", "IMAGE_TAG": "absent"}, path=bare_path)
+    assert result.returncode != 0 and "image not found" in result.stderr
+    assert [call[1:3] for call in recorded(fake_gcloud)] == [["artifacts", "docker"]]
+
+
+@pytest.mark.parametrize("script", [CLOUDRUN, GCE], ids=["cloudrun", "gce"])
+def test_help_is_the_header_and_lists_every_option(bare_path, script):
+    result = deploy(script, "--help", env={}, path=bare_path)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: scripts/{script.name} [--dry-run]")
+    options = re.findall(r"(--[a-z-]+):[A-Z_]+", script.read_text())
+    assert len(options) >= 10
+    for option in [*options, "--dry-run", "--help"]:
+        assert option in result.stdout
+
+
+# ---- Compute Engine ----
+
+GCE_ENV = {"PROJECT": "p", "SOURCE_RANGES": "203.0.113.0/24,198.51.100.7/32"}
+
+
+def test_gce_dry_run_creates_a_firewalled_cos_vm_running_the_serve_image(bare_path):
+    describe_image, firewall, create, describe_vm = commands(deploy(GCE, "--dry-run", env=GCE_ENV, path=bare_path))
+    image = "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve:main"
+    assert describe_image[4:6] == ["describe", image]
+
+    assert firewall[:5] == ["gcloud", "compute", "firewall-rules", "create", "leafnet-serve-8080"]
+    rule = flags(firewall)
+    assert rule["--rules"] == "tcp:8080" and rule["--direction"] == "INGRESS" and rule["--action"] == "ALLOW"
+    assert rule["--source-ranges"] == GCE_ENV["SOURCE_RANGES"]
+
+    assert create[:5] == ["gcloud", "compute", "instances", "create", "leafnet-serve"]
+    vm = flags(create)
+    assert vm["--project"] == "p" and vm["--zone"] == "us-central1-a"
+    assert vm["--machine-type"] == "n2-standard-2"
+    assert vm["--image-project"] == "cos-cloud" and vm["--image-family"] == "cos-stable"
+    assert vm["--tags"] == rule["--target-tags"]  # the rule admits exactly this VM's tag
+    assert vm["--network"] == rule["--network"] == "default"
+    assert vm["--metadata-from-file"] == "user-data=config/gce/cloud-init.yaml"
+    assert (REPO / vm["--metadata-from-file"].split("=", 1)[1]).is_file()
+    assert f"leafnet-image={image}" in vm["--metadata"].split(",")
+    assert describe_vm[:5] == ["gcloud", "compute", "instances", "describe", "leafnet-serve"]
+
+
+def test_gce_options_and_service_account(bare_path):
+    _, create, _ = commands(
+        deploy(
+            GCE,
+            "--dry-run",
+            "--no-firewall",
+            "--zone=europe-west4-b",
+            "--machine-type",
+            "c3-standard-4",
+            "--service-account",
+            "vm@p.iam.gserviceaccount.com",
+            env={"PROJECT": "p"},
+            path=bare_path,
+        )
+    )
+    vm = flags(create)
+    assert vm["--zone"] == "europe-west4-b" and vm["--machine-type"] == "c3-standard-4"
+    # The registry's region follows the zone unless REGION says otherwise.
+    assert "leafnet-image=europe-west4-docker.pkg.dev/p/leafnet/leafnet-serve:main" in vm["--metadata"]
+    assert vm["--service-account"] == "vm@p.iam.gserviceaccount.com" and vm["--scopes"] == "cloud-platform"
+
+
+def test_gce_update_switches_the_image_and_restarts(bare_path):
+    describe_image, add_metadata, ssh, _ = commands(
+        deploy(GCE, "--dry-run", "--update", "--image-tag", "beef", env={"PROJECT": "p"}, path=bare_path)
+    )
+    image = "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve:beef"
+    assert describe_image[5] == image
+    assert add_metadata[:5] == ["gcloud", "compute", "instances", "add-metadata", "leafnet-serve"]
+    assert flags(add_metadata)["--metadata"] == f"leafnet-image={image}"
+    assert ssh[:4] == ["gcloud", "compute", "ssh", "leafnet-serve"]
+    assert flags(ssh)["--command"] == "sudo systemctl restart leafnet.service"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragments"),
+    [
+        ([], {"SOURCE_RANGES": "10.0.0.0/8"}, ["PROJECT", "--project"]),
+        ([], {"PROJECT": "p"}, ["SOURCE_RANGES", "--source-ranges"]),
+        (["--source-ranges"], {"PROJECT": "p"}, ["--source-ranges needs a value"]),
+        (["--firewall"], {"PROJECT": "p"}, ["unknown option --firewall"]),
+    ],
+)
+def test_gce_bad_settings_fail_in_one_line(bare_path, args, env, fragments):
+    one_line_error(deploy(GCE, "--dry-run", *args, env=env, path=bare_path), *fragments)
+
+
+def test_gce_without_gcloud_fails_clearly(bare_path):
+    one_line_error(deploy(GCE, env=GCE_ENV, path=bare_path), "gcloud not found")
+
+
+def test_gce_real_run_runs_exactly_what_the_dry_run_prints(bare_path, fake_gcloud):
+    dry = deploy(GCE, "--dry-run", env=GCE_ENV, path=bare_path)
+    real = deploy(GCE, env=GCE_ENV, path=bare_path)
+    assert real.returncode == 0, real.stderr
+    assert recorded(fake_gcloud) == commands(dry)
+    assert "sudo docker exec leafnet cat key_file.json" in real.stderr
+    assert f"http://{FAKE_IP}:8080/predictions/leafnet" in real.stderr
+
+
+# ---- the VM's side: config/gce/cloud-init.yaml ----
+
+
+def test_cloud_init_starts_the_service_at_boot():
+    assert CLOUD_INIT.read_text().startswith("#cloud-config\n")
+    config = yaml.safe_load(CLOUD_INIT.read_text())
+    files = {entry["path"]: entry["content"] for entry in config["write_files"]}
+    unit = files["/etc/systemd/system/leafnet.service"]
+    assert "ExecStart=/bin/bash /etc/leafnet/run.sh" in unit and "Restart=always" in unit
+    assert config["runcmd"] == ["systemctl daemon-reload", "systemctl start leafnet.service"]
+
+
+def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
+    """Runs the VM's start script with fakes of the metadata server, iptables and docker."""
+    script = yaml.safe_load(CLOUD_INIT.read_text())["write_files"][0]["content"]
+    image = "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve:abc"
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    log = tmp_path / "calls.log"
+    record = f'{{ printf \'%s \' "$(basename "$0")" "$@"; printf \'\\n\'; }} >> {shlex.quote(str(log))}\n'
+    behaviour = {
+        "curl": f'[[ "$*" == *"Metadata-Flavor: Google"*/attributes/leafnet-image ]] && echo {image}\n',
+        "iptables": '[ "$2" != -C ]\n',  # the rule is not there yet: -C fails, so -A adds it
+        "docker-credential-gcr": "",
+        "docker": "",
+    }
+    for name, body in behaviour.items():
+        (fakes / name).write_text(f"#!{BASH}\n{record}{body}")
+        (fakes / name).chmod(0o755)
+    (tmp_path / "run.sh").write_text(script)
+    path = f"{fakes}:{os.path.dirname(shutil.which('basename'))}"
+    result = subprocess.run([BASH, str(tmp_path / "run.sh")], env={"PATH": path}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert ["iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT"] in calls
+    assert ["docker-credential-gcr", "configure-docker", "--registries", "us-central1-docker.pkg.dev"] in calls
+    run = calls[-1]
+    assert run[:2] == ["docker", "run"] and "--network" in run and run[run.index("--network") + 1] == "host"
+    # The arguments after the image replace the serve image's CMD, which is where it picks its profile.
+    assert run[run.index(image) + 1 :] == ["--ts-config", "config/torchserve/gce.properties"]
+    assert (REPO / "config" / "torchserve" / "gce.properties").is_file()
+    dockerfile = (REPO / "docker" / "serve.Dockerfile").read_text()
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))
+    assert cmd[0] == "--ts-config"
+    assert "COPY config/torchserve/ config/torchserve/" in dockerfile
+
+
+def test_docs_show_what_the_dry_runs_print(bare_path):
+    """docs/deploy.md quotes both scripts' dry runs; a change to the commands must show there too."""
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    cloudrun = deploy(CLOUDRUN, "--dry-run", "--project", "my-project", env={}, path=bare_path)
+    gce = deploy(GCE, "--dry-run", "--project", "my-project", "--source-ranges=203.0.113.0/24", env={}, path=bare_path)
+    for result in (cloudrun, gce):
+        for line in result.stdout.splitlines():
+            assert f"\n{line}\n" in docs, line
