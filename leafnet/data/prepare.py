@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from leafnet import __version__
-from leafnet.data.image_io import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, RejectedImage, decode_image, encode_png, fit_square
+from leafnet.data.image_io import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    RejectedImage,
+    decode_image,
+    encode_png,
+    fit_square,
+)
 from leafnet.data.sources import Candidate, imagefolder_candidates, kaggle_candidates
 from leafnet.data.species import SPECIES
 from leafnet.data.split import SPLITS, min_class_size, stratified_split
@@ -64,7 +71,9 @@ class PrepareConfig:
             raise LeafnetError(f"unknown resize {self.resize!r}; choose one of {', '.join(RESIZE_MODES)}")
         if not 16 <= self.size <= MAX_SIZE:
             raise LeafnetError(f"size must be between 16 and {MAX_SIZE}, got {self.size}")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+        if not (
+            0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
+        ):
             raise LeafnetError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         if self.seed < 0 or self.workers < 0:
             raise LeafnetError("seed and workers must not be negative")
@@ -196,7 +205,7 @@ def _screen(candidates: list[Candidate], decoded: list[_Decoded], config: Prepar
     rejected: list[tuple[str, str]] = []
     accepted: list[_Accepted] = []
     first_seen: dict[str, str] = {}
-    for candidate, result in zip(candidates, decoded):
+    for candidate, result in zip(candidates, decoded, strict=True):
         reason = result.reason
         if reason is None and _unusable_label(candidate.label):
             reason = f"label {candidate.label!r} is not usable as a folder name"
@@ -295,7 +304,9 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     _check_output_location(root, out)
     if config.source == "synthetic":
         log(f"synthetic leaves: {len(SPECIES)} species x {config.synthetic.per_species} images -> {root}")
-        generate_leaf_set(root, config.synthetic, progress=lambda items: progress_bar(items, desc="generate", unit="img"))
+        generate_leaf_set(
+            root, config.synthetic, progress=lambda items: progress_bar(items, desc="generate", unit="img")
+        )
     candidates = list_candidates(config)
     if not candidates:
         raise LeafnetError(f"no files found in {root}")
@@ -309,7 +320,8 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
                 return json.loads((out / "stats.json").read_text())
         except json.JSONDecodeError:
             pass  # a damaged record only means we rebuild
-    log(f"prepare: {len(candidates)} files from {root} (source={config.source}, size={config.size}, resize={config.resize})")
+    settings = f"source={config.source}, size={config.size}, resize={config.resize}"
+    log(f"prepare: {len(candidates)} files from {root} ({settings})")
     decoded = _decode_all(candidates, config)
     accepted, rejected = _screen(candidates, decoded, config)
     _report_rejections(rejected, log)
@@ -322,7 +334,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     labels = [a.candidate.label for a in accepted]
     splits = stratified_split(labels, config.val_fraction, config.test_fraction, config.seed)
     names = _output_names([a.candidate.source for a in accepted], labels)
-    for item, split, name in zip(accepted, splits, names):
+    for item, split, name in zip(accepted, splits, names, strict=True):
         item.split, item.path = split, f"{split}/{item.candidate.label}/{name}"
     stats = _stats(accepted, classes, config, len(rejected))
     _write_output(out, accepted, classes, stats, rejected, record)
@@ -332,4 +344,3 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
         f"test {totals['test']}, {len(rejected)} rejected"
     )
     return stats
-

@@ -29,9 +29,7 @@ def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int
     return n - n_val - n_test, n_val, n_test
 
 
-def stratified_split(
-    labels: Sequence[str], val_fraction: float, test_fraction: float, seed: int
-) -> list[str]:
+def stratified_split(labels: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> list[str]:
     """The split name of each item. A class's shuffle depends only on the seed and the class name,
     so adding or removing one class never moves the images of another."""
     assignment = [""] * len(labels)

@@ -162,10 +162,7 @@ def petiole_polygon(species: LeafSpecies, rng: np.random.Generator) -> np.ndarra
 def leaf_polygons(species: LeafSpecies, rng: np.random.Generator) -> list[np.ndarray]:
     """All polygons of one jittered individual, in leaf coordinates."""
     individual = jitter_species(species, rng)
-    if individual.outline == "palmate":
-        blade = palmate_polygons(individual, rng)
-    else:
-        blade = [blade_polygon(individual, rng)]
+    blade = palmate_polygons(individual, rng) if individual.outline == "palmate" else [blade_polygon(individual, rng)]
     return [*blade, petiole_polygon(individual, rng)]
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from timm.data import create_transform
-from torchvision import transforms as T
+from torchvision import transforms as tv_transforms
 
 from leafnet.errors import LeafnetError
 
@@ -63,7 +63,8 @@ def eval_transform(spec: PreprocessSpec):
     )
 
 
-def train_transform(spec: PreprocessSpec, augment: AugmentConfig = AugmentConfig()):
+def train_transform(spec: PreprocessSpec, augment: AugmentConfig | None = None):
+    augment = augment or AugmentConfig()
     timm_part = create_transform(
         input_size=spec.input_size,
         is_training=True,
@@ -80,5 +81,6 @@ def train_transform(spec: PreprocessSpec, augment: AugmentConfig = AugmentConfig
     )
     if augment.rotation_deg <= 0:
         return timm_part
-    rotate = T.RandomRotation(augment.rotation_deg, interpolation=T.InterpolationMode.BILINEAR, fill=spec.background)
-    return T.Compose([rotate, timm_part])
+    bilinear = tv_transforms.InterpolationMode.BILINEAR
+    rotate = tv_transforms.RandomRotation(augment.rotation_deg, interpolation=bilinear, fill=spec.background)
+    return tv_transforms.Compose([rotate, timm_part])
