@@ -13,9 +13,10 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup demo test lint format prepare pipeline baseline bench-data bench-train export bench-onnx bench-serving lock clean species-doc
 
-setup: $(STAMP) $(NODE_STAMP)
+setup: $(STAMP)
 
-# Reinstall only when the dependency spec or the lock changes; torch comes from the local wheel index.
+# Reinstall only when the dependency spec or the lock changes. torch==2.14.1 resolves to whatever build the
+# indexes pip sees offer (this machine: a local wheel; CI adds PyTorch's CPU index, see ci.yml).
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,7 +63,7 @@ bench-serving: setup
 baseline: prepare
 	$(PY) scripts/baseline_linear.py data=$(DATA)
 
-lint: setup
+lint: setup $(NODE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint docker/*.Dockerfile

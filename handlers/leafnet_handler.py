@@ -233,7 +233,10 @@ class LeafnetHandler(BaseHandler):
             image = fit_square(image, fit_step["size"], fit_step["mode"], self.background)
         stats = None
         if self.drift_sampled():
-            stats = {"size": list(upload_size), "features": image_stats(image, upload_size, self.background)}
+            try:
+                stats = {"size": list(upload_size), "features": image_stats(image, upload_size, self.background)}
+            except Exception:  # monitoring must never cost the caller an answer
+                logger.warning("leafnet: drift statistics failed; request answered without them", exc_info=True)
         return eval_tensor(image, self.spec), stats
 
     def drift_sampled(self) -> bool:

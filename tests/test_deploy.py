@@ -337,6 +337,7 @@ def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
         "curl": f'[[ "$*" == *"Metadata-Flavor: Google"*/attributes/leafnet-image ]] && echo {image}\n',
         "iptables": '[ "$2" != -C ]\n',  # the rule is not there yet: -C fails, so -A adds it
         "docker-credential-gcr": "",
+        "install": "",  # would create /var/lib/leafnet/logs on the VM
         "docker": "",
     }
     for name, body in behaviour.items():
@@ -349,8 +350,10 @@ def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
     calls = [line.split() for line in log.read_text().splitlines()]
     assert ["iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT"] in calls
     assert ["docker-credential-gcr", "configure-docker", "--registries", "us-central1-docker.pkg.dev"] in calls
+    assert ["install", "-d", "-m", "0755", "-o", "10001", "-g", "10001", "/var/lib/leafnet/logs"] in calls
     run = calls[-1]
     assert run[:2] == ["docker", "run"] and "--network" in run and run[run.index("--network") + 1] == "host"
+    assert run[run.index("-v") + 1] == "/var/lib/leafnet/logs:/app/logs"  # TorchServe's logs outlive the container
     # The arguments after the image replace the serve image's CMD, which is where it picks its profile.
     assert run[run.index(image) + 1 :] == ["--ts-config", "config/torchserve/gce.properties"]
     assert (REPO / "config" / "torchserve" / "gce.properties").is_file()

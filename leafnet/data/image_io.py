@@ -164,7 +164,7 @@ def image_stats(image: Image.Image, upload_size: tuple[int, int], background=(0,
     factor = math.ceil(max(image.size) / _STATS_SIDE)
     small = image.reduce(factor) if factor > 1 else image
     red, green, blue = small.split()
-    highest = ImageChops.lighter(ImageChops.lighter(red, green), blue)
+    highest = _channel_max(small)
     lowest = ImageChops.darker(ImageChops.darker(red, green), blue)
     colour = _over(ImageChops.subtract(highest, lowest).histogram(), _CHROMA)
     if tuple(background) == (0, 0, 0):
