@@ -105,4 +105,5 @@ capture url gcloud run services describe "$SERVICE" --project "$PROJECT" --regio
 note "Cloud Run serves $image as $SERVICE at $url; only callers with roles/run.invoker get through:"
 note "  curl -X POST -H \"Authorization: Bearer \$(gcloud auth print-identity-token)\" $url/predictions/leafnet -T leaf.png"
 note "Let someone call it:"
-note "  gcloud run services add-iam-policy-binding $SERVICE --project $PROJECT --region $REGION --member user:EMAIL --role roles/run.invoker"
+note "  $(command_line gcloud run services add-iam-policy-binding "$SERVICE" --project "$PROJECT" --region "$REGION" \
+  --member user:EMAIL --role roles/run.invoker)"

@@ -83,6 +83,7 @@ capture address gcloud compute instances describe "$INSTANCE" "${where[@]}" \
 
 note "$INSTANCE runs $image; TorchServe starts a minute or two after boot (image pull, model load)."
 note "TorchServe wrote new keys at start; the inference key is in key_file.json inside the container:"
-note "  gcloud compute ssh $INSTANCE --project $PROJECT --zone $ZONE --command 'sudo docker exec leafnet cat key_file.json'"
+note "  $(command_line gcloud compute ssh "$INSTANCE" --project "$PROJECT" --zone "$ZONE" \
+  --command 'sudo docker exec leafnet cat key_file.json')"
 note "Call the model with it (from an address in the firewall rule's source ranges):"
 note "  curl -X POST -H 'Authorization: Bearer <inference key>' http://$address:8080/predictions/leafnet -T leaf.png"
