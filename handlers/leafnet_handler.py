@@ -194,7 +194,8 @@ class LeafnetHandler(BaseHandler):
         self.max_pixels = int(options.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         self.drift_log = bool(options.get("drift_log", True))
         self.drift_max_per_s = float(options.get("drift_max_per_s", DEFAULT_DRIFT_MAX_PER_S))
-        self.drift_tokens, self.drift_refilled = max(self.drift_max_per_s, 1.0), time.monotonic()
+        self.drift_capacity = max(self.drift_max_per_s, 1.0)  # one second's worth, at least one line
+        self.drift_tokens, self.drift_refilled = self.drift_capacity, time.monotonic()
         workers = max(1, int(yaml_config.get("maxWorkers", 1) or 1))
         threads = int(options.get("threads", 0)) or max(1, available_cpus() // workers)
         gpu = properties.get("gpu_id")
@@ -248,7 +249,7 @@ class LeafnetHandler(BaseHandler):
             return True
         now = time.monotonic()
         refill = (now - self.drift_refilled) * self.drift_max_per_s
-        self.drift_tokens = min(max(self.drift_max_per_s, 1.0), self.drift_tokens + refill)
+        self.drift_tokens = min(self.drift_capacity, self.drift_tokens + refill)
         self.drift_refilled = now
         if self.drift_tokens < 1.0:
             return False

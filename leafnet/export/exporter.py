@@ -170,16 +170,18 @@ class _Timer:
         self.log = log
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str, action: Callable[[], object], note: str = "") -> None:
+    def __call__(self, name: str, action: Callable[[], object], note: str = "") -> object:
+        """Runs `action` as step `name` and returns what it returns."""
         t0 = time.perf_counter()
         try:
-            action()
+            result = action()
         except LeafnetError:
             raise
         except Exception as error:  # exporters and quantizers fail in many ways; name the step
             raise LeafnetError(f"{name} failed: {_first_line(error)}") from None
         self.seconds[name] = round(time.perf_counter() - t0, 2)
         self.log(f"  {name:<22} {self.seconds[name]:6.1f}s{note}")
+        return result
 
 
 def _write_variants(model, example: torch.Tensor, stage: Path, scratch: Path, calibration, config, timer) -> None:
@@ -270,8 +272,9 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) 
             if failures:
                 raise LeafnetError("parity gate failed, nothing written: " + "; ".join(failures))
             extras = _write_extras(scratch, inputs)
-            timer("drift reference", lambda: _write_reference(stage, inputs, confidence, version, config))
-            report["drift_reference"] = _reference_facts(stage)
+            report["drift_reference"] = timer(
+                "drift reference", lambda: _write_reference(stage, inputs, confidence, version, config)
+            )
             extras.append(stage / REFERENCE_FILE)
             report["archives"] = _pack_archives(config, inputs, stage, extras, version, Path(archive_stage), timer)
             report["seconds"] = round(time.perf_counter() - started, 1)
@@ -350,17 +353,14 @@ def _write_extras(scratch: Path, inputs: _Inputs) -> list[Path]:
     return [extras / "index_to_name.json", extras / "preprocess.json", Path(image_io.__file__)]
 
 
-def _write_reference(stage: Path, inputs: _Inputs, confidence: np.ndarray, version: str, config) -> None:
-    """drift_reference.json: what scripts/drift_report.py compares served requests with (docs/serving.md)."""
+def _write_reference(stage: Path, inputs: _Inputs, confidence: np.ndarray, version: str, config) -> dict:
+    """drift_reference.json: what scripts/drift_report.py compares served requests with (docs/serving.md).
+    Returns its summary for export.json."""
     background = tuple(inputs.spec.background)  # the handler's, from preprocess.json
     reference = build_reference(
         inputs.data_root, inputs.classes, background, confidence, version, config.drift_reference_images
     )
     write_json(stage / REFERENCE_FILE, reference)
-
-
-def _reference_facts(stage: Path) -> dict:
-    reference = json.loads((stage / REFERENCE_FILE).read_text())
     return {
         "file": REFERENCE_FILE,
         "images": reference["images"],
