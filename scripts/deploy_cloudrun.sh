@@ -15,7 +15,7 @@
 #   --image-tag TAG      IMAGE_TAG      image tag: a commit SHA, or main for main's latest (main)
 #   --cpu N              CPU            vCPUs per instance (2)
 #   --memory SIZE        MEMORY         memory per instance (2Gi)
-#   --concurrency N      CONCURRENCY    requests per instance at once (2 x batchSize of MODEL_CONFIG)
+#   --concurrency N      CONCURRENCY    requests per instance at once (2 x maxWorkers x batchSize of MODEL_CONFIG)
 #   --min-instances N    MIN_INSTANCES  instances kept warm (1)
 #   --max-instances N    MAX_INSTANCES  scaling limit (3)
 #   --timeout T          TIMEOUT        request timeout (2 x responseTimeout of MODEL_CONFIG, in s)
@@ -60,13 +60,14 @@ MAX_INSTANCES=${MAX_INSTANCES:-3}
 MODEL_CONFIG=${MODEL_CONFIG:-config/torchserve/model-config.yaml}
 [ -f "$MODEL_CONFIG" ] || die "model config $MODEL_CONFIG not found (MODEL_CONFIG)"
 batch_size=$(model_config_count "$MODEL_CONFIG" batchSize)
+workers=$(model_config_count "$MODEL_CONFIG" maxWorkers)
 response_timeout=$(model_config_count "$MODEL_CONFIG" responseTimeout)
 startup_timeout=$(model_config_count "$MODEL_CONFIG" startupTimeout)
-# One TorchServe worker (maxWorkers: 1) fuses up to batchSize queued requests into one forward pass.
-# Twice that many in flight keeps the next batch queued while one runs, so batches fill without waiting
-# for maxBatchDelay; more would only queue inside TorchServe and add latency, where Cloud Run can send
-# the excess to another instance instead.
-CONCURRENCY=${CONCURRENCY:-$((2 * batch_size))}
+# Each of the maxWorkers TorchServe workers fuses up to batchSize queued requests into one forward pass.
+# Twice that many in flight keeps every worker's next batch queued while one runs, so batches fill without
+# waiting for maxBatchDelay; more would only queue inside TorchServe and add latency, where Cloud Run can
+# send the excess to another instance instead.
+CONCURRENCY=${CONCURRENCY:-$((2 * workers * batch_size))}
 # Longer than TorchServe's own responseTimeout, so a stuck batch ends with TorchServe's error (and a worker
 # restart) rather than Cloud Run cutting the connection first.
 TIMEOUT=${TIMEOUT:-$((2 * response_timeout))s}

@@ -116,7 +116,7 @@ def test_cloudrun_dry_run_prints_the_deployment_with_defaults_from_the_model_con
     assert deployed["--image"] == image
     assert deployed["--port"] == "8080"  # the serve image's PORT
     assert deployed["--cpu"] == "2" and deployed["--memory"] == "2Gi"
-    assert deployed["--concurrency"] == str(2 * MODEL_CONFIG["batchSize"]) == "16"
+    assert deployed["--concurrency"] == str(2 * MODEL_CONFIG["maxWorkers"] * MODEL_CONFIG["batchSize"]) == "16"
     assert deployed["--timeout"] == f"{2 * MODEL_CONFIG['responseTimeout']}s"
     assert deployed["--min-instances"] == "1" and deployed["--max-instances"] == "3"
     assert deployed["--cpu-boost"] is True
@@ -132,18 +132,18 @@ def test_cloudrun_dry_run_prints_the_deployment_with_defaults_from_the_model_con
 
 def test_cloudrun_defaults_follow_another_model_config(bare_path, tmp_path):
     config = tmp_path / "model-config.yaml"
-    config.write_text("minWorkers: 1\nbatchSize: 4   # a comment\nresponseTimeout: 45\nstartupTimeout: 60\n")
+    config.write_text("maxWorkers: 3\nbatchSize: 4   # a comment\nresponseTimeout: 45\nstartupTimeout: 60\n")
     _, run_deploy, _ = commands(
         deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "p", "MODEL_CONFIG": str(config)}, path=bare_path)
     )
     deployed = flags(run_deploy)
-    assert deployed["--concurrency"] == "8" and deployed["--timeout"] == "90s"
+    assert deployed["--concurrency"] == "24" and deployed["--timeout"] == "90s"
     assert "failureThreshold=45" in deployed["--startup-probe"]
 
 
 def test_cloudrun_model_config_without_batch_size_fails_in_one_line(bare_path, tmp_path):
     config = tmp_path / "model-config.yaml"
-    config.write_text("responseTimeout: 30\nstartupTimeout: 120\n")
+    config.write_text("maxWorkers: 1\nresponseTimeout: 30\nstartupTimeout: 120\n")
     result = deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "p", "MODEL_CONFIG": str(config)}, path=bare_path)
     one_line_error(result, "batchSize", str(config))
 

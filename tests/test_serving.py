@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 MODELS = {"leafnet": "leafnet.mar", "leafnet-onnx-int8": "leafnet-onnx-int8.mar"}
 READY_TIMEOUT_S = 180
 BATCH = 8
+MODEL_CONFIG = yaml.safe_load((REPO / "config" / "torchserve" / "model-config.yaml").read_text())
 
 
 def free_port() -> int:
@@ -59,16 +60,25 @@ def request(url: str, data: bytes | None = None, headers: dict | None = None, me
         return None, b""
 
 
-def ready_workers(management: str, model: str, headers: dict | None = None) -> list[dict]:
+def workers(management: str, model: str, headers: dict | None = None) -> list[dict]:
     status, body = request(f"{management}/models/{model}", headers=headers)
-    return [w for w in json.loads(body)[0]["workers"] if w["status"] == "READY"] if status == 200 else []
+    return json.loads(body)[0]["workers"] if status == 200 else []
+
+
+def ready_workers(management: str, model: str, headers: dict | None = None) -> list[dict]:
+    return [w for w in workers(management, model, headers) if w["status"] == "READY"]
+
+
+def all_ready(management: str, model: str, headers: dict | None = None) -> bool:
+    listed = workers(management, model, headers)
+    return bool(listed) and all(w["status"] == "READY" for w in listed)
 
 
 def wait_until_ready(management: str, models: list[str], server_log: Path, auth=dict) -> None:
-    """Polls until every model has a READY worker: TorchServe offers no blocking start."""
+    """Polls until every worker of every model is READY: TorchServe offers no blocking start."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if all(ready_workers(management, name, auth()) for name in models):
+        if all(all_ready(management, name, auth()) for name in models):
             return
         time.sleep(0.5)
     log = server_log.read_text()[-3000:] if server_log.is_file() else "no log"
@@ -134,7 +144,7 @@ def batch_archive(exported, tmp_path_factory) -> str:
     base = tmp_path_factory.mktemp("batch_archive")
     model_dir, manifest = unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", base / "unpacked")
     model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    model_config.update(batchSize=BATCH, maxBatchDelay=5000)
+    model_config.update(batchSize=BATCH, maxBatchDelay=5000, minWorkers=1, maxWorkers=1)  # one worker: one batch
     (base / "model-config.yaml").write_text(yaml.safe_dump(model_config))
     extras = [model_dir / name for name in ("index_to_name.json", "preprocess.json", "image_io.py")]
     build_archive(
@@ -201,7 +211,8 @@ def test_every_accepted_input_form_gives_the_same_answer(server, tiny_leaves):
 
 def test_every_bad_input_gets_a_4xx_with_a_reason_and_the_worker_survives(server, tiny_leaves, tmp_path):
     url = f"{server['inference']}/predictions/leafnet-onnx-int8"
-    [worker] = ready_workers(server["management"], "leafnet-onnx-int8")
+    pids = sorted(w["pid"] for w in ready_workers(server["management"], "leafnet-onnx-int8"))
+    assert len(pids) == MODEL_CONFIG["maxWorkers"]
     png = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
     octets = {"Content-Type": "application/octet-stream"}
     cases = [
@@ -227,7 +238,7 @@ def test_every_bad_input_gets_a_4xx_with_a_reason_and_the_worker_survives(server
     ).stdout  # fmt: skip
     assert status == "413"
     assert request(url, data=png)[0] == 200
-    assert [w["pid"] for w in ready_workers(server["management"], "leafnet-onnx-int8")] == [worker["pid"]]
+    assert sorted(w["pid"] for w in ready_workers(server["management"], "leafnet-onnx-int8")) == pids
 
 
 def test_a_batch_with_one_bad_item_answers_each_request_on_its_own(server, exported, tiny_leaves):
@@ -294,10 +305,16 @@ def test_prometheus_endpoint_shows_the_handler_metrics(server, tiny_leaves):
 
 def test_a_killed_worker_is_restarted_and_serves_again(server, tiny_leaves):
     management, model = server["management"], "leafnet-onnx-int8"
-    [worker] = ready_workers(management, model)
-    os.kill(worker["pid"], signal.SIGKILL)
+    before = ready_workers(management, model)
+    killed = before[0]["pid"]
+    os.kill(killed, signal.SIGKILL)
+
+    def restored() -> bool:  # as many READY workers as before, none of them the killed one
+        pids = [w["pid"] for w in ready_workers(management, model)]
+        return all_ready(management, model) and len(pids) == len(before) and killed not in pids
+
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not [w for w in ready_workers(management, model) if w["pid"] != worker["pid"]]:
+    while not restored():
         assert time.monotonic() < deadline, "TorchServe did not restart the killed worker"
         time.sleep(0.5)
     image = sorted((tiny_leaves / "test").rglob("*.png"))[0]
@@ -389,7 +406,11 @@ def test_serving_benchmark_measures_load_and_the_in_process_reference(server, ex
         assert level["ratio_to_in_process"] == pytest.approx(
             level["requests_per_s"] / level["in_process_images_per_s"], abs=1e-3
         )
-    assert sorted(report["in_process"]) == ["1", "4"]  # batch min(concurrency, batchSize)
+    assert sorted(report["in_process"]) == ["1", "4"]  # batch = concurrency
+    for reference in report["in_process"].values():  # measured before and after the load, the mean counts
+        both = (reference["images_per_s_before"], reference["images_per_s_after"])
+        assert min(both) > 0 and reference["images_per_s"] == pytest.approx(sum(both) / 2, abs=0.01)
+    assert report["server_workers"] == MODEL_CONFIG["maxWorkers"]
     assert report["single_request_overhead_ms"] == pytest.approx(
         report["levels"][0]["p50_ms"] - report["in_process"]["1"]["median_call_ms"], abs=0.02
     )

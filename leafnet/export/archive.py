@@ -80,6 +80,7 @@ class ArchivedHandler:
         the archive's worker count, for a reference that does not handicap in-process inference."""
         manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
         model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text()) or {}
+        self.workers = int(model_config.get("maxWorkers", 1) or 1)  # as the archive asks a server for
         if whole_machine:
             model_config = {**model_config, "minWorkers": 1, "maxWorkers": 1}
         self.batch_size = int(model_config.get("batchSize", 1))
