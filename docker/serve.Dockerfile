@@ -76,8 +76,10 @@ EXPOSE 8080
 # Liveness: /ping answers 200 once the frontend is up (a few seconds before the worker has loaded the model)
 # and 500 once a worker has failed to recover for maxRetryTimeoutInSec (TorchServe's default: 300 s).
 # Python, not curl (not in the slim image); exec form, reading $PORT itself: it follows the server's port.
+# With token authorization on (GCE profile) even /ping wants the inference key: the check sends the one of
+# the key_file.json TorchServe writes into the working directory.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ping' % os.environ.get('PORT', '8080'), timeout=4)"]
+    CMD ["python", "-c", "import json, os, urllib.request as u; k = json.load(open('key_file.json'))['inference']['key'] if os.path.exists('key_file.json') else ''; u.urlopen(u.Request('http://127.0.0.1:%s/ping' % os.environ.get('PORT', '8080'), headers={'Authorization': 'Bearer ' + k} if k else {}), timeout=4)"]
 # --foreground: the launcher waits on the Java frontend, so the container lives as long as the server.
 # The archive is always served as `leafnet`; CMD picks the profile, e.g. config/torchserve/gce.properties.
 ENTRYPOINT ["tini", "-g", "--", "torchserve", "--start", "--foreground", "--ncs", "--model-store", "model_store", "--models", "leafnet=leafnet.mar"]

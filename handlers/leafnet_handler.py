@@ -192,11 +192,14 @@ class LeafnetHandler(BaseHandler):
         options = yaml_config.get("handler", {}) or {}
         self.topk = min(int(options.get("topk", DEFAULT_TOPK)), len(self.labels))
         self.max_pixels = int(options.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+        # Workers of this model running at once (leafnet sets minWorkers = maxWorkers): they split the cores
+        # and the drift-line budget.
+        workers = max(1, int(yaml_config.get("maxWorkers", 1) or 1))
         self.drift_log = bool(options.get("drift_log", True))
-        self.drift_max_per_s = float(options.get("drift_max_per_s", DEFAULT_DRIFT_MAX_PER_S))
+        # drift_max_per_s is per server: each worker keeps its own bucket of an equal share.
+        self.drift_max_per_s = float(options.get("drift_max_per_s", DEFAULT_DRIFT_MAX_PER_S)) / workers
         self.drift_capacity = max(self.drift_max_per_s, 1.0)  # one second's worth, at least one line
         self.drift_tokens, self.drift_refilled = self.drift_capacity, time.monotonic()
-        workers = max(1, int(yaml_config.get("maxWorkers", 1) or 1))
         threads = int(options.get("threads", 0)) or max(1, available_cpus() // workers)
         gpu = properties.get("gpu_id")
         use_cuda = gpu is not None and torch.cuda.is_available() and model_file.suffix != ".onnx"

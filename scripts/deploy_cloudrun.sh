@@ -61,6 +61,9 @@ MODEL_CONFIG=${MODEL_CONFIG:-config/torchserve/model-config.yaml}
 [ -f "$MODEL_CONFIG" ] || die "model config $MODEL_CONFIG not found (MODEL_CONFIG)"
 batch_size=$(model_config_count "$MODEL_CONFIG" batchSize)
 workers=$(model_config_count "$MODEL_CONFIG" maxWorkers)
+# The handler splits the cores by maxWorkers and TorchServe starts minWorkers: they must agree.
+[ "$(model_config_count "$MODEL_CONFIG" minWorkers)" = "$workers" ] ||
+  die "minWorkers and maxWorkers differ in $MODEL_CONFIG: leafnet runs a fixed number of workers, set both"
 response_timeout=$(model_config_count "$MODEL_CONFIG" responseTimeout)
 startup_timeout=$(model_config_count "$MODEL_CONFIG" startupTimeout)
 # Each of the maxWorkers TorchServe workers fuses up to batchSize queued requests into one forward pass.
@@ -80,6 +83,9 @@ probe_failures=$(((startup_timeout + 30) / probe_period))
 startup_probe="httpGet.path=/ping,httpGet.port=8080,periodSeconds=$probe_period,timeoutSeconds=$probe_period"
 startup_probe+=",failureThreshold=$probe_failures"
 require_count CONCURRENCY --concurrency
+if [ "$CPU" != "$workers" ]; then  # one worker per vCPU is what docs/serving.md measured
+  echo "warning: --cpu $CPU but $MODEL_CONFIG runs $workers workers: set minWorkers/maxWorkers to the vCPU count" >&2
+fi
 require_count MIN_INSTANCES --min-instances
 require_count MAX_INSTANCES --max-instances
 require_gcloud
@@ -88,7 +94,7 @@ image=$(serve_image)
 check_image "$image"
 # --port: the container's PORT (the image's default, 8080); Cloud Run sets PORT to it and the Cloud Run
 #   profile listens on $$PORT$$.
-# --min-instances 1: a cold start launches the JVM, a Python worker and loads the model (seconds), so one
+# --min-instances 1: a cold start launches the JVM and the Python workers and loads the model (seconds), so one
 #   instance stays warm; 0 costs nothing when idle and makes the first request wait.
 # --cpu-boost: more CPU while an instance starts, which is when TorchServe needs it most.
 # --no-allow-unauthenticated: IAM checks a Google identity token (roles/run.invoker) before a request

@@ -21,6 +21,7 @@ torchserve=.venv/bin/torchserve
 [ -f "$config" ] || { echo "error: TorchServe config $config not found" >&2; exit 2; }
 export PORT=${PORT:-8080}  # TorchServe fills $$PORT$$ from it (Cloud Run profile)
 inference=$(inference_url "$config")
+management=$(management_url "$config")
 if [ "$variant" = torchscript ]; then archive=leafnet.mar; else archive="leafnet-$variant.mar"; fi
 
 case "$action" in
@@ -31,9 +32,13 @@ case "$action" in
     "$torchserve" --start --ncs --ts-config "$config" --model-store "$store" --models "leafnet=$archive" \
       >"$LOG_LOCATION/launcher.log" 2>&1
     deadline=$((SECONDS + ${READY_TIMEOUT:-120}))
-    until curl -sf -m 2 "$inference/ping" | grep -q Healthy; do
+    # Ready means every worker has loaded the model, not merely /ping: a benchmark started on Healthy alone
+    # would time the workers' start-up.
+    # With token authorization on (GCE profile) /ping too wants the inference key of key_file.json.
+    until mapfile -t auth < <(auth_header) && curl -sf -m 2 "${auth[@]}" "$inference/ping" | grep -q Healthy &&
+      workers_ready "$management" leafnet; do
       if [ $SECONDS -ge $deadline ]; then
-        echo "error: TorchServe not healthy after ${READY_TIMEOUT:-120}s; see $LOG_LOCATION/model_log.log" >&2
+        echo "error: TorchServe's workers not ready after ${READY_TIMEOUT:-120}s; see $LOG_LOCATION/model_log.log" >&2
         "$torchserve" --stop >/dev/null 2>&1 || true
         exit 1
       fi

@@ -132,13 +132,26 @@ def test_cloudrun_dry_run_prints_the_deployment_with_defaults_from_the_model_con
 
 def test_cloudrun_defaults_follow_another_model_config(bare_path, tmp_path):
     config = tmp_path / "model-config.yaml"
-    config.write_text("maxWorkers: 3\nbatchSize: 4   # a comment\nresponseTimeout: 45\nstartupTimeout: 60\n")
+    config.write_text(
+        "minWorkers: 3\nmaxWorkers: 3\nbatchSize: 4   # a comment\nresponseTimeout: 45\nstartupTimeout: 60\n"
+    )
     _, run_deploy, _ = commands(
         deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "p", "MODEL_CONFIG": str(config)}, path=bare_path)
     )
     deployed = flags(run_deploy)
     assert deployed["--concurrency"] == "24" and deployed["--timeout"] == "90s"
     assert "failureThreshold=45" in deployed["--startup-probe"]
+
+
+def test_cloudrun_refuses_a_worker_range_and_warns_when_cpus_and_workers_differ(bare_path, tmp_path):
+    config = tmp_path / "model-config.yaml"
+    config.write_text("minWorkers: 1\nmaxWorkers: 2\nbatchSize: 4\nresponseTimeout: 30\nstartupTimeout: 120\n")
+    result = deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "p", "MODEL_CONFIG": str(config)}, path=bare_path)
+    one_line_error(result, "minWorkers and maxWorkers differ", str(config))
+    config.write_text("minWorkers: 4\nmaxWorkers: 4\nbatchSize: 4\nresponseTimeout: 30\nstartupTimeout: 120\n")
+    result = deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "p", "MODEL_CONFIG": str(config)}, path=bare_path)
+    assert result.returncode == 0 and "warning: --cpu 2 but" in result.stderr and "4 workers" in result.stderr
+    assert flags(commands(result)[1])["--concurrency"] == "32"
 
 
 def test_cloudrun_model_config_without_batch_size_fails_in_one_line(bare_path, tmp_path):

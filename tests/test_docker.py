@@ -35,7 +35,7 @@ from packaging.utils import canonicalize_name
 
 from leafnet.checkpoint import load_checkpoint
 from tests.conftest import REPO, SPECIES_USED, offline_top1
-from tests.test_serving import free_port, loopback_properties, ready_workers, request, served_top1
+from tests.test_serving import free_port, loopback_properties, ready_workers, request, served_top1, torchserve
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 SERVE = REPO / "docker" / "serve.Dockerfile"
@@ -567,6 +567,23 @@ def test_serve_image_serves_its_archive_passes_its_healthcheck_and_stops_on_sigt
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_serve_healthcheck_sends_the_inference_key_under_token_authorization(exported, tmp_path):
+    """With the GCE profile TorchServe refuses even /ping without the inference key: the image's check reads
+    it from the key_file.json TorchServe writes into its working directory (the image's WORKDIR)."""
+    _, config = exported
+    stage = parse_dockerfile(SERVE, base_env())[-1]
+    models = {"leafnet": "leafnet-onnx-int8.mar"}
+    properties, urls, env = loopback_properties("gce.properties", config.model_store, models)
+    check = [sys.executable if word == "python" else word for word in stage.healthcheck]
+    check_env = {**os.environ, "PORT": urls["inference"].rsplit(":", 1)[1]}
+    with torchserve(tmp_path, properties, urls, list(models), **env):
+        assert request(f"{urls['inference']}/ping")[0] == 400  # no key: refused
+        result = subprocess.run(check, cwd=tmp_path, env=check_env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------- the train image

@@ -28,7 +28,7 @@ from leafnet.monitoring.records import Record, log_files, parse_time, read_recor
 from leafnet.monitoring.reference import REFERENCE_FILE, load_reference
 from leafnet.monitoring.report import DriftConfig, drift_report
 from tests.conftest import REPO, SPECIES_USED, unpack
-from tests.test_serving import loopback_properties, request, torchserve
+from tests.test_serving import MODEL_CONFIG, loopback_properties, request, torchserve
 
 ALPHA, MIN_EFFECT = 0.01, 0.1
 SCRIPT = REPO / "scripts" / "drift_report.py"
@@ -352,6 +352,14 @@ def test_the_handler_logs_one_drift_line_per_answered_request(exported, tiny_lea
     assert lines == [] and all(isinstance(a, dict) for a in answers)
 
 
+def test_the_drift_line_cap_is_shared_by_the_workers(exported, tmp_path):
+    """drift_max_per_s caps the server: each of the archive's workers gets an equal share."""
+    handler = archived(exported, tmp_path / "archive", drift_max_per_s=10)
+    workers = handler.workers
+    assert workers == MODEL_CONFIG["maxWorkers"] > 1
+    assert handler.handler.drift_max_per_s == pytest.approx(10 / workers)
+
+
 @pytest.mark.slow
 def test_export_writes_the_reference_and_packs_it_into_every_archive(exported):
     report, config = exported
@@ -474,7 +482,9 @@ def test_drift_lines_reach_torchserves_model_log(exported, tiny_leaves, tmp_path
             answers.append(json.loads(body)["predictions"][0])
     parsed = read_records(log_files(str(tmp_path / "logs")))  # TorchServe stopped: its logs are flushed
     assert parsed.malformed == [] and len(parsed.records) == 3  # 3 requests fit in the cap's full bucket
-    assert [(r.top1, r.p) for r in parsed.records] == [(a["index"], a["probability"]) for a in answers]
+    # Each worker's lines reach model_log.log through its own reader thread: order them by answer time.
+    in_order = sorted(parsed.records, key=lambda r: r.t)
+    assert [(r.top1, r.p) for r in in_order] == [(a["index"], a["probability"]) for a in answers]
     assert all(r.model == "leafnet" and set(r.features) == set(STATS_FEATURES) for r in parsed.records)
     reference = str(Path(config.output) / REFERENCE_FILE)
     report = drift_report(

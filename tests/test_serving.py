@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from leafnet.bench.serving import ServingBenchConfig, run_serving_benchmark
+from leafnet.bench.serving import ServingBenchConfig, render_markdown, run_serving_benchmark
 from leafnet.errors import LeafnetError
 from leafnet.export.archive import build_archive
 from tests.conftest import REPO, offline_top1, png_claiming, unpack
@@ -212,7 +213,7 @@ def test_every_accepted_input_form_gives_the_same_answer(server, tiny_leaves):
 def test_every_bad_input_gets_a_4xx_with_a_reason_and_the_worker_survives(server, tiny_leaves, tmp_path):
     url = f"{server['inference']}/predictions/leafnet-onnx-int8"
     pids = sorted(w["pid"] for w in ready_workers(server["management"], "leafnet-onnx-int8"))
-    assert len(pids) == MODEL_CONFIG["maxWorkers"]
+    assert len(pids) == MODEL_CONFIG["minWorkers"]
     png = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
     octets = {"Content-Type": "application/octet-stream"}
     cases = [
@@ -303,19 +304,20 @@ def test_prometheus_endpoint_shows_the_handler_metrics(server, tiny_leaves):
     assert b"ts_inference_requests_total" in body and b"# TYPE leafnet_batch_size histogram" in body
 
 
-def test_a_killed_worker_is_restarted_and_serves_again(server, tiny_leaves):
+def test_killed_workers_are_restarted_and_serve_again(server, tiny_leaves):
     management, model = server["management"], "leafnet-onnx-int8"
-    before = ready_workers(management, model)
-    killed = before[0]["pid"]
-    os.kill(killed, signal.SIGKILL)
+    killed = {w["pid"] for w in ready_workers(management, model)}
+    assert len(killed) == MODEL_CONFIG["minWorkers"], "not every worker was READY"
+    for pid in killed:  # all of them: the answer below must come from a restarted worker
+        os.kill(pid, signal.SIGKILL)
 
-    def restored() -> bool:  # as many READY workers as before, none of them the killed one
-        pids = [w["pid"] for w in ready_workers(management, model)]
-        return all_ready(management, model) and len(pids) == len(before) and killed not in pids
+    def restored() -> bool:  # as many READY workers as before, none of them a killed one
+        pids = {w["pid"] for w in ready_workers(management, model)}
+        return all_ready(management, model) and len(pids) == len(killed) and not pids & killed
 
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not restored():
-        assert time.monotonic() < deadline, "TorchServe did not restart the killed worker"
+        assert time.monotonic() < deadline, "TorchServe did not restart the killed workers"
         time.sleep(0.5)
     image = sorted((tiny_leaves / "test").rglob("*.png"))[0]
     assert request(f"{server['inference']}/predictions/{model}", data=image.read_bytes())[0] == 200
@@ -370,6 +372,9 @@ def test_serve_and_predict_scripts(server, exported, tiny_leaves, tmp_path):
         started = subprocess.run([*serve, "start", "onnx-int8"], env=env, capture_output=True, text=True, timeout=200)
         assert started.returncode == 0, started.stderr
         assert f"leafnet-onnx-int8.mar: curl -X POST {urls['inference']}/predictions/leafnet" in started.stdout
+        # start returns once every worker has loaded the model, not merely once /ping says Healthy
+        assert all_ready(urls["management"], "leafnet")
+        assert len(ready_workers(urls["management"], "leafnet")) == MODEL_CONFIG["minWorkers"]
         status = subprocess.run([*serve, "status"], env=env, capture_output=True, text=True)
         assert status.returncode == 0 and "Healthy" in status.stdout
         predicted = subprocess.run(
@@ -403,19 +408,31 @@ def test_serving_benchmark_measures_load_and_the_in_process_reference(server, ex
     for level in report["levels"]:
         assert level["requests"] > 0 and level["errors"] == 0
         assert 0 < level["p50_ms"] <= level["p90_ms"] <= level["p99_ms"]
-        assert level["ratio_to_in_process"] == pytest.approx(
-            level["requests_per_s"] / level["in_process_images_per_s"], abs=1e-3
-        )
-    assert sorted(report["in_process"]) == ["1", "4"]  # batch = concurrency
-    for reference in report["in_process"].values():  # measured before and after the load, the mean counts
-        both = (reference["images_per_s_before"], reference["images_per_s_after"])
-        assert min(both) > 0 and reference["images_per_s"] == pytest.approx(sum(both) / 2, abs=0.01)
-    assert report["server_workers"] == MODEL_CONFIG["maxWorkers"]
-    assert report["single_request_overhead_ms"] == pytest.approx(
-        report["levels"][0]["p50_ms"] - report["in_process"]["1"]["median_call_ms"], abs=0.02
-    )
+        single, parallel = level["in_process"]["single"], level["in_process"]["parallel"]
+        for reference in (single, parallel):  # timed right before and right after the level; the mean counts
+            both = (reference["images_per_s_before"], reference["images_per_s_after"])
+            assert min(both) > 0 and reference["images_per_s"] == pytest.approx(sum(both) / 2, abs=0.01)
+        assert single["batch"] == level["concurrency"]  # every image in flight, fused into one call
+        # as many processes as the archive has workers (at most one per request), sharing the images
+        assert parallel["processes"] == min(MODEL_CONFIG["maxWorkers"], level["concurrency"])
+        assert parallel["processes"] * parallel["batch"] >= level["concurrency"]
+        assert level["ratio_to_in_process"] == pytest.approx(level["requests_per_s"] / single["images_per_s"], abs=1e-3)
+        ratio = level["requests_per_s"] / parallel["images_per_s"]
+        assert level["ratio_to_parallel_in_process"] == pytest.approx(ratio, abs=1e-3)
+    assert report["archive_workers"] == MODEL_CONFIG["maxWorkers"]
+    one_image = report["levels"][0]["in_process"]["single"]["median_call_ms"]
+    assert report["single_image_ms"] == one_image
+    assert report["single_request_overhead_ms"] == pytest.approx(report["levels"][0]["p50_ms"] - one_image, abs=0.02)
     assert json.loads((tmp_path / "bench" / "serving_benchmark.json").read_text()) == report
-    assert "| 4 |" in (tmp_path / "bench" / "serving_benchmark.md").read_text()
+    markdown = (tmp_path / "bench" / "serving_benchmark.md").read_text()
+    assert "| 4 |" in markdown
+    assert ("moved by more than" in markdown) == any(level["reference_drift"] > 0.1 for level in report["levels"])
+    steady, drifted = copy.deepcopy(report), copy.deepcopy(report)
+    for level in steady["levels"] + drifted["levels"]:
+        level["reference_drift"] = 0.05
+    drifted["levels"][1]["reference_drift"] = 0.25  # the machine's speed moved by a quarter during level 4
+    assert "moved by more than" not in render_markdown(steady)
+    assert "moved by more than 10% during the levels at concurrency 4 (25%) (" in render_markdown(drifted)
 
 
 def test_serving_benchmark_names_what_is_missing(exported, tiny_leaves, tmp_path):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leafnet.bench.reference import ParallelReference, bracketed, reference_throughput
 from leafnet.errors import LeafnetError
 from leafnet.export.archive import ArchivedHandler, unpack_archive
 from leafnet.fsutil import atomic_write_bytes, sha256_file, write_json
@@ -95,28 +96,6 @@ def load_images(folder: str, limit: int) -> list[bytes]:
     if not paths:
         raise LeafnetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     return [p.read_bytes() for p in paths]
-
-
-def reference_throughput(handler: ArchivedHandler, images: list[bytes], batch: int, seconds: float) -> dict:
-    """Images per second and median seconds per call of the in-process handler at one batch size."""
-    for _ in range(3):
-        handler([{"body": body} for body in images[:batch]])  # warm-up: first calls allocate
-    durations, position = [], 0
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds or len(durations) < 5:
-        items = [{"body": images[(position + i) % len(images)]} for i in range(batch)]
-        position += batch
-        t0 = time.perf_counter()
-        answers = handler(items)
-        durations.append(time.perf_counter() - t0)
-        if not all(isinstance(a, dict) for a in answers):
-            raise LeafnetError(f"the in-process handler refused a benchmark image: {answers}")
-    return {
-        "batch": batch,
-        "images_per_s": round(batch * len(durations) / sum(durations), 2),
-        "median_call_ms": round(float(np.median(durations)) * 1000, 3),
-        "calls": len(durations),
-    }
 
 
 class HttpClient:
@@ -245,58 +224,46 @@ def check_server(config: ServingBenchConfig, image: bytes, version: str) -> None
         raise LeafnetError(f"the server runs model version {served}, but {config.archive} holds {version}")
 
 
-def bracketed_reference(before: dict, after: dict) -> dict:
-    """One batch size's in-process figures from the runs before and after the load: their means, and both."""
-    return {
-        "batch": before["batch"],
-        "images_per_s": round((before["images_per_s"] + after["images_per_s"]) / 2, 2),
-        "median_call_ms": round((before["median_call_ms"] + after["median_call_ms"]) / 2, 3),
-        "images_per_s_before": before["images_per_s"],
-        "images_per_s_after": after["images_per_s"],
-        "calls": before["calls"] + after["calls"],
-    }
-
-
 def run_serving_benchmark(config: ServingBenchConfig, log=print) -> dict:
     _validate(config)
     images = load_images(config.images, config.max_images)
     archive = Path(config.archive)
-    batches = sorted({1, *config.concurrency})
     with tempfile.TemporaryDirectory(prefix="leafnet-bench-") as workdir:
         unpack_archive(archive, Path(workdir))
         handler = ArchivedHandler(Path(workdir), whole_machine=True)
         check_server(config, images[0], handler.version)
-
-        def measure_reference(when: str) -> dict[int, dict]:
-            log(f"in-process reference {when} the load: {archive.name}, {len(images)} images, batches {batches}")
-            return {batch: reference_throughput(handler, images, batch, config.reference_s) for batch in batches}
-
-        before = measure_reference("before")
-        measured = [(level, run_level(config, images, level).summary()) for level in config.concurrency]
-        after = measure_reference("after")
-    references = {batch: bracketed_reference(before[batch], after[batch]) for batch in batches}
-    levels = []
-    for level, result in measured:
-        reference = references[level]
-        result["in_process_images_per_s"] = reference["images_per_s"]
-        result["ratio_to_in_process"] = round(result["requests_per_s"] / reference["images_per_s"], 3)
-        levels.append(result)
         log(
-            f"  concurrency {level:>3}: {result['requests_per_s']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
-            f"p90 {result['p90_ms']:7.2f}  p99 {result['p99_ms']:7.2f}  errors {result['errors']}  "
-            f"in-process {reference['images_per_s']:.0f} img/s "
-            f"({reference['images_per_s_before']:.0f} before, {reference['images_per_s_after']:.0f} after)  "
-            f"ratio {result['ratio_to_in_process']:.2f}"
+            f"in-process references of {archive.name} ({len(images)} images): one process, and "
+            f"{handler.workers} process(es) sized like the server's workers, before and after each level"
         )
+        with ParallelReference(Path(workdir), images, handler.workers) as parallel:
+
+            def references() -> dict:
+                single = reference_throughput(handler, images, level, config.reference_s)
+                return {"single": single, "parallel": parallel.measure(level, config.reference_s)}
+
+            single_image = None
+            if 1 not in config.concurrency:  # the one-image median is the latency baseline
+                single_image = reference_throughput(handler, images, 1, config.reference_s)
+            levels = []
+            for level in config.concurrency:
+                before = references()
+                result = run_level(config, images, level).summary()
+                after = references()
+                result["in_process"] = {kind: bracketed(before[kind], after[kind]) for kind in before}
+                if level == 1:
+                    single_image = result["in_process"]["single"]
+                levels.append(_with_ratios(result))
+                log(_level_line(result))
     report = {
         "config": {k: v for k, v in vars(config).items() if k != "token"},
         "archive_sha256": sha256_file(archive),
         "model_version": handler.version,
-        "server_batch_size": handler.batch_size,
-        "server_workers": handler.workers,
-        "in_process": {str(batch): facts for batch, facts in sorted(references.items())},
+        "archive_batch_size": handler.batch_size,
+        "archive_workers": handler.workers,
+        "single_image_ms": single_image["median_call_ms"],
         "levels": levels,
-        "single_request_overhead_ms": _single_overhead(levels, references[1]),
+        "single_request_overhead_ms": _single_overhead(levels, single_image),
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
     out = Path(config.output)
@@ -304,6 +271,31 @@ def run_serving_benchmark(config: ServingBenchConfig, log=print) -> dict:
     write_json(out / "serving_benchmark.json", report)
     atomic_write_bytes(out / "serving_benchmark.md", render_markdown(report).encode())
     return report
+
+
+DRIFT_WARNING = 0.10  # a reference that moved more than this between before and after is flagged
+
+
+def _with_ratios(result: dict) -> dict:
+    single, parallel = result["in_process"]["single"], result["in_process"]["parallel"]
+    result["ratio_to_in_process"] = round(result["requests_per_s"] / single["images_per_s"], 3)
+    result["ratio_to_parallel_in_process"] = round(result["requests_per_s"] / parallel["images_per_s"], 3)
+    result["reference_drift"] = round(
+        max(abs(r["images_per_s_after"] / r["images_per_s_before"] - 1) for r in (single, parallel)), 3
+    )
+    return result
+
+
+def _level_line(result: dict) -> str:
+    single, parallel = result["in_process"]["single"], result["in_process"]["parallel"]
+    drift = f"  (references moved {result['reference_drift']:.0%})" if result["reference_drift"] > DRIFT_WARNING else ""
+    return (
+        f"  concurrency {result['concurrency']:>3}: {result['requests_per_s']:8.1f} req/s  "
+        f"p50 {result['p50_ms']:7.2f} ms  p90 {result['p90_ms']:7.2f}  p99 {result['p99_ms']:7.2f}  "
+        f"errors {result['errors']}  ratio {result['ratio_to_in_process']:.2f} of one process "
+        f"({single['images_per_s']:.0f} img/s), {result['ratio_to_parallel_in_process']:.2f} of "
+        f"{parallel['processes']} ({parallel['images_per_s']:.0f} img/s){drift}"
+    )
 
 
 def _single_overhead(levels: list[dict], single: dict) -> float | None:
@@ -317,25 +309,42 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# Serving benchmark: {config['model']} at {config['url']}",
         "",
-        f"Archive `{Path(config['archive']).name}` (version {report['model_version']}), "
-        f"{config['duration_s']} s per level after {config['warmup_s']} s warm-up; server "
-        f"{report['server_workers']} worker(s) x batchSize {report['server_batch_size']}. Ratio: served "
-        "requests/s over the same handler's images/s in-process at batch = concurrency, the mean of runs "
-        "before and after the load.",
+        f"Archive `{Path(config['archive']).name}` (version {report['model_version']}, "
+        f"{report['archive_workers']} worker(s) x batchSize {report['archive_batch_size']}), "
+        f"{config['duration_s']} s per level after {config['warmup_s']} s warm-up. Ratios: served requests/s "
+        "over the same handler's images/s in-process, `concurrency` images in flight: in one process using "
+        "every core, and in as many processes as the archive has workers, each sized like one. Each reference "
+        "is the mean of runs right before and right after the level (before / after in brackets).",
         "",
-        "| concurrency | req/s | p50 ms | p90 ms | p99 ms | errors | in-process img/s (before / after) | ratio |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| concurrency | req/s | p50 ms | p90 ms | p99 ms | errors | one process img/s | ratio "
+        "| parallel img/s | ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    flagged = []
     for level in report["levels"]:
-        reference = report["in_process"][str(level["concurrency"])]
+        single, parallel = level["in_process"]["single"], level["in_process"]["parallel"]
         lines.append(
-            f"| {level['concurrency']} | {level['requests_per_s']:.1f} | {level['p50_ms']:.2f} | {level['p90_ms']:.2f} "
-            f"| {level['p99_ms']:.2f} | {level['errors']} | {level['in_process_images_per_s']:.1f} "
-            f"({reference['images_per_s_before']:.0f} / {reference['images_per_s_after']:.0f}) "
-            f"| {level['ratio_to_in_process']:.2f} |"
+            f"| {level['concurrency']} | {level['requests_per_s']:.1f} | {level['p50_ms']:.2f} "
+            f"| {level['p90_ms']:.2f} | {level['p99_ms']:.2f} | {level['errors']} | {_reference_cell(single)} "
+            f"| {level['ratio_to_in_process']:.2f} | {_reference_cell(parallel)} "
+            f"| {level['ratio_to_parallel_in_process']:.2f} |"
         )
-    single = report["in_process"]["1"]["median_call_ms"]
-    lines += ["", f"In-process median for one image (decode included): {single:.2f} ms."]
+        if level["reference_drift"] > DRIFT_WARNING:
+            flagged.append(f"{level['concurrency']} ({level['reference_drift']:.0%})")
+    lines += ["", f"In-process median for one image (decode included): {report['single_image_ms']:.2f} ms."]
     if report["single_request_overhead_ms"] is not None:
         lines.append(f"Served median at concurrency 1 is {report['single_request_overhead_ms']:+.2f} ms from it.")
+    if flagged:
+        lines.append(
+            f"The machine's speed moved by more than {DRIFT_WARNING:.0%} during the levels at concurrency "
+            f"{', '.join(flagged)} (largest change of a reference between before and after): read those ratios "
+            "with care, or run again."
+        )
     return "\n".join(lines) + "\n"
+
+
+def _reference_cell(reference: dict) -> str:
+    return (
+        f"{reference['images_per_s']:.0f} ({reference['images_per_s_before']:.0f} / "
+        f"{reference['images_per_s_after']:.0f})"
+    )

@@ -10,6 +10,30 @@ inference_url() {
   echo "${address/0.0.0.0/127.0.0.1}"
 }
 
+# The URL of the config's management address (loopback in every leafnet profile).
+management_url() {
+  local address
+  address=$(sed -n 's/^management_address=//p' "$1")
+  [ -n "$address" ] || { echo "error: no management_address in $1" >&2; return 2; }
+  echo "${address/0.0.0.0/127.0.0.1}"
+}
+
+# Whether every worker of model $2 is READY, asked of management URL $1: /ping turns Healthy with the
+# frontend, seconds before the workers have loaded the model. Sends the management key of a key_file.json
+# in this directory (token authorization on).
+workers_ready() {
+  local body auth=() key
+  if [ -f key_file.json ]; then
+    key=$(sed -n '/"management"/,/}/s/.*"key": "\([^"]*\)".*/\1/p' key_file.json)
+    [ -z "$key" ] || auth=(-H "Authorization: Bearer $key")
+  fi
+  body=$(curl -sf -m 2 "${auth[@]}" "$1/models/$2") || return 1
+  local listed ready
+  listed=$(grep -c '"status": "' <<<"$body")
+  ready=$(grep -c '"status": "READY"' <<<"$body")
+  [ "$listed" -gt 0 ] && [ "$ready" -eq "$listed" ]
+}
+
 # curl arguments for token authorization: TS_TOKEN, else the inference key of a key_file.json that
 # TorchServe wrote in this directory (profiles with disable_token_authorization=false).
 auth_header() {
