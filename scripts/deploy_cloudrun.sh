@@ -61,8 +61,9 @@ MODEL_CONFIG=${MODEL_CONFIG:-config/torchserve/model-config.yaml}
 [ -f "$MODEL_CONFIG" ] || die "model config $MODEL_CONFIG not found (MODEL_CONFIG)"
 batch_size=$(model_config_count "$MODEL_CONFIG" batchSize)
 workers=$(model_config_count "$MODEL_CONFIG" maxWorkers)
+min_workers=$(model_config_count "$MODEL_CONFIG" minWorkers)
 # The handler splits the cores by maxWorkers and TorchServe starts minWorkers: they must agree.
-[ "$(model_config_count "$MODEL_CONFIG" minWorkers)" = "$workers" ] ||
+[ "$min_workers" = "$workers" ] ||
   die "minWorkers and maxWorkers differ in $MODEL_CONFIG: leafnet runs a fixed number of workers, set both"
 response_timeout=$(model_config_count "$MODEL_CONFIG" responseTimeout)
 startup_timeout=$(model_config_count "$MODEL_CONFIG" startupTimeout)

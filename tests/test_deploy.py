@@ -154,11 +154,13 @@ def test_cloudrun_refuses_a_worker_range_and_warns_when_cpus_and_workers_differ(
     assert flags(commands(result)[1])["--concurrency"] == "32"
 
 
-def test_cloudrun_model_config_without_batch_size_fails_in_one_line(bare_path, tmp_path):
+@pytest.mark.parametrize("missing", ["batchSize", "maxWorkers", "minWorkers"])
+def test_cloudrun_model_config_without_a_sizing_key_fails_in_one_line(bare_path, tmp_path, missing):
+    keys = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "responseTimeout": 30, "startupTimeout": 120}
     config = tmp_path / "model-config.yaml"
-    config.write_text("maxWorkers: 1\nresponseTimeout: 30\nstartupTimeout: 120\n")
+    config.write_text("".join(f"{key}: {value}\n" for key, value in keys.items() if key != missing))
     result = deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "p", "MODEL_CONFIG": str(config)}, path=bare_path)
-    one_line_error(result, "batchSize", str(config))
+    one_line_error(result, missing, str(config))
 
 
 def test_cloudrun_flags_beat_environment_and_values_are_quoted(bare_path):
