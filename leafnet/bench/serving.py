@@ -238,7 +238,7 @@ def run_serving_benchmark(config: ServingBenchConfig, log=print) -> dict:
         )
         with ParallelReference(Path(workdir), images, handler.workers) as parallel:
 
-            def references() -> dict:
+            def references(level: int) -> dict:
                 single = reference_throughput(handler, images, level, config.reference_s)
                 return {"single": single, "parallel": parallel.measure(level, config.reference_s)}
 
@@ -247,9 +247,9 @@ def run_serving_benchmark(config: ServingBenchConfig, log=print) -> dict:
                 single_image = reference_throughput(handler, images, 1, config.reference_s)
             levels = []
             for level in config.concurrency:
-                before = references()
+                before = references(level)
                 result = run_level(config, images, level).summary()
-                after = references()
+                after = references(level)
                 result["in_process"] = {kind: bracketed(before[kind], after[kind]) for kind in before}
                 if level == 1:
                     single_image = result["in_process"]["single"]

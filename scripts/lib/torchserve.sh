@@ -23,10 +23,8 @@ management_url() {
 # in this directory (token authorization on).
 workers_ready() {
   local body auth=() key
-  if [ -f key_file.json ]; then
-    key=$(sed -n '/"management"/,/}/s/.*"key": "\([^"]*\)".*/\1/p' key_file.json)
-    [ -z "$key" ] || auth=(-H "Authorization: Bearer $key")
-  fi
+  key=$(key_file_key management)
+  [ -z "$key" ] || auth=(-H "Authorization: Bearer $key")
   body=$(curl -sf -m 2 "${auth[@]}" "$1/models/$2") || return 1
   local listed ready
   listed=$(grep -c '"status": "' <<<"$body")
@@ -38,8 +36,13 @@ workers_ready() {
 # TorchServe wrote in this directory (profiles with disable_token_authorization=false).
 auth_header() {
   local token=${TS_TOKEN:-}
-  if [ -z "$token" ] && [ -f key_file.json ]; then
-    token=$(sed -n '/"inference"/,/}/s/.*"key": "\([^"]*\)".*/\1/p' key_file.json)
-  fi
+  [ -n "$token" ] || token=$(key_file_key inference)
   [ -z "$token" ] || printf '%s\n' -H "Authorization: Bearer $token"
+}
+
+# The $1 ("inference", "management") key of the key_file.json TorchServe wrote in this directory; empty
+# when there is none.
+key_file_key() {
+  [ -f key_file.json ] || return 0
+  sed -n "/\"$1\"/,/}/s/.*\"key\": \"\\([^\"]*\\)\".*/\\1/p" key_file.json
 }
