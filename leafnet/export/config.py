@@ -18,6 +18,10 @@ class Int8Config:
     activation_type: str = "QUInt8"
     weight_type: str = "QInt8"
     per_channel: bool = True
+    # 7-bit weights: x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) multiply u8 x s8 with an
+    # instruction (VPMADDUBSW) that saturates its 16-bit sums; with 7-bit weights they cannot saturate,
+    # so an archive scores the same on whichever CPU serves it (docs/export.md has the measurements).
+    reduce_range: bool = True
     calibration_images: int = 256  # from the train split, eval-transformed like served images
     calibration_method: str = "MinMax"
 

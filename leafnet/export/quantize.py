@@ -101,5 +101,6 @@ def quantize_onnx_static(prepared: Path, out: Path, calibration: Iterable[np.nda
             activation_type=_quant_type(config.activation_type),
             weight_type=_quant_type(config.weight_type),
             calibrate_method=method,
+            reduce_range=config.reduce_range,
         )
     check_onnx(out)
