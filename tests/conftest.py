@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import random
+import runpy
+import socket
 import struct
+import subprocess
+import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from PIL import Image
 
 import leafnet.export.exporter as exporter
@@ -25,6 +32,50 @@ from leafnet.train import main as train
 from leafnet.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Hypothesis's 200 ms deadline turns a slow moment of a shared 2-core machine into a failure; what the
+# property tests prove does not depend on time, so no example has a deadline.
+settings.register_profile("leafnet", deadline=None)
+settings.load_profile("leafnet")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# How long a test waits for a TorchServe to load its models, whoever started it: a cold start on a busy
+# 2-core machine (JVM, two workers importing onnxruntime) has taken over a minute.
+SERVER_READY_TIMEOUT_S = 180
+
+_HANDED_OUT: set[int] = set()
+_PORTS = random.Random()  # seeded from os.urandom: two test runs at once start apart
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free now, for a server started a moment later.
+
+    The kernel's port-0 answer comes from the ephemeral range, where every outgoing connection of this
+    machine also takes its local port: one of them could take it before the server binds. Ports below
+    that range are only ever taken by an explicit bind, and none is handed out twice in a session, so
+    two servers of one test never collide either.
+    """
+    high = _ephemeral_low() - 1
+    for _ in range(1000):
+        port = _PORTS.randint(min(20000, high - 1000), high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
 
 # 4 images per species with 25%/25% val/test fractions: 2 train, 1 val, 1 test per class.
 TINY_SYNTHETIC = SyntheticConfig(per_species=4, seed=3, min_blade_px=60, max_blade_px=120)
@@ -143,3 +194,27 @@ def png_claiming(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
+
+
+@pytest.fixture
+def run_script(monkeypatch, capsys) -> Callable[..., subprocess.CompletedProcess]:
+    """Runs `python scripts/<name> args...` in this process (its `__main__` block, argv, working directory,
+    exit status, stdout and stderr): each CLI refusal checked this way saves the 5-10 s a fresh
+    interpreter takes to import torch. Tests that need a real process (signals, torchrun) spawn one."""
+
+    def run(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        script = REPO / "scripts" / name
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "argv", [str(script), *args])
+            if cwd is not None:
+                patch.chdir(cwd)
+            capsys.readouterr()  # drop what the test printed before
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+                code = 0
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+            out = capsys.readouterr()
+        return subprocess.CompletedProcess([name, *args], code, out.out, out.err)
+
+    return run

@@ -34,8 +34,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from leafnet.checkpoint import load_checkpoint
-from tests.conftest import REPO, SPECIES_USED, offline_top1
-from tests.test_serving import free_port, loopback_properties, ready_workers, request, served_top1, torchserve
+from tests.conftest import REPO, SERVER_READY_TIMEOUT_S, SPECIES_USED, free_port, offline_top1
+from tests.test_serving import loopback_properties, ready_workers, request, served_top1, torchserve
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 SERVE = REPO / "docker" / "serve.Dockerfile"
@@ -44,7 +44,6 @@ SERVE_REQUIREMENTS = REPO / "docker" / "serve-requirements.txt"
 # What every leafnet image carries; hadolint checks each is there and well-formed.
 REQUIRED_LABELS = ["title:text", "description:text", "licenses:spdx", "version:text", "revision:text"]
 TINI = ["tini", "-g", "--"]  # the serve image's PID 1: forwards SIGTERM to the server's process group
-READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 60
 METRICS_CONFIG = "=config/torchserve/metrics.yaml"  # relative to the image's WORKDIR, as the profiles say
 
@@ -502,7 +501,7 @@ def wait_until_serving(url: str, management: str, server: subprocess.Popen, log:
     """Until /ping says Healthy and the model has a READY worker. /ping alone is not enough: it says Healthy
     once the frontend is up, seconds before the worker has loaded the model, and counts a failing worker as
     healthy until it has been retrying for maxRetryTimeoutInSec (300 s)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         status, body = request(f"{url}/ping")
         if status == 200 and json.loads(body)["status"] == "Healthy" and ready_workers(management, "leafnet"):
@@ -512,7 +511,7 @@ def wait_until_serving(url: str, management: str, server: subprocess.Popen, log:
             pytest.fail(f"the entrypoint exited ({server.returncode}) before the model was served:\n{tail}")
         time.sleep(0.5)
     tail = model_log.read_text()[-3000:] if model_log.is_file() else "no model_log.log"
-    pytest.fail(f"no READY worker after {READY_TIMEOUT_S} s:\n{tail}")
+    pytest.fail(f"no READY worker after {SERVER_READY_TIMEOUT_S} s:\n{tail}")
 
 
 @pytest.mark.slow

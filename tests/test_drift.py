@@ -430,6 +430,10 @@ def test_the_report_script_on_clean_and_inverted_traffic(exported, served_logs, 
     logs = served_logs["inverted"] / "model_log.log"
     shifted = run_script(f"logs={logs}", f"reference={archive}", f"output={tmp_path / 'inv'}", "fail_on_drift=true")
     assert shifted.returncode == 3 and "drift report: DRIFT in" in shifted.stdout, shifted.stderr
+    # without fail_on_drift the same finding is a report, not a failure
+    reported = run_script(f"logs={logs}", f"reference={archive}", f"output={tmp_path / 'inv0'}")
+    assert reported.returncode == 0 and "drift report: DRIFT in" in reported.stdout, reported.stderr
+    assert json.loads((tmp_path / "inv0" / "drift.json").read_text())["drift"] is True
     report = json.loads((tmp_path / "inv" / "drift.json").read_text())
     assert report["drift"] is True and {"brightness", "foreground", "edges"} <= set(report["drifted"])
     assert report["tests"]["brightness"]["served_median"] > report["tests"]["brightness"]["reference_median"]

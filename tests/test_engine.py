@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -28,10 +29,71 @@ def test_accumulation_steps_on_boundaries_and_on_the_last_batch(batches, accumul
 
 def test_max_steps_limits_the_epoch_and_metrics_are_exact():
     model, optimizer, scheduler, loader, step = _setup(6, 1)
+    # The same four steps written out by hand: loss and top-1 of each batch before its update.
+    reference = copy.deepcopy(model)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    loss_sum, correct = 0.0, 0
+    for images, targets in loader[:4]:
+        logits = reference(images)
+        loss = nn.functional.cross_entropy(logits, targets)
+        loss_sum += loss.item() * len(targets)
+        correct += (logits.argmax(dim=1) == targets).sum().item()
+        reference_optimizer.zero_grad()
+        loss.backward()
+        reference_optimizer.step()
     result = train_one_epoch(
         model, nn.CrossEntropyLoss(), optimizer, scheduler, loader, torch.device("cpu"), step, max_steps=4
     )
-    assert result.steps == 4 and result.images == 20 and 0 <= result.top1 <= 1
+    assert result.steps == 4 and result.images == 20
+    assert result.loss == pytest.approx(loss_sum / 20, rel=1e-6)
+    assert result.top1 == correct / 20 and 0 < correct < 20
+    assert torch.allclose(model.weight, reference.weight, atol=1e-6)  # exactly four updates, no more
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
+def test_float16_loss_scaling_skips_overflowing_steps_and_unscales_the_rest():
+    """On CPU the GradScaler path runs for real with autocast float16: a scale that overflows the fp16
+    gradients skips the update and halves the scale; a sane one gives the updates of unscaled gradients."""
+    fp16 = StepConfig(amp_dtype=torch.float16)
+    model, optimizer, scheduler, loader, _ = _setup(4, 1)
+    before = model.weight.detach().clone()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24, growth_interval=1000)
+    train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, scheduler, loader, torch.device("cpu"), fp16, 0, scaler)
+    assert torch.equal(model.weight, before) and scaler.get_scale() == 2.0**20  # four skips, four halvings
+
+    model, optimizer, scheduler, loader, _ = _setup(4, 1)
+    reference = copy.deepcopy(model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000)
+    train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, scheduler, loader, torch.device("cpu"), fp16, 0, scaler)
+    assert scaler.get_scale() == 2.0**8  # no overflow, no skip
+    unscaled_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    unscaled_scheduler = torch.optim.lr_scheduler.LambdaLR(unscaled_optimizer, lambda step: 1.0)
+    cpu = torch.device("cpu")
+    train_one_epoch(reference, nn.CrossEntropyLoss(), unscaled_optimizer, unscaled_scheduler, loader, cpu, fp16)
+    assert not torch.equal(model.weight, before)
+    assert torch.allclose(model.weight, reference.weight, atol=1e-3)  # 256x larger steps if never unscaled
+
+
+def test_ddp_all_reduces_gradients_only_on_accumulation_boundaries(tmp_path):
+    """A real DDP model (gloo, one process): its communication hook runs once per all-reduce."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model, optimizer, scheduler, loader, step = _setup(7, 3)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        reductions = []
+
+        def counting_hook(state, bucket):
+            reductions.append(bucket.index())
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())
+            return done
+
+        ddp.register_comm_hook(None, counting_hook)
+        train_one_epoch(ddp, nn.CrossEntropyLoss(), optimizer, scheduler, loader, torch.device("cpu"), step)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert scheduler.last_epoch == 3  # boundaries after micro-batches 3, 6 and the last (7)
+    assert len(reductions) == 3  # not 7: no_sync between boundaries
 
 
 def test_non_finite_loss_raises():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -18,6 +19,7 @@ from torch import nn
 import leafnet.export.exporter as exporter
 from leafnet.bench.inference import InferenceBenchConfig, run_inference_benchmark
 from leafnet.checkpoint import load_checkpoint, save_checkpoint
+from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
 from leafnet.export.config import GateConfig
 from leafnet.export.onnx_export import export_onnx
@@ -70,12 +72,73 @@ def test_archives_hold_the_model_handler_and_preprocessing(exported, tmp_path):
         model_file = exporter.VARIANT_BY_NAME[facts["variant"]].file
         assert {str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file()} == MAR_FILES | {model_file}
         assert manifest["model"]["serializedFile"] == model_file
-        assert manifest["model"]["modelVersion"] == report["version"]
+        # the model version every answer carries: the first 12 hex digits of the checkpoint's sha256
+        checkpoint_sha = hashlib.sha256(Path(config.checkpoint).read_bytes()).hexdigest()
+        assert manifest["model"]["modelVersion"] == report["version"] == checkpoint_sha[:12]
         preprocess = json.loads((model_dir / "preprocess.json").read_text())
         assert preprocess.pop("fit") == {"size": 32, "mode": "pad"}
         assert preprocess == checkpoint["preprocess"]
         names = json.loads((model_dir / "index_to_name.json").read_text())
         assert [names[str(i)] for i in range(len(names))] == checkpoint["class_names"]
+
+
+def _split_images(data: Path, split: str, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    paths = sorted((data / split).rglob("*.png"))
+    return paths, np.array([classes.index(p.parent.name) for p in paths])
+
+
+@pytest.mark.slow
+def test_exported_files_reproduce_eager_when_loaded_back_independently(exported, tiny_leaves):
+    """Each file loaded here with onnxruntime or torch.jit directly (not through the exporter's own
+    runtime), fed the training eval transform, against the eager model: what export.json claims."""
+    import onnxruntime
+
+    report, config = exported
+    checkpoint = load_checkpoint(config.checkpoint)
+    transform = eval_transform(PreprocessSpec(**checkpoint["preprocess"]))
+    eager = model_from_checkpoint(checkpoint).eval()
+    for split in ("val", "test"):
+        paths, labels = _split_images(tiny_leaves, split, checkpoint["class_names"])
+        batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])  # one batch, as export's
+        with torch.no_grad():
+            reference = eager(batch).numpy()
+        if split == "test":
+            assert report["eager"]["test_top1"] == pytest.approx((reference.argmax(1) == labels).mean())
+        for variant in exporter.VARIANTS:
+            path = Path(config.output) / variant.file
+            if path.suffix == ".onnx":
+                session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                logits = session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
+            else:
+                with torch.no_grad():
+                    logits = torch.jit.load(str(path), map_location="cpu")(batch).numpy()
+            facts = report["variants"][variant.name]
+            if split == "test":
+                assert facts["test_top1"] == pytest.approx((logits.argmax(1) == labels).mean()), variant.name
+            elif not variant.quantized:
+                assert np.abs(logits - reference).max() <= 1e-4, variant.name
+                assert (logits.argmax(1) == reference.argmax(1)).all(), variant.name
+
+
+@pytest.mark.slow
+def test_the_int8_accuracy_gate_refuses_through_the_cli_and_writes_nothing(exported, tmp_path, monkeypatch, run_script):
+    """A real int8 model calibrated on activations a thousand times too small (so real inputs saturate it)
+    goes through scripts/export.py: exit 2, one line naming the variant and the loss, nothing written."""
+    _, config = exported
+    quantize = exporter.quantize_onnx_static
+
+    def miscalibrated(prepared, out, batches, int8):
+        quantize(prepared, out, (batch * 1e-3 for batch in batches), int8)
+
+    monkeypatch.setattr(exporter, "quantize_onnx_static", miscalibrated)
+    output, store = tmp_path / "out", tmp_path / "store"
+    argv = [f"checkpoint={config.checkpoint}", f"output={output}", f"model_store={store}", "workers=0", "threads=1"]
+    result = run_script("export.py", *argv)
+    stderr = result.stderr
+    assert result.returncode == 2
+    assert stderr.count("\n") == 1 and "parity gate failed, nothing written: onnx-int8 loses" in stderr, stderr
+    assert not output.exists() and not (store.exists() and list(store.iterdir()))
+    assert [p for p in tmp_path.iterdir() if p != store] == []  # no staging directory left behind either
 
 
 def test_compare_logits_and_topk():
@@ -134,25 +197,26 @@ def test_an_architecture_that_cannot_export_gives_one_line(tmp_path):
         export_onnx(_Unexportable(), torch.zeros(2, 3, 8, 8), tmp_path / "m.onnx")
 
 
-def _run_export(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export.py"), *args], capture_output=True, text=True, cwd=cwd
-    )
-
-
 @pytest.mark.slow
-def test_bad_checkpoints_fail_with_one_line_and_write_nothing(tiny_checkpoint, tmp_path):
+def test_bad_checkpoints_fail_with_one_line_and_write_nothing(tiny_checkpoint, tmp_path, run_script):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x02 not a checkpoint" * 10)
     future = tmp_path / "future.pt"
     save_checkpoint(future, {**load_checkpoint(tiny_checkpoint), "format_version": 99})
+    # One refusal as a real process (the exit status a shell sees), the rest in-process through the same
+    # __main__ block.
+    process = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export.py"), f"checkpoint={tmp_path / 'missing.pt'}", "output=out"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert process.returncode == 2 and process.stderr.startswith("error: checkpoint not found"), process.stderr
     cases = {
         tmp_path / "missing.pt": "checkpoint not found",
         corrupt: "cannot read checkpoint",
         future: "has checkpoint format 99",
     }
     for checkpoint, message in cases.items():
-        result = _run_export(f"checkpoint={checkpoint}", "model_store=store", "output=out", cwd=tmp_path)
+        result = run_script("export.py", f"checkpoint={checkpoint}", "model_store=store", "output=out", cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and message in result.stderr
         assert not (tmp_path / "store").exists() or not list((tmp_path / "store").iterdir())
@@ -166,7 +230,7 @@ def test_bad_checkpoints_fail_with_one_line_and_write_nothing(tiny_checkpoint, t
         (f"checkpoint={tiny_checkpoint}", "opset=17"): "opset 17 is too old",
     }
     for args, message in refusals.items():
-        result = _run_export(*args, "model_store=store", "output=out", cwd=tmp_path)
+        result = run_script("export.py", *args, "model_store=store", "output=out", cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert not (tmp_path / "out").exists() and not list((tmp_path / "store").glob("*.mar"))
 

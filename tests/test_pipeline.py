@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.test_serving import free_port
+from leafnet.checkpoint import load_checkpoint
+from tests.conftest import REPO, free_port, offline_top1
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -153,7 +153,14 @@ def test_metrics_and_plots_show_the_results(pipeline, env, tmp_path):
     files = next(iter(metrics.values()))["data"]
     evaluation = files["runs/leafnet/eval.json"]["data"]
     exported = files["exports/leafnet/export.json"]["data"]
-    assert 0 <= evaluation["top1"] <= 1 and evaluation["split"] == "test"
+    assert evaluation["split"] == "test" and evaluation["count"] == 99
+    # top-1 recomputed image by image from the pipeline's checkpoint
+    checkpoint = pipeline / "runs/leafnet/checkpoints/best.pt"
+    images = sorted((pipeline / "data/processed/synthetic/test").rglob("*.png"))
+    names = load_checkpoint(checkpoint)["class_names"]
+    predicted = offline_top1(str(checkpoint), images)
+    hits = sum(names[p] == image.parent.name for p, image in zip(predicted, images, strict=True))
+    assert len(images) == 99 and evaluation["top1"] == round(hits / len(images), 4)
     assert exported["variants"]["onnx-int8"]["test_top1"] == pytest.approx(
         json.loads((pipeline / "exports/leafnet/export.json").read_text())["variants"]["onnx-int8"]["test_top1"]
     )

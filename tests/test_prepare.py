@@ -151,10 +151,10 @@ def test_imagefolder_source_from_any_folder_per_class_tree(tmp_path):
 
 def test_small_class_fails_with_its_name_or_is_dropped_when_asked(tmp_path):
     root = tmp_path / "src"
-    for name, count in (("big", 6), ("other", 6), ("tiny", 2)):
+    for c, (name, count) in enumerate((("big", 6), ("other", 6), ("tiny", 2))):
         (root / name).mkdir(parents=True)
         for i in range(count):
-            (root / name / f"{i}.png").write_bytes(_noise_png(hash((name, i)) % 10_000))
+            (root / name / f"{i}.png").write_bytes(_noise_png(1000 + 10 * c + i))  # distinct: no duplicates
     config = PrepareConfig(source="imagefolder", input=str(root), output=str(tmp_path / "out"), size=32, workers=1)
     with pytest.raises(LeafnetError, match="class 'tiny' has 2 usable image"):
         prepare(config, **QUIET)

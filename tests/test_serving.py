@@ -11,9 +11,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,19 +27,13 @@ import yaml
 from leafnet.bench.serving import ServingBenchConfig, render_markdown, run_serving_benchmark
 from leafnet.errors import LeafnetError
 from leafnet.export.archive import build_archive
-from tests.conftest import REPO, offline_top1, png_claiming, unpack
+from tests.conftest import REPO, SERVER_READY_TIMEOUT_S, free_port, offline_top1, png_claiming, unpack
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 MODELS = {"leafnet": "leafnet.mar", "leafnet-onnx-int8": "leafnet-onnx-int8.mar"}
-READY_TIMEOUT_S = 180
 BATCH = 8
+BATCH_DELAY_MS = 25_000  # under request()'s 30 s timeout, so a batch that never fills fails rather than hangs
 MODEL_CONFIG = yaml.safe_load((REPO / "config" / "torchserve" / "model-config.yaml").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_grpc_ports(properties: str) -> str:
@@ -75,15 +69,31 @@ def all_ready(management: str, model: str, headers: dict | None = None) -> bool:
     return bool(listed) and all(w["status"] == "READY" for w in listed)
 
 
-def wait_until_ready(management: str, models: list[str], server_log: Path, auth=dict) -> None:
-    """Polls until every worker of every model is READY: TorchServe offers no blocking start."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def frontend_alive(base: Path) -> bool:
+    """Whether the TorchServe frontend started in `base` still runs (its pid file is in TMPDIR=base)."""
+    try:
+        os.kill(int((base / ".model_server.pid").read_text()), 0)
+    except (FileNotFoundError, ValueError):
+        return True  # the launcher has not written it yet
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until_ready(management: str, models: list[str], base: Path, auth=dict) -> None:
+    """Polls until every worker of every model is READY: TorchServe offers no blocking start. A frontend
+    that died (a port taken, a bad config) fails at once with its log instead of after the timeout."""
+    deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if all(all_ready(management, name, auth()) for name in models):
             return
+        if not frontend_alive(base):
+            break
         time.sleep(0.5)
-    log = server_log.read_text()[-3000:] if server_log.is_file() else "no log"
-    raise AssertionError(f"TorchServe did not get ready in {READY_TIMEOUT_S} s:\n{log}")
+    logs = [base / "logs" / "ts_log.log", base / "launcher.log", base / "logs" / "model_log.log"]
+    tail = "\n".join(f"{p.name}:\n{p.read_text()[-2000:]}" for p in logs if p.is_file()) or "no log"
+    state = "exited" if not frontend_alive(base) else f"was not ready after {SERVER_READY_TIMEOUT_S} s"
+    raise AssertionError(f"TorchServe {state}:\n{tail}")
 
 
 def loopback_properties(profile: str, model_store: str, models: dict[str, str]):
@@ -123,7 +133,7 @@ def torchserve(base: Path, properties: str, urls: dict[str, str], models: list[s
     with open(base / "launcher.log", "w") as launcher:  # the JVM inherits these: a pipe would never close
         subprocess.run(start, env=env, cwd=base, stdout=launcher, stderr=subprocess.STDOUT, check=True, timeout=60)
     try:
-        wait_until_ready(urls["management"], models, base / "logs" / "model_log.log", lambda: management_auth(base))
+        wait_until_ready(urls["management"], models, base, lambda: management_auth(base))
         yield urls
     finally:
         subprocess.run([command, "--stop"], env=env, cwd=base, capture_output=True, timeout=60)
@@ -140,12 +150,14 @@ def management_auth(base: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def batch_archive(exported, tmp_path_factory) -> str:
-    """The int8 archive again, with a long maxBatchDelay: concurrent requests surely share one batch."""
+    """The int8 archive again with one worker and a maxBatchDelay far beyond how long eight requests take
+    to arrive: the frontend dispatches a batch when it is full or when the delay has passed, so eight
+    concurrent requests are one batch however slow the machine is."""
     _, config = exported
     base = tmp_path_factory.mktemp("batch_archive")
     model_dir, manifest = unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", base / "unpacked")
     model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    model_config.update(batchSize=BATCH, maxBatchDelay=5000, minWorkers=1, maxWorkers=1)  # one worker: one batch
+    model_config.update(batchSize=BATCH, maxBatchDelay=BATCH_DELAY_MS, minWorkers=1, maxWorkers=1)
     (base / "model-config.yaml").write_text(yaml.safe_dump(model_config))
     extras = [model_dir / name for name in ("index_to_name.json", "preprocess.json", "image_io.py")]
     build_archive(
@@ -243,14 +255,22 @@ def test_every_bad_input_gets_a_4xx_with_a_reason_and_the_worker_survives(server
 
 
 def test_a_batch_with_one_bad_item_answers_each_request_on_its_own(server, exported, tiny_leaves):
-    """leafnet-batch waits up to 5 s to fill a batch of 8: eight concurrent requests are one batch."""
+    """leafnet-batch waits up to 25 s to fill a batch of 8: eight concurrent requests are one batch."""
     _, config = exported
     images = sorted((tiny_leaves / "test").rglob("*.png"))[: BATCH - 1]
     bodies = [p.read_bytes() for p in images]
     bodies.insert(3, b"not an image at all")
     url = f"{server['inference']}/predictions/leafnet-batch"
+    together = threading.Barrier(BATCH)  # all eight threads exist before the first request leaves
+
+    def send(body: bytes):
+        together.wait(timeout=30)
+        return request(url, data=body)
+
+    started = time.monotonic()
     with ThreadPoolExecutor(BATCH) as pool:
-        results = list(pool.map(lambda body: request(url, data=body), bodies))
+        results = list(pool.map(send, bodies))
+    assert time.monotonic() - started < BATCH_DELAY_MS / 1000, "the batch filled only when its delay ran out"
     bad_status, bad_body = results.pop(3)
     assert bad_status == 400 and "not an image" in json.loads(bad_body)["error"]
     assert [status for status, _ in results] == [200] * (BATCH - 1)
@@ -315,7 +335,7 @@ def test_killed_workers_are_restarted_and_serve_again(server, tiny_leaves):
         pids = {w["pid"] for w in ready_workers(management, model)}
         return all_ready(management, model) and len(pids) == len(killed) and not pids & killed
 
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while not restored():
         assert time.monotonic() < deadline, "TorchServe did not restart the killed workers"
         time.sleep(0.5)

@@ -1,5 +1,6 @@
 import csv
 import hashlib
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -32,8 +33,13 @@ def test_kaggle_layout_and_class_balance(tmp_path):
     assert [int(r["id"]) for r in rows] == list(range(1, 99 * 2 + 1))
     assert Counter(r["species"] for r in rows) == {s.name: 2 for s in SPECIES}
     assert sorted(p.name for p in (root / "images").iterdir()) == sorted(f"{r['id']}.png" for r in rows)
-    # ids are shuffled across species, as in the Kaggle set, so the id does not give the class away
-    assert rows[0]["species"] != rows[1]["species"] or rows[1]["species"] != rows[2]["species"]
+    # ids are shuffled across species, as in the Kaggle set, so the id does not give the class away: in id
+    # order, species neither come in blocks (99 neighbours of one species if grouped; a shuffle of 2 x 99
+    # gives about 1) nor follow the species list.
+    order = [r["species"] for r in rows]
+    assert sum(a == b for a, b in itertools.pairwise(order)) <= 5
+    first_seen = list(dict.fromkeys(order))
+    assert first_seen != [s.name for s in SPECIES] and first_seen != sorted(first_seen)
 
 
 def test_images_are_binary_silhouettes_on_varied_canvases():

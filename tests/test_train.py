@@ -3,20 +3,24 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+import leafnet.train
 from leafnet.checkpoint import load_checkpoint
 from leafnet.errors import LeafnetError
 from leafnet.evaluation import EvalConfig, evaluate_checkpoint
 from leafnet.train import main as train
-from tests.conftest import REPO, SPECIES_USED, tiny_config
+from tests.conftest import REPO, SPECIES_USED, offline_top1, tiny_config
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -104,13 +108,31 @@ def test_ddp_on_two_gloo_processes_reports_exact_validation_metrics(tiny_leaves,
     assert single["count"] == 8
 
 
+def record_conv_output_dtypes(monkeypatch) -> set[tuple[bool, torch.dtype]]:
+    """(training?, dtype) of every convolution output of the models the next run creates."""
+    seen: set[tuple[bool, torch.dtype]] = set()
+    create = leafnet.train.create_model
+
+    def hooked(config, num_classes):
+        model = create(config, num_classes)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.register_forward_hook(lambda m, _, output: seen.add((m.training, output.dtype)))
+        return model
+
+    monkeypatch.setattr(leafnet.train, "create_model", hooked)
+    return seen
+
+
 @pytest.mark.slow
-def test_bfloat16_autocast_profiler_and_tensorboard_tags(tiny_leaves, tmp_path):
+def test_bfloat16_autocast_profiler_and_tensorboard_tags(tiny_leaves, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    dtypes = record_conv_output_dtypes(monkeypatch)
     profile = ["profile.enabled=true", "profile.wait=1", "profile.warmup=1", "profile.active=1"]
     summary = train(tiny_config(tiny_leaves, tmp_path, "amp.dtype=bfloat16", *profile))
     assert np.isfinite(summary["val_loss"])
+    assert dtypes == {(True, torch.bfloat16), (False, torch.bfloat16)}  # training and validation both ran bf16
     run_dir = tmp_path / "run"
     traces = list((run_dir / "profile").glob("*.pt.trace.json"))
     assert traces
@@ -133,6 +155,93 @@ def test_bfloat16_autocast_profiler_and_tensorboard_tags(tiny_leaves, tmp_path):
     assert [s.step for s in events_file.Scalars("val/top1")] == [0, 1]
     saved = (run_dir / "config.yaml").read_text()
     assert "dtype: bfloat16" in saved and f"root: {tiny_leaves}" in saved
+    # hparams: the run's settings and its best val top-1, in the HPARAMS tab's own run
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hparams_run = EventAccumulator(str(run_dir / "tb" / "hparams")).Reload()
+    content = hparams_run.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    recorded = {key: getattr(value, value.WhichOneof("kind")) for key, value in hparams.items()}
+    resolved = OmegaConf.load(run_dir / "config.yaml")
+    assert recorded == {
+        "model": resolved.model.name,
+        "lr": pytest.approx(resolved.optim.lr),
+        "batch_size": 8,
+        "epochs": 2,
+        "input_size": 32,
+        "amp": "bfloat16",
+        "world_size": 1,
+    }
+    [best] = hparams_run.Scalars("hparam/best_val_top1")
+    assert best.value == pytest.approx(max(float(r["val_top1"]) for r in metrics(run_dir)))
+    assert best.value == pytest.approx(summary["best_val_top1"])
+
+
+@pytest.mark.slow
+def test_float16_trains_with_a_grad_scaler_whose_state_is_checkpointed(tiny_leaves, tmp_path, monkeypatch):
+    dtypes = record_conv_output_dtypes(monkeypatch)
+    train(tiny_config(tiny_leaves, tmp_path, "amp.dtype=float16", "schedule.epochs=1", "logging.tensorboard=false"))
+    assert (True, torch.float16) in dtypes
+    scaler = load_checkpoint(tmp_path / "run/checkpoints/last.pt")["scaler"]
+    assert scaler is not None and scaler["scale"] > 0 and scaler["_growth_tracker"] >= 0
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_the_epoch_with_the_highest_val_top1(tiny_leaves, tmp_path, monkeypatch):
+    """Validation scores scripted per epoch (the model is real): best.pt holds the first epoch that
+    reached the maximum, not the last nor the lowest-loss one."""
+    scripted = iter([0.25, 0.75, 0.5, 0.75])
+    evaluate = leafnet.train.evaluate
+    monkeypatch.setattr(leafnet.train, "evaluate", lambda *a, **k: replace(evaluate(*a, **k), top1=next(scripted)))
+    train(tiny_config(tiny_leaves, tmp_path, "schedule.epochs=4", "logging.tensorboard=false"))
+    best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert best["epoch"] == 1 and best["best_top1"] == 0.75
+    assert [float(r["val_top1"]) for r in metrics(tmp_path / "run")] == [0.25, 0.75, 0.5, 0.75]
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["epoch"] == 3
+
+
+def test_weight_decay_spares_norms_and_biases(tiny_leaves, tmp_path):
+    from leafnet.distributed import DistInfo
+    from leafnet.train import Trainer
+
+    cfg = tiny_config(tiny_leaves, tmp_path, "model.name=resnet10t", "optim.weight_decay=0.05")
+    trainer = Trainer(cfg, DistInfo(), torch.device("cpu"))
+    decay = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    named = dict(trainer.model.named_parameters())
+    assert len(decay) == len(named)  # every parameter is optimised, once
+    for name, parameter in named.items():
+        expected = 0.0 if parameter.ndim <= 1 else 0.05  # biases and norm scales/shifts are 1-D
+        assert decay[id(parameter)] == expected, name
+    assert any(p.ndim <= 1 for p in named.values()) and any(p.ndim > 1 for p in named.values())
+
+
+@pytest.mark.slow
+def test_a_nan_loss_keeps_the_last_good_checkpoint(tiny_leaves, tmp_path, monkeypatch):
+    """Epoch 0 trains normally; epoch 1's weights turn NaN: training stops naming the checkpoint, which is
+    still the one epoch 0 wrote, byte for byte."""
+    real_epoch = leafnet.train.train_one_epoch
+
+    def poisoned(model, *args, **kwargs):
+        if args[6] == 1:  # the epoch argument
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return real_epoch(model, *args, **kwargs)
+
+    monkeypatch.setattr(leafnet.train, "train_one_epoch", poisoned)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    written = {}
+    save = leafnet.train.save_checkpoint
+
+    def remembering_save(path, payload):
+        save(path, payload)
+        written[Path(path).name] = Path(path).read_bytes()
+
+    monkeypatch.setattr(leafnet.train, "save_checkpoint", remembering_save)
+    with pytest.raises(LeafnetError, match=f"the last good checkpoint is {re.escape(str(checkpoints / 'last.pt'))}"):
+        train(tiny_config(tiny_leaves, tmp_path, "schedule.epochs=3", "logging.tensorboard=false"))
+    assert load_checkpoint(checkpoints / "last.pt")["epoch"] == 0
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == written  # nothing written after epoch 0
 
 
 @pytest.mark.slow
@@ -146,6 +255,19 @@ def test_evaluate_needs_only_the_checkpoint(tiny_leaves, tmp_path):
         EvalConfig(checkpoint=str(lonely), workers=0, data=str(tiny_leaves)), log=lambda _: None
     )
     assert report["count"] == 8 and set(report["per_class"]) == set(SPECIES_USED)
+    # every figure of eval.json recomputed from the model's own predictions, image by image
+    images = sorted((tiny_leaves / "test").rglob("*.png"))
+    names = sorted(SPECIES_USED)
+    truth = [names.index(p.parent.name) for p in images]
+    predicted = offline_top1(str(lonely), images)
+    assert report["top1"] == round(sum(t == p for t, p in zip(truth, predicted, strict=True)) / len(images), 4)
+    for index, name in enumerate(names):
+        hits = sum(t == p == index for t, p in zip(truth, predicted, strict=True))
+        precision = hits / max(1, predicted.count(index))
+        recall = hits / max(1, truth.count(index))
+        f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+        expected = {"precision": precision, "recall": recall, "f1": f1, "support": truth.count(index)}
+        assert report["per_class"][name] == pytest.approx(expected, abs=1e-4), name
     assert (lonely.parent.parent / "eval.json").is_file() and (lonely.parent.parent / "confusion_matrix.png").is_file()
     checkpoint = load_checkpoint(lonely)
     assert checkpoint["preprocess"]["input_size"] == 32 and checkpoint["class_names"] == sorted(SPECIES_USED)
@@ -161,7 +283,11 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_leaves, tmp_path):
 
 
 @pytest.mark.integration
-def test_train_cli_errors_are_one_line(tmp_path):
+def test_train_cli_errors_are_one_line(tmp_path, run_script):
+    process = subprocess.run(  # one as a real process; the rest in-process through the same __main__ block
+        [sys.executable, str(REPO / "scripts/train.py"), "optim.lrate=1"], capture_output=True, text=True, cwd=REPO
+    )
+    assert process.returncode == 2 and process.stderr == "error: unknown config key 'optim.lrate'\n", process.stderr
     for args, needle in (
         (["data.root=/no/such/data"], "error: data.root=/no/such/data is not a prepared data directory"),
         (["optim.lr=fast"], "error: bad value for 'optim.lr'"),
@@ -169,9 +295,7 @@ def test_train_cli_errors_are_one_line(tmp_path):
         (["model.name=resnet19", f"data.root={tmp_path}"], "error: data.root="),
         (["amp.dtype=fp8"], "error: amp.dtype must be one of"),
     ):
-        result = subprocess.run(
-            [sys.executable, str(REPO / "scripts/train.py"), *args], capture_output=True, text=True, cwd=REPO
-        )
+        result = run_script("train.py", *args, cwd=REPO)
         assert result.returncode == 2 and result.stderr.startswith(needle), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
