@@ -7,7 +7,6 @@ and the test split is scored once.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leafnet.data.dataset import read_classes
+from leafnet.data.prepared import PreparedData
 
 
 @dataclass
@@ -27,16 +26,12 @@ class BaselineConfig:
 
 
 def load_pixels(root: str | Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    root = Path(root)
-    index = {name: i for i, name in enumerate(read_classes(root))}
     features, labels = [], []
-    with open(root / "manifest.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["split"] == split:
-                with Image.open(root / row["path"]) as image:
-                    grey = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
-                features.append(np.asarray(grey, dtype=np.float32).ravel() / 255.0)
-                labels.append(index[row["label"]])
+    for path, label in PreparedData(root).samples(split):
+        with Image.open(path) as image:
+            grey = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        features.append(np.asarray(grey, dtype=np.float32).ravel() / 255.0)
+        labels.append(label)
     return np.stack(features), np.asarray(labels)
 
 
@@ -59,7 +54,7 @@ def run_baseline(config: BaselineConfig, log=print) -> dict:
     splits = {s: load_pixels(config.data, s, config.size) for s in ("train", "val", "test")}
     mean, std = splits["train"][0].mean(0), splits["train"][0].std(0) + 1e-6
     tensors = {s: (torch.from_numpy((x - mean) / std), torch.from_numpy(y)) for s, (x, y) in splits.items()}
-    classes = len(read_classes(config.data))
+    classes = len(PreparedData(config.data).classes())
 
     def accuracy(model, split):
         x, y = tensors[split]

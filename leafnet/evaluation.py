@@ -58,7 +58,7 @@ def evaluate_checkpoint(config: EvalConfig, log=print) -> dict:
     checkpoint = load_checkpoint(config.checkpoint)
     classes = checkpoint["class_names"]
     data = config.data or checkpoint["config"]["data"]["root"]
-    dataset = ManifestDataset(data, config.split, eval_transform(PreprocessSpec(**checkpoint["preprocess"])))
+    dataset = ManifestDataset(data, config.split, eval_transform(PreprocessSpec.from_dict(checkpoint["preprocess"])))
     if dataset.classes != classes:
         raise LeafnetError(f"{data} has other classes than the checkpoint ({len(dataset.classes)} vs {len(classes)})")
     if len(dataset) == 0:

@@ -26,6 +26,7 @@ from leafnet import distributed
 from leafnet.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, build_loader
+from leafnet.data.prepared import PreparedData
 from leafnet.data.transforms import PreprocessSpec, eval_transform, train_transform
 from leafnet.engine import AMP_DTYPES, NonFiniteLossError, StepConfig, evaluate, train_one_epoch
 from leafnet.errors import LeafnetError
@@ -59,11 +60,7 @@ def validate_config(cfg: TrainConfig) -> None:
         raise LeafnetError(f"train.device must be auto, cpu or cuda, got {cfg.train.device!r}")
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise LeafnetError("train.device=cuda but no CUDA device is available")
-    if not (Path(cfg.data.root) / "manifest.csv").is_file():
-        raise LeafnetError(
-            f"data.root={cfg.data.root} is not a prepared data directory (no manifest.csv); "
-            "run scripts/prepare_data.py first"
-        )
+    PreparedData(cfg.data.root).require("data.root")
 
 
 def seed_everything(seed: int) -> None:

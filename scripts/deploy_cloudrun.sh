@@ -23,7 +23,7 @@
 #   --dry-run                           print the gcloud commands, one per line, and run nothing
 #   -h, --help
 #
-# MODEL_CONFIG (config/torchserve/model-config.yaml) is the archive's TorchServe model config.
+# MODEL_CONFIG (leafnet/serving/model-config.yaml) is the archive's TorchServe model config.
 set -euo pipefail
 here=${BASH_SOURCE[0]%/*}
 [[ ${BASH_SOURCE[0]} == */* ]] || here=.
@@ -57,7 +57,7 @@ CPU=${CPU:-2}
 MEMORY=${MEMORY:-2Gi}
 MIN_INSTANCES=${MIN_INSTANCES:-1}
 MAX_INSTANCES=${MAX_INSTANCES:-3}
-MODEL_CONFIG=${MODEL_CONFIG:-config/torchserve/model-config.yaml}
+MODEL_CONFIG=${MODEL_CONFIG:-leafnet/serving/model-config.yaml}
 [ -f "$MODEL_CONFIG" ] || die "model config $MODEL_CONFIG not found (MODEL_CONFIG)"
 batch_size=$(model_config_count "$MODEL_CONFIG" batchSize)
 workers=$(model_config_count "$MODEL_CONFIG" maxWorkers)

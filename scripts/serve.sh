@@ -22,7 +22,10 @@ torchserve=.venv/bin/torchserve
 export PORT=${PORT:-8080}  # TorchServe fills $$PORT$$ from it (Cloud Run profile)
 inference=$(inference_url "$config")
 management=$(management_url "$config")
-if [ "$variant" = torchscript ]; then archive=leafnet.mar; else archive="leafnet-$variant.mar"; fi
+python=.venv/bin/python
+[ -x "$python" ] || python=python3
+# leafnet.export.naming owns the rule that names archives (config/export.yaml's archive_name and served)
+archive=$("$python" -m leafnet.export.naming "$variant")
 
 case "$action" in
   start)

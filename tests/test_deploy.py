@@ -22,7 +22,7 @@ from tests.conftest import REPO
 CLOUDRUN = REPO / "scripts" / "deploy_cloudrun.sh"
 GCE = REPO / "scripts" / "deploy_gce.sh"
 CLOUD_INIT = REPO / "config" / "gce" / "cloud-init.yaml"
-MODEL_CONFIG = yaml.safe_load((REPO / "config" / "torchserve" / "model-config.yaml").read_text())
+MODEL_CONFIG = yaml.safe_load((REPO / "leafnet" / "serving" / "model-config.yaml").read_text())
 BASH = shutil.which("bash")
 FAKE_URL = "https://leafnet-abc123-uc.a.run.app"
 FAKE_IP = "203.0.113.9"

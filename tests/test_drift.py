@@ -18,15 +18,16 @@ import pytest
 import yaml
 from PIL import Image, ImageOps
 
-from leafnet.data.image_io import DRIFT_LOG_PREFIX, STATS_FEATURES, STATS_VERSION, fit_square, image_stats
 from leafnet.data.species import SPECIES
 from leafnet.data.synthetic import SyntheticConfig, render_leaf
 from leafnet.errors import LeafnetError
-from leafnet.export.archive import ArchivedHandler
 from leafnet.monitoring.drift import MIN_EXPECTED, class_bins, class_test, compare, holm, psi
 from leafnet.monitoring.records import Record, log_files, parse_time, read_records, select_window
 from leafnet.monitoring.reference import REFERENCE_FILE, load_reference
 from leafnet.monitoring.report import DriftConfig, drift_report
+from leafnet.serving.harness import ArchivedHandler
+from leafnet.serving.image_io import fit_square
+from leafnet.serving.image_stats import DRIFT_LOG_PREFIX, STATS_FEATURES, STATS_VERSION, image_stats
 from tests.conftest import REPO, SPECIES_USED, unpack
 from tests.test_serving import MODEL_CONFIG, loopback_properties, request, torchserve
 
@@ -310,7 +311,9 @@ class Collected(logging.Handler):
 def drift_lines(handler: ArchivedHandler, bodies: list[bytes]) -> tuple[list[str], list]:
     """The handler's drift lines and answers for `bodies`, in batches of the archive's size, with its
     logger at INFO as in a TorchServe worker."""
-    logger = logging.getLogger(type(handler.handler).__module__)
+    # the logger of the archive's leafnet_serving.handler (the entry point's class only subclasses it)
+    serving_class = next(c for c in type(handler.handler).__mro__ if c.__module__.endswith("serving.handler"))
+    logger = logging.getLogger(serving_class.__module__)
     collected, level = Collected(), logger.level
     logger.addHandler(collected)
     logger.setLevel(logging.INFO)
@@ -357,7 +360,7 @@ def test_the_drift_line_cap_is_shared_by_the_workers(exported, tmp_path):
     handler = archived(exported, tmp_path / "archive", drift_max_per_s=10)
     workers = handler.workers
     assert workers == MODEL_CONFIG["maxWorkers"] > 1
-    assert handler.handler.drift_max_per_s == pytest.approx(10 / workers)
+    assert handler.handler.drift.max_per_s == pytest.approx(10 / workers)
 
 
 @pytest.mark.slow

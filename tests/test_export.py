@@ -30,7 +30,11 @@ from tests.conftest import REPO, unpack
 
 MAR_FILES = {
     "leafnet_handler.py",
-    "image_io.py",
+    *(
+        f"leafnet_serving/{p.name}"
+        for p in (REPO / "leafnet" / "serving").glob("*.py")
+        if p.name != "leafnet_handler.py"
+    ),
     "drift_reference.json",
     "preprocess.json",
     "index_to_name.json",
@@ -75,9 +79,10 @@ def test_archives_hold_the_model_handler_and_preprocessing(exported, tmp_path):
         # the model version every answer carries: the first 12 hex digits of the checkpoint's sha256
         checkpoint_sha = hashlib.sha256(Path(config.checkpoint).read_bytes()).hexdigest()
         assert manifest["model"]["modelVersion"] == report["version"] == checkpoint_sha[:12]
+        # the checkpoint's spec, unchanged: the fit step and background prepare applied included
         preprocess = json.loads((model_dir / "preprocess.json").read_text())
-        assert preprocess.pop("fit") == {"size": 32, "mode": "pad"}
         assert preprocess == checkpoint["preprocess"]
+        assert (preprocess["fit_size"], preprocess["fit_mode"], preprocess["background"]) == (32, "pad", [0, 0, 0])
         names = json.loads((model_dir / "index_to_name.json").read_text())
         assert [names[str(i)] for i in range(len(names))] == checkpoint["class_names"]
 

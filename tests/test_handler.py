@@ -23,14 +23,14 @@ from PIL import Image
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from leafnet.checkpoint import load_checkpoint
-from leafnet.data.image_io import fit_square
 from leafnet.data.transforms import PreprocessSpec, eval_transform
-from leafnet.export.archive import ArchivedHandler
 from leafnet.models import model_from_checkpoint
+from leafnet.serving.harness import ArchivedHandler
+from leafnet.serving.image_io import fit_square
+from leafnet.serving.metrics import METRICS, declaration
+from leafnet.serving.preprocess import eval_tensor
+from leafnet.serving.runtime import available_cpus, cgroup_cpu_quota
 from tests.conftest import REPO, offline_top1, png_claiming, unpack
-
-sys.path.insert(0, str(REPO / "handlers"))
-import leafnet_handler
 
 CLASSES = 4  # the tiny test model's
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -146,8 +146,8 @@ def test_the_archived_handler_imports_neither_leafnet_nor_timm(exported, tmp_pat
     _, config = exported
     model_dir, _ = unpack(Path(config.model_store) / "leafnet.mar", tmp_path / "mar")
     probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import leafnet_handler, image_io; "
-        "assert leafnet_handler.decode_image.__module__ == 'image_io'; "
+        "import sys; sys.path.insert(0, sys.argv[1]); import leafnet_handler; "
+        "assert leafnet_handler.LeafnetHandler.__mro__[1].__module__ == 'leafnet_serving.handler'; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('leafnet', 'timm', 'torchvision')))"
     )
     result = subprocess.run([sys.executable, "-c", probe, str(model_dir)], capture_output=True, text=True)
@@ -168,7 +168,7 @@ def test_handler_preprocessing_equals_the_training_eval_transform(spec):
     for width, height in [(32, 32), (40, 40), (48, 48), (97, 61), (50, 130), (300, 301)]:
         image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
         expected = eval_transform(spec)(image).numpy()
-        np.testing.assert_allclose(leafnet_handler.eval_tensor(image, spec.to_dict()), expected, atol=1e-5)
+        np.testing.assert_allclose(eval_tensor(image, spec.to_dict()), expected, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -198,27 +198,26 @@ def test_metrics_report_latency_batch_size_confidence_and_refusals(int8, tiny_le
 
 def test_every_handler_metric_is_declared_for_the_prometheus_endpoint():
     declared = yaml.safe_load((REPO / "config" / "torchserve" / "metrics.yaml").read_text())["model_metrics"]
-    by_name = {m["name"]: (kind, m) for kind, metrics in declared.items() for m in metrics}
-    for name, (kind, unit, extra) in leafnet_handler.METRICS.items():
-        declared_kind, metric = by_name[name]
-        assert (declared_kind, metric["unit"]) == (kind.value, unit), name
-        assert metric["dimensions"] == ["ModelName", "Level", *([extra] if extra else [])], name
+    for kind, metrics in declaration().items():
+        for metric in metrics:
+            assert metric in declared[kind], metric["name"]
+    assert {m["name"] for ms in declaration().values() for m in ms} == set(METRICS)
 
 
 def test_threads_follow_the_cgroup_cpu_quota(tmp_path):
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert leafnet_handler.cgroup_cpu_quota(tmp_path) == 2  # 1.5 CPUs: round up
+    assert cgroup_cpu_quota(tmp_path) == 2  # 1.5 CPUs: round up
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert leafnet_handler.cgroup_cpu_quota(tmp_path) is None
+    assert cgroup_cpu_quota(tmp_path) is None
     (tmp_path / "cpu.max").unlink()
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert leafnet_handler.cgroup_cpu_quota(tmp_path) == 4
+    assert cgroup_cpu_quota(tmp_path) == 4
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert leafnet_handler.cgroup_cpu_quota(tmp_path) is None
-    assert leafnet_handler.cgroup_cpu_quota(tmp_path / "absent") is None
-    assert leafnet_handler.available_cpus() >= 1
+    assert cgroup_cpu_quota(tmp_path) is None
+    assert cgroup_cpu_quota(tmp_path / "absent") is None
+    assert available_cpus() >= 1
 
 
 # Property tests: whatever arrives, the handler answers (200) or refuses (4xx); it never raises or 500s.
@@ -342,10 +341,18 @@ def test_threads_split_cores_between_workers_but_not_for_a_whole_machine_referen
     model_dir = unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", tmp_path)[0]
     model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
     (model_dir / "model-config.yaml").write_text(yaml.safe_dump({**model_config, "minWorkers": 2, "maxWorkers": 2}))
-    cores = leafnet_handler.available_cpus()
+    cores = available_cpus()
 
     def threads(handler: ArchivedHandler) -> int:
-        return handler.handler.session.get_session_options().intra_op_num_threads
+        return handler.handler.runtime.threads
 
     assert threads(ArchivedHandler(model_dir)) == max(1, cores // 2)
     assert threads(ArchivedHandler(model_dir, whole_machine=True)) == cores
+
+
+def test_the_handlers_entry_point_is_the_packaged_one():
+    """handlers/leafnet_handler.py (the layout's name) is the file export packs from the installed package."""
+    from leafnet.export import packaged
+
+    assert (REPO / "handlers" / "leafnet_handler.py").resolve() == packaged.ENTRY_POINT.resolve()
+    assert packaged.MODEL_CONFIG.is_file() and packaged.SERVING == REPO / "leafnet" / "serving"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leafnet.data.image_io import RejectedImage, decode_image, encode_png, fit_square
+from leafnet.serving.image_io import RejectedImage, decode_image, encode_png, fit_square
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

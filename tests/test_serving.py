@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 MODELS = {"leafnet": "leafnet.mar", "leafnet-onnx-int8": "leafnet-onnx-int8.mar"}
 BATCH = 8
 BATCH_DELAY_MS = 25_000  # under request()'s 30 s timeout, so a batch that never fills fails rather than hangs
-MODEL_CONFIG = yaml.safe_load((REPO / "config" / "torchserve" / "model-config.yaml").read_text())
+MODEL_CONFIG = yaml.safe_load((REPO / "leafnet" / "serving" / "model-config.yaml").read_text())
 
 
 def free_grpc_ports(properties: str) -> str:
@@ -159,7 +159,10 @@ def batch_archive(exported, tmp_path_factory) -> str:
     model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
     model_config.update(batchSize=BATCH, maxBatchDelay=BATCH_DELAY_MS, minWorkers=1, maxWorkers=1)
     (base / "model-config.yaml").write_text(yaml.safe_dump(model_config))
-    extras = [model_dir / name for name in ("index_to_name.json", "preprocess.json", "image_io.py")]
+    extras = [model_dir / name for name in ("index_to_name.json", "preprocess.json")]
+    (base / "package").mkdir()
+    shutil.copytree(model_dir / "leafnet_serving", base / "package" / "leafnet_serving")
+    extras.append(base / "package")  # a folder: the archiver copies its entries into the archive's root
     build_archive(
         "leafnet-batch", manifest["model"]["modelVersion"], model_dir / manifest["model"]["serializedFile"],
         model_dir / "leafnet_handler.py", extras, base / "model-config.yaml", Path(config.model_store),

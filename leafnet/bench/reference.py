@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from leafnet.errors import LeafnetError
-from leafnet.export.archive import ArchivedHandler
+from leafnet.serving.harness import ArchivedHandler
 
 
 def reference_throughput(handler: ArchivedHandler, images: list[bytes], batch: int, seconds: float) -> dict:

@@ -30,8 +30,10 @@ import numpy as np
 
 from leafnet.bench.reference import ParallelReference, bracketed, reference_throughput
 from leafnet.errors import LeafnetError
-from leafnet.export.archive import ArchivedHandler, unpack_archive
+from leafnet.export.archive import unpack_archive
+from leafnet.export.naming import default_archive
 from leafnet.fsutil import atomic_write_bytes, sha256_file, write_json
+from leafnet.serving.harness import ArchivedHandler
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -40,7 +42,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 class ServingBenchConfig:
     url: str = "http://127.0.0.1:8080"  # TorchServe's inference address
     model: str = "leafnet"
-    archive: str = "model_store/leafnet-onnx-int8.mar"  # the archive the server serves: the in-process reference
+    # the archive the server serves: the in-process reference
+    archive: str = field(default_factory=lambda: f"model_store/{default_archive('onnx-int8')}")
     images: str = "data/processed/synthetic/test"  # a folder of images, sent round robin
     max_images: int = 64
     concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])

@@ -1,9 +1,7 @@
-"""A Dataset over a prepared directory's manifest: one split, labels indexed by classes.json."""
+"""A Dataset over one split of a prepared directory (leafnet.data.prepared), labels in class-index order."""
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,17 +12,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from leafnet.data.prepared import PreparedData
 from leafnet.data.split import SPLITS
 from leafnet.errors import LeafnetError
-
-
-def read_classes(root: str | Path) -> list[str]:
-    """Class names in index order, from classes.json."""
-    path = Path(root) / "classes.json"
-    if not path.is_file():
-        raise LeafnetError(f"{path} not found: is {root} a prepared data directory? Run scripts/prepare_data.py")
-    mapping = json.loads(path.read_text())
-    return [mapping[str(i)] for i in range(len(mapping))]
 
 
 class ManifestDataset(Dataset):
@@ -34,17 +24,9 @@ class ManifestDataset(Dataset):
         if split not in SPLITS:
             raise LeafnetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         self.root = Path(root)
-        self.classes = read_classes(self.root)
-        index = {name: i for i, name in enumerate(self.classes)}
-        manifest = self.root / "manifest.csv"
-        if not manifest.is_file():
-            raise LeafnetError(f"{manifest} not found: is {root} a prepared data directory?")
-        with open(manifest, newline="", encoding="utf-8") as f:
-            rows = [row for row in csv.DictReader(f) if row["split"] == split]
-        unknown = sorted({row["label"] for row in rows} - set(index))
-        if unknown:
-            raise LeafnetError(f"{manifest} has labels missing from classes.json, e.g. {unknown[0]!r}; re-run prepare")
-        self.samples = [(self.root / row["path"], index[row["label"]]) for row in rows]
+        data = PreparedData(self.root)
+        self.classes = data.classes()
+        self.samples = data.samples(split)
         self.split = split
         self.transform = transform
 

@@ -10,12 +10,11 @@ from). The whole tree is replaced atomically, and a run whose inputs and paramet
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,14 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from leafnet import __version__
-from leafnet.data.image_io import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_SIDE,
-    RejectedImage,
-    decode_image,
-    encode_png,
-    fit_square,
-)
+from leafnet.data.prepared import RECORD, STATS, PreparedData
 from leafnet.data.sources import Candidate, imagefolder_candidates, kaggle_candidates
 from leafnet.data.species import SPECIES
 from leafnet.data.split import SPLITS, min_class_size, stratified_split
@@ -38,6 +30,14 @@ from leafnet.data.synthetic import SyntheticConfig, generate_leaf_set
 from leafnet.errors import LeafnetError
 from leafnet.fsutil import atomic_directory, is_replaceable
 from leafnet.progress import progress_bar
+from leafnet.serving.image_io import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    RejectedImage,
+    decode_image,
+    encode_png,
+    fit_square,
+)
 
 SOURCES = ("synthetic", "kaggle", "imagefolder")
 RESIZE_MODES = ("pad", "shorter", "stretch")
@@ -185,7 +185,7 @@ def _check_output_location(root: Path, out: Path) -> None:
     root_abs, out_abs = root.resolve(), out.resolve()
     if out_abs == root_abs or root_abs in out_abs.parents or out_abs in root_abs.parents:
         raise LeafnetError(f"output={out} must not be the input directory {root}, inside it, or around it")
-    if not is_replaceable(out, "prepare.json"):
+    if not is_replaceable(out, RECORD):
         raise LeafnetError(
             f"output={out} exists and is not a prepared data directory (no prepare.json); "
             "choose a new output or remove it yourself"
@@ -258,19 +258,13 @@ def _stats(accepted: list[_Accepted], classes: list[str], config: PrepareConfig,
         "source": config.source,
         "image_size": config.size,
         "resize": config.resize,
+        "background": list(config.background),
         "num_classes": len(classes),
         "mean": [round(float(v), 6) for v in mean],
         "std": [round(float(v), 6) for v in std],
         "totals": {**{split: sum(counts[split].values()) for split in SPLITS}, "rejected": rejected},
         "counts": counts,
     }
-
-
-def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def _write_output(out: Path, accepted, classes, stats, rejected, record) -> None:
@@ -283,11 +277,7 @@ def _write_output(out: Path, accepted, classes, stats, rejected, record) -> None
             sha = hashlib.sha256(item.decoded.png).hexdigest()
             d = item.decoded
             rows.append([item.path, item.candidate.label, item.split, sha, d.width, d.height, item.candidate.source])
-        _write_csv(staging / "manifest.csv", ["path", "label", "split", "sha256", "width", "height", "source"], rows)
-        _write_csv(staging / "rejected.csv", ["file", "reason"], rejected)
-        (staging / "classes.json").write_text(json.dumps({str(i): c for i, c in enumerate(classes)}, indent=2) + "\n")
-        (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        (staging / "prepare.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        PreparedData.write(staging, rows, rejected, classes, stats, record)
 
 
 def list_candidates(config: PrepareConfig) -> list[Candidate]:
@@ -312,14 +302,10 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
         raise LeafnetError(f"no files found in {root}")
     fingerprint = _inputs_fingerprint(config, candidates)
     record = {"inputs_sha256": fingerprint, "params": _output_params(config), "leafnet_version": __version__}
-    previous = out / "prepare.json"
-    if previous.is_file() and (out / "stats.json").is_file():
-        try:
-            if json.loads(previous.read_text()) == record:
-                log(f"up to date: {out} (same inputs and parameters)")
-                return json.loads((out / "stats.json").read_text())
-        except json.JSONDecodeError:
-            pass  # a damaged record only means we rebuild
+    previous = PreparedData(out)
+    if previous.record() == record and (out / STATS).is_file():  # a damaged record only means we rebuild
+        log(f"up to date: {out} (same inputs and parameters)")
+        return previous.stats()
     settings = f"source={config.source}, size={config.size}, resize={config.resize}"
     log(f"prepare: {len(candidates)} files from {root} ({settings})")
     decoded = _decode_all(candidates, config)

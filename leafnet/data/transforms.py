@@ -6,35 +6,61 @@ handler carry it (as preprocess.json), so what the server does to an image is wh
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from timm.data import create_transform
 from torchvision import transforms as tv_transforms
 
+from leafnet.data.prepared import PreparedData
 from leafnet.errors import LeafnetError
+
+FIT_MODES = ("pad", "shorter")
 
 
 @dataclass
 class PreprocessSpec:
+    """Everything between an uploaded image and the model's input tensor, in the order it is applied:
+    decode (alpha over `background`), fit to a `fit_size` square as prepare did (`fit_mode` pad
+    letterboxes with `background`, shorter centre-crops; None when the images were not prepared by
+    leafnet), then timm's eval transform (resize to input_size / crop_pct, centre-crop `input_size`,
+    normalise with mean/std). Prepare records the data's part (stats.json), training adds the model's,
+    the checkpoint carries it and export writes it unchanged as preprocess.json, which is all the
+    serving handler reads."""
+
     input_size: int = 128
     crop_pct: float = 1.0  # resize the shorter side to input_size / crop_pct, then centre-crop
     interpolation: str = "bilinear"
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    background: list[int] = field(default_factory=lambda: [0, 0, 0])  # behind alpha, as in prepare
+    background: list[int] = field(default_factory=lambda: [0, 0, 0])  # behind alpha and letterboxing
+    fit_size: int | None = None
+    fit_mode: str | None = None
 
     @classmethod
     def from_prepared(cls, root: str | Path, input_size: int | None = None, **overrides) -> PreprocessSpec:
-        """Uses the train split's mean/std and image size from a prepared directory's stats.json."""
-        path = Path(root) / "stats.json"
-        if not path.is_file():
-            raise LeafnetError(f"{path} not found: is {root} a prepared data directory?")
-        stats = json.loads(path.read_text())
+        """The data's part from a prepared directory's stats.json (the train split's mean/std, prepare's
+        image size, resize mode and background), the model's part from the arguments."""
+        data = PreparedData(root)
+        stats = data.stats()
         # A constant channel (std 0) would divide by zero; 1.0 leaves it centred but unscaled.
         std = [s if s > 1e-6 else 1.0 for s in stats["std"]]
-        return cls(input_size=input_size or stats["image_size"], mean=stats["mean"], std=std, **overrides)
+        data_part = {
+            "mean": stats["mean"],
+            "std": std,
+            "background": data.background(),
+            "fit_size": stats.get("image_size"),
+            "fit_mode": stats.get("resize"),
+        }
+        return cls(input_size=input_size or stats["image_size"], **{**data_part, **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PreprocessSpec:
+        """A spec as checkpoints and preprocess.json store it; keys a newer leafnet added take their defaults."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise LeafnetError(f"unknown preprocessing keys {unknown}: written by a newer leafnet?")
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return asdict(self)

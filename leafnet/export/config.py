@@ -35,8 +35,8 @@ class ExportConfig:
     archive_name: str = "leafnet"  # <name>.mar holds the first served variant, <name>-<variant>.mar the others
     version: str | None = None  # model version in the archives; default: first 12 hex digits of the checkpoint's sha256
     served: list[str] = field(default_factory=lambda: ["torchscript", "onnx-int8"])
-    handler: str | None = None  # default: handlers/leafnet_handler.py of this repository
-    model_config: str | None = None  # default: config/torchserve/model-config.yaml of this repository
+    handler: str | None = None  # default: leafnet/serving/leafnet_handler.py, the installed package's
+    model_config: str | None = None  # default: leafnet/serving/model-config.yaml, the installed package's
     parity_images: int = 64  # fixed val images compared logit by logit with eager
     trace_batch: int = 2  # TorchScript is traced at this batch size and checked at another
     opset: int = 18

@@ -6,13 +6,12 @@ their gates, and the .mar archives replace those in the model store only after t
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -23,12 +22,14 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from leafnet.checkpoint import load_checkpoint, versions
-from leafnet.data import image_io
 from leafnet.data.dataset import ManifestDataset
+from leafnet.data.prepared import PreparedData
 from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
+from leafnet.export import packaged
 from leafnet.export.archive import build_archive
 from leafnet.export.config import ExportConfig
+from leafnet.export.naming import archive_names
 from leafnet.export.onnx_export import export_onnx
 from leafnet.export.parity import TopK, compare_logits, gate_failures
 from leafnet.export.quantize import (
@@ -43,7 +44,6 @@ from leafnet.fsutil import atomic_directory, is_replaceable, sha256_file, write_
 from leafnet.models import model_from_checkpoint
 from leafnet.monitoring.reference import REFERENCE_FILE, build_reference, top1_probability
 
-REPO = Path(__file__).resolve().parents[2]
 MARKER = "export.json"
 
 
@@ -104,17 +104,14 @@ def _validate(config: ExportConfig) -> None:
     check_int8_config(config.int8)
 
 
-def _preprocess_json(checkpoint: dict, data_root: Path) -> dict:
-    """The checkpoint's eval spec, plus prepare's resize of raw images (`fit`) when the data says it."""
-    spec = dict(checkpoint["preprocess"])
-    stats_path = data_root / "stats.json"
-    if stats_path.is_file():
-        try:
-            stats = json.loads(stats_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise LeafnetError(f"{stats_path} is not valid JSON ({error}); re-run prepare") from None
-        if "image_size" in stats and "resize" in stats:
-            spec["fit"] = {"size": stats["image_size"], "mode": stats["resize"]}
+def _checkpoint_spec(checkpoint: dict, data_root: Path) -> PreprocessSpec:
+    """The checkpoint's preprocessing spec. Checkpoints written before the spec held the fit step and the
+    background lack both: they come from the data the run was trained on, as export always took them."""
+    stored = checkpoint["preprocess"]
+    spec = PreprocessSpec.from_dict(stored)
+    if "fit_mode" not in stored and PreparedData(data_root).is_prepared():
+        data = PreprocessSpec.from_prepared(data_root)
+        spec = replace(spec, fit_size=data.fit_size, fit_mode=data.fit_mode, background=data.background)
     return spec
 
 
@@ -139,12 +136,12 @@ def _read_inputs(config: ExportConfig) -> _Inputs:
     try:
         run_name = checkpoint["config"]["train"]["name"]
         data_root = Path(config.data or checkpoint["config"]["data"]["root"])
-        spec = PreprocessSpec(**checkpoint["preprocess"])
+        spec = _checkpoint_spec(checkpoint, data_root)
         classes = checkpoint["class_names"]
     except (KeyError, TypeError) as error:
         raise LeafnetError(f"{config.checkpoint} lacks {error} that export needs; re-train with this leafnet") from None
-    handler = _resolve(config.handler, REPO / "handlers" / "leafnet_handler.py", "handler")
-    model_config = _resolve(config.model_config, REPO / "config" / "torchserve" / "model-config.yaml", "model config")
+    handler = _resolve(config.handler, packaged.ENTRY_POINT, "handler")
+    model_config = _resolve(config.model_config, packaged.MODEL_CONFIG, "model config")
     output = Path(config.output or Path("exports") / run_name)
     if not is_replaceable(output, MARKER):
         raise LeafnetError(f"{output} exists and is not a leafnet export (no {MARKER}); choose another output=")
@@ -242,7 +239,7 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) 
     timer = _Timer(log)
     model_store = Path(config.model_store)
     model_store.mkdir(parents=True, exist_ok=True)
-    for name in archive_names(config):
+    for name in archive_names(config.archive_name, config.served):
         if (model_store / name).exists() and not (model_store / name).is_file():
             raise LeafnetError(f"{model_store / name} exists and is not a file; move it away")
     with tempfile.TemporaryDirectory(prefix=".export-", dir=model_store) as archive_stage:
@@ -322,18 +319,10 @@ def _report(config, inputs, stage, checkpoint_sha, version, parity_count, agreem
     }
 
 
-def archive_names(config: ExportConfig) -> list[str]:
-    """<archive_name>.mar for the first served variant, <archive_name>-<variant>.mar for the others."""
-    return [
-        f"{config.archive_name}.mar" if position == 0 else f"{config.archive_name}-{name}.mar"
-        for position, name in enumerate(config.served)
-    ]
-
-
 def _pack_archives(config, inputs, stage: Path, extras: list[Path], version: str, into: Path, timer) -> dict:
     """One .mar per served variant, built in `into`: {archive file name: variant, bytes, sha256}."""
     archives = {}
-    for name, archive in zip(config.served, archive_names(config), strict=True):
+    for name, archive in zip(config.served, archive_names(config.archive_name, config.served), strict=True):
         archive_name = archive.removesuffix(".mar")
         model_file = stage / VARIANT_BY_NAME[name].file
         handler, model_config = inputs.handler, inputs.model_config
@@ -345,12 +334,15 @@ def _pack_archives(config, inputs, stage: Path, extras: list[Path], version: str
 
 
 def _write_extras(scratch: Path, inputs: _Inputs) -> list[Path]:
-    """The files the handler reads beside the model: labels, preprocessing, and leafnet's image decoder."""
+    """What the handler reads beside the model: labels, the preprocessing spec, and the leafnet.serving
+    package (as `leafnet_serving`: a folder whose entries the archiver copies into the archive's root)."""
     extras = scratch / "extra"
     extras.mkdir()
     write_json(extras / "index_to_name.json", {str(i): name for i, name in enumerate(inputs.classes)})
-    write_json(extras / "preprocess.json", _preprocess_json(inputs.checkpoint, inputs.data_root))
-    return [extras / "index_to_name.json", extras / "preprocess.json", Path(image_io.__file__)]
+    write_json(extras / "preprocess.json", inputs.spec.to_dict())
+    package_root = scratch / "package"
+    packaged.copy_serving_package(package_root)
+    return [extras / "index_to_name.json", extras / "preprocess.json", package_root]
 
 
 def _write_reference(stage: Path, inputs: _Inputs, confidence: np.ndarray, version: str, config) -> dict:

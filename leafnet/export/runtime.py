@@ -12,6 +12,7 @@ from torch import nn
 
 from leafnet.export.onnx_export import INPUT_NAME
 from leafnet.export.torchscript import load_torchscript
+from leafnet.serving.runtime import onnx_session
 
 # float32 NCHW batch -> float32 logits [batch, classes]
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -23,15 +24,6 @@ def torch_predictor(model: nn.Module | torch.jit.ScriptModule) -> Predictor:
             return model(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
 
     return predict
-
-
-def onnx_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session with `threads` intra-op threads (0: onnxruntime's choice, one per core)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: the optimiser's notes are not for users
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def onnx_predictor(session: ort.InferenceSession) -> Predictor:

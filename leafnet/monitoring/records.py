@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from leafnet.data.image_io import DRIFT_LOG_PREFIX
 from leafnet.errors import LeafnetError
+from leafnet.serving.image_stats import DRIFT_LOG_PREFIX
 
 MARKER = DRIFT_LOG_PREFIX + " "
 

@@ -13,7 +13,6 @@ in every .mar, so a deployment carries its own reference:
 
 from __future__ import annotations
 
-import csv
 import json
 import zipfile
 from collections import Counter
@@ -22,8 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from leafnet.data.image_io import STATS_FEATURES, STATS_VERSION, image_stats
+from leafnet.data.prepared import PreparedData
 from leafnet.errors import LeafnetError
+from leafnet.serving.answers import softmax
+from leafnet.serving.image_stats import STATS_FEATURES, STATS_VERSION, image_stats
 
 REFERENCE_FILE = "drift_reference.json"
 FORMAT = 1
@@ -31,23 +32,8 @@ REQUIRED = ("format", "stats_version", "version", "features", "confidence", "cla
 
 
 def top1_probability(logits: np.ndarray) -> np.ndarray:
-    """Softmax top-1 probability per row, as the handler reports it."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted.max(axis=1) / shifted.sum(axis=1)
-
-
-def _train_rows(data_root: Path) -> list[dict]:
-    with open(data_root / "manifest.csv", newline="", encoding="utf-8") as f:
-        return [row for row in csv.DictReader(f) if row["split"] == "train"]
-
-
-def _raw_root(data_root: Path) -> Path | None:
-    """The raw input prepare read, when prepare.json names it (not for source=synthetic) and it exists."""
-    try:
-        raw = json.loads((data_root / "prepare.json").read_text())["params"]["input"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return Path(raw) if raw and Path(raw).is_dir() else None
+    """Softmax top-1 probability per row, as the handler reports it (its own softmax)."""
+    return softmax(logits).max(axis=1)
 
 
 def _upload_size(raw_root: Path | None, source: str) -> tuple[int, int] | None:
@@ -70,10 +56,11 @@ def build_reference(
     seed: int = 0,
 ) -> dict:
     """The reference of a model trained on `data_root`; `confidence`: its top-1 probabilities on the test split."""
-    rows = _train_rows(data_root)
+    data = PreparedData(data_root)
+    rows = data.rows("train")
     count = min(max_images, len(rows))
     chosen = sorted(np.random.default_rng(seed).choice(len(rows), size=count, replace=False).tolist())
-    raw_root = _raw_root(data_root)
+    raw_root = data.raw_input()
     features: dict[str, list[float]] = {name: [] for name in STATS_FEATURES}
     sizes_known = raw_root is not None
     for index in chosen:

@@ -1,0 +1,21 @@
+"""Confidences and answers: the one softmax of leafnet's served and offline answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities along the last axis (any leading shape), computed stably in float64."""
+    shifted = np.exp(np.asarray(logits, dtype=np.float64) - np.max(logits, axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, labels: list[str], k: int, version: str) -> dict:
+    """The answer to one image: the k most probable classes, most probable first (ties by index)."""
+    probabilities = softmax(logits)
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    predictions = [
+        {"label": labels[i], "index": int(i), "probability": round(float(probabilities[i]), 6)} for i in order
+    ]
+    return {"predictions": predictions, "model_version": version}

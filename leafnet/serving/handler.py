@@ -1,0 +1,150 @@
+"""The TorchServe handler of every leafnet archive: image bytes in, top-k classes out.
+
+It follows TorchServe's own idiom, so BaseHandler.handle times it (HandlerTime) and its profiler hook
+wraps it: `preprocess` turns each request into a model input or a refusal of its own, `inference` runs
+one forward pass over the batch's good images, `postprocess` answers each request in order. One bad
+image costs its own request a 4xx with a JSON reason; the others in the batch are answered.
+
+It reads from the archive: the model (TorchScript or ONNX), `preprocess.json` (the checkpoint's
+PreprocessSpec, so a raw upload is decoded, fitted and normalised exactly like a test image),
+`index_to_name.json`, and the `handler:` section of model-config.yaml (`topk`, `max_image_pixels`,
+`threads`, `drift_log`, `drift_max_per_s`). Subclasses BaseHandler, not VisionHandler/ImageClassifier:
+those import captum, and without it the worker dies with a misleading "No module named
+'ts.torch_handler.handler'".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ts.torch_handler.base_handler import BaseHandler
+
+from .answers import top_k
+from .drift import DriftSampler, drift_line
+from .image_io import DEFAULT_MAX_PIXELS, RejectedImage
+from .image_stats import image_stats
+from .metrics import HandlerMetrics
+from .preprocess import Preprocessor
+from .requests import content_type_of, request_bytes, status_of
+from .runtime import Runtime, available_cpus
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOPK = 5
+DEFAULT_DRIFT_MAX_PER_S = 10.0  # lines per second per server, shared by its workers
+
+
+@dataclass
+class Batch:
+    """One TorchServe batch on its way through the handler."""
+
+    results: list  # per request: its answer (dict) or refusal (JSON text); None until decided
+    positions: list[int] = field(default_factory=list)  # requests with a model input, in batch order
+    inputs: list[np.ndarray] = field(default_factory=list)
+    drift_stats: dict[int, dict] = field(default_factory=dict)  # position -> statistics, when sampled
+    logits: np.ndarray | None = None
+
+
+class LeafnetServingHandler(BaseHandler):
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        model_dir = Path(properties["model_dir"])
+        model_file = model_dir / context.manifest["model"]["serializedFile"]
+        self.version = str(context.manifest["model"].get("modelVersion", ""))
+        self.spec = json.loads((model_dir / "preprocess.json").read_text())
+        names = json.loads((model_dir / "index_to_name.json").read_text())
+        self.labels = [names[str(i)] for i in range(len(names))]
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        options = yaml_config.get("handler", {}) or {}
+        self.topk = min(int(options.get("topk", DEFAULT_TOPK)), len(self.labels))
+        self.preprocessor = Preprocessor(self.spec, int(options.get("max_image_pixels", DEFAULT_MAX_PIXELS)))
+        # Workers of this model running at once (leafnet sets minWorkers = maxWorkers): they split the cores
+        # and the drift-line budget.
+        workers = max(1, int(yaml_config.get("maxWorkers", 1) or 1))
+        max_per_s = float(options.get("drift_max_per_s", DEFAULT_DRIFT_MAX_PER_S)) / workers
+        self.drift = DriftSampler(bool(options.get("drift_log", True)), max_per_s)
+        threads = int(options.get("threads", 0)) or max(1, available_cpus() // workers)
+        gpu = properties.get("gpu_id")
+        device = f"cuda:{gpu}" if gpu is not None and _cuda_available() else "cpu"
+        self.runtime = Runtime(model_file, threads, device, spinning=False)
+        self.model_name = context.model_name
+        cache = getattr(context, "metrics", None)
+        self.metrics = HandlerMetrics(cache, self.model_name) if cache is not None else None
+        self.initialized = True
+        logger.info(
+            "leafnet: loaded %s on %s (%d classes, %d threads)",
+            model_file.name, self.runtime.device, len(self.labels), threads,
+        )  # fmt: skip
+
+    def preprocess(self, data: list[dict]) -> Batch:
+        batch = Batch([None] * len(data))
+        for position, item in enumerate(data):
+            try:
+                image, upload_size = self.preprocessor.fitted(
+                    request_bytes(item, content_type_of(self.context, position))
+                )
+                batch.inputs.append(self.preprocessor.tensor(image))
+                batch.positions.append(position)
+                if self._drift_sampled():
+                    stats = self._drift_stats(image, upload_size)
+                    if stats is not None:
+                        batch.drift_stats[position] = stats
+            except RejectedImage as error:
+                batch.results[position] = self._refuse(position, error.kind, str(error))
+            except Exception as error:  # a decoder bug must cost this request only, not the batch
+                logger.exception("leafnet: request %d failed", position)
+                batch.results[position] = self._refuse(
+                    position, "internal", f"cannot process image: {type(error).__name__}"
+                )
+        return batch
+
+    def inference(self, batch: Batch, *args, **kwargs) -> Batch:
+        if batch.inputs:
+            started = time.perf_counter()
+            batch.logits = self.runtime.logits(np.stack(batch.inputs))
+            self._record("leafnet_inference_seconds", time.perf_counter() - started)
+            self._record("leafnet_batch_size", len(batch.inputs))
+        return batch
+
+    def postprocess(self, batch: Batch) -> list:
+        if batch.logits is not None:
+            for position, row in zip(batch.positions, batch.logits, strict=True):
+                answer = top_k(row, self.labels, self.topk, self.version)
+                batch.results[position] = answer
+                self._record("leafnet_top1_probability", answer["predictions"][0]["probability"])
+                if position in batch.drift_stats:
+                    logger.info("%s", drift_line(self.model_name, self.version, batch.drift_stats[position], answer))
+        return batch.results
+
+    def _drift_sampled(self) -> bool:
+        """Whether to log this request: the log level lets the line through and the sampler has a token."""
+        return logger.isEnabledFor(logging.INFO) and self.drift.take()
+
+    def _drift_stats(self, image, upload_size: tuple[int, int]) -> dict | None:
+        try:
+            features = image_stats(image, upload_size, self.preprocessor.background)
+        except Exception:  # monitoring must never cost the caller an answer
+            logger.warning("leafnet: drift statistics failed; request answered without them", exc_info=True)
+            return None
+        return {"size": list(upload_size), "features": features}
+
+    def _record(self, name: str, value: float, *extra_dimension: str) -> None:
+        if self.metrics is not None:
+            self.metrics.record(name, value, *extra_dimension)
+
+    def _refuse(self, position: int, kind: str, reason: str) -> str:
+        status = status_of(kind)
+        self.context.set_response_status(code=status, phrase=reason, idx=position)
+        self._record("leafnet_rejected_total", 1, kind)
+        return json.dumps({"error": reason, "code": status})
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
