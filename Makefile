@@ -11,7 +11,7 @@ NODE_STAMP := node_modules/.installed
 # Pipeline stages (dvc.yaml) run `python`: the venv's, whatever the caller's PATH holds.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test lint format prepare pipeline baseline bench-data bench-train export bench-onnx bench-serving lock clean species-doc
+.PHONY: setup demo test lint format prepare pipeline baseline bench-data bench-train export bench-onnx bench-serving lock clean species-doc config-docs
 
 setup: $(STAMP)
 
@@ -91,6 +91,10 @@ lock: setup
 clean:
 	rm -rf data/processed runs exports .pytest_cache
 	rm -f model_store/*.mar
+
+# config/train.yaml and config/export.yaml: every option with its default, rendered from the dataclasses.
+config-docs: setup
+	$(PY) -m leafnet.config_files
 
 species-doc: setup
 	$(PY) -c "import sys; from leafnet.data.species import species_table_markdown as t; sys.stdout.write(t())" > docs/species.md

@@ -68,7 +68,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PET_NPROC_PER_NODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib
 WORKDIR /app
-# scripts/train.py reads config/train.yaml beside it; the other scripts come along for
+# config/ holds the annotated defaults (a starting point for --config); the other scripts come along for
 # `docker run --entrypoint python leafnet-train scripts/evaluate.py ...`.
 COPY config/ config/
 COPY scripts/ scripts/

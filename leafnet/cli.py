@@ -5,16 +5,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from leafnet.config import to_yaml
+from leafnet.config import annotated_yaml
 from leafnet.errors import LeafnetError
 
 
 def run(main: Callable[[list[str]], int | None], defaults: object, summary: str) -> None:
-    """Runs `main(argv)`; `-h/--help` prints the summary and the default config instead."""
+    """Runs `main(argv)`; `-h/--help` prints the summary and every option with its default and meaning."""
     argv = sys.argv[1:]
     if any(arg in ("-h", "--help") for arg in argv):
-        print(f"{summary}\n\nOverrides are key=value (OmegaConf dotlist); --config FILE loads YAML.")
-        print(f"Defaults:\n{to_yaml(defaults)}")
+        print(f"{summary.strip()}\n")
+        print("Options are key=value overrides (OmegaConf dotlist, e.g. optim.lr=0.01 or served=[onnx]);")
+        print("--config FILE (repeatable) loads YAML first. Every option, with the default a plain run uses:\n")
+        print(annotated_yaml(defaults), end="")
         sys.exit(0)
     try:
         sys.exit(main(argv) or 0)

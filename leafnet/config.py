@@ -7,6 +7,9 @@ and mistyped values with one line that names the key, and can save the resolved 
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,3 +78,76 @@ def load_config(schema: type[T], argv: list[str] | None = None, files: list[str 
 def to_yaml(config: Any) -> str:
     """The resolved config as YAML, for run directories and `--help`."""
     return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+_FIELD = re.compile(r"^\s+(\w+)\s*:[^=#]*(?:=[^#]*)?(?:#\s*(.*))?$")
+
+
+def field_descriptions(schema: type) -> dict[str, str]:
+    """Each field's description, from the schema's source: its trailing comment, else the comment lines
+    right above it. The dataclasses are the one source of defaults and their documentation: `--help` and
+    the annotated config/*.yaml are both rendered from them."""
+    try:
+        lines = inspect.getsource(schema).splitlines()
+    except (OSError, TypeError):  # no source (a frozen app): the defaults still print, undescribed
+        return {}
+    names = {f.name for f in dataclasses.fields(schema)}
+    descriptions, above = {}, []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# ").strip())
+            continue
+        match = _FIELD.match(line)
+        if match and match.group(1) in names:
+            descriptions[match.group(1)] = (match.group(2) or " ".join(above)).strip()
+        above = []
+    return descriptions
+
+
+def describe(config: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, description) of every leaf option of a dataclass instance, in field order."""
+    rows = []
+    descriptions = field_descriptions(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            rows += describe(value, f"{key}.")
+        else:
+            rows.append((key, value, descriptions.get(f.name, "")))
+    return rows
+
+
+def annotated_yaml(config: Any, indent: str = "") -> str:
+    """The defaults of a dataclass instance as YAML, each key with its description as a comment."""
+    out = []
+    descriptions = field_descriptions(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        note = descriptions.get(f.name, "")
+        if dataclasses.is_dataclass(value):
+            out.append(f"{indent}{f.name}:" + (f"  # {note}" if note else ""))
+            out.append(annotated_yaml(value, indent + "  ").rstrip("\n"))
+            if not indent:
+                out.append("")
+            continue
+        rendered = yaml.safe_dump(_plain(value), default_flow_style=True, width=1000).strip()
+        rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
+        line = f"{indent}{f.name}: {rendered}"
+        out.append(f"{line:<40} # {note}" if note else line)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def config_file_text(config: Any, source: str) -> str:
+    """An annotated YAML file of `config`'s defaults, as config/*.yaml holds them for reading and copying."""
+    header = (
+        f"# Every option and its default, generated from {source} (`make config-docs`): edit the dataclasses,\n"
+        "# not this file (a test keeps the two equal). Scripts need no file: a copy of this one, edited, is a\n"
+        "# starting point for `--config FILE`; single options change with key=value on the command line.\n\n"
+    )
+    return header + annotated_yaml(config)

@@ -16,11 +16,11 @@ from leafnet.errors import LeafnetError
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"
+    name: str = "resnet10t"  # any timm architecture
     weights: str | None = None  # a local file (state dict or checkpoint); never a download
-    channels_last: bool = True
-    drop_rate: float = 0.0
-    compile: bool = False
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor-core GPUs
+    drop_rate: float = 0.0  # dropout before the classifier
+    compile: bool = False  # torch.compile the model
 
 
 def _unknown_model(name: str) -> LeafnetError:

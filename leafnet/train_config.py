@@ -1,4 +1,7 @@
-"""The typed schema of a training run; config/train.yaml holds the same keys with comments.
+"""The typed schema of a training run and its defaults: the one source of them. `scripts/train.py --help`
+and the annotated config/train.yaml are rendered from these classes, comments included (a test keeps the
+file in step). The defaults are the `make demo` recipe for the synthetic leaves on a CPU laptop; for
+photographs see docs/pipeline.md.
 
 Kept apart from `leafnet.config` (the generic loader) the way PrepareConfig sits beside prepare:
 each stage owns its schema.
@@ -14,39 +17,39 @@ from leafnet.models import ModelConfig
 
 @dataclass
 class DataSection:
-    root: str = "data/processed/synthetic"
-    input_size: int = 0  # 0 = the prepared image size
-    crop_pct: float = 1.0
-    interpolation: str = "bilinear"
-    batch_size: int = 64  # per process
-    eval_batch_size: int = 128
-    workers: int = 2
+    root: str = "data/processed/synthetic"  # a directory written by scripts/prepare_data.py
+    input_size: int = 56  # model input side in pixels; 0 = the prepared image size
+    crop_pct: float = 1.0  # eval: resize the shorter side to input_size / crop_pct, then centre-crop
+    interpolation: str = "bilinear"  # bilinear | bicubic | nearest | lanczos
+    batch_size: int = 64  # per process; the global batch is batch_size x processes x accumulate
+    eval_batch_size: int = 128  # validation batch per process
+    workers: int = 2  # DataLoader worker processes per training process
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class OptimSection:
-    name: str = "adamw"  # adamw | sgd
-    lr: float = 2e-3
-    weight_decay: float = 0.05
+    name: str = "adamw"  # adamw | sgd (timm's factory: no weight decay on norms and biases)
+    lr: float = 3e-3  # peak learning rate, after the warm-up
+    weight_decay: float = 0.05  # decoupled (AdamW) or L2 (SGD) decay of weights, not of norms and biases
     momentum: float = 0.9  # sgd only
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # share of the target spread over the other classes
     clip_grad_norm: float = 5.0  # 0 = off
     accumulate: int = 1  # micro-batches per optimizer step
 
 
 @dataclass
 class ScheduleSection:
-    epochs: int = 30
+    epochs: int = 26  # passes over the train split
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay, stepped per optimizer step
-    min_lr_ratio: float = 0.01
+    min_lr_ratio: float = 0.01  # the cosine ends at lr x min_lr_ratio
 
 
 @dataclass
 class TrainSection:
-    name: str = "leafnet"
-    output_dir: str = "runs"
-    seed: int = 0
+    name: str = "leafnet"  # the run directory is <output_dir>/<name>
+    output_dir: str = "runs"  # where run directories go
+    seed: int = 0  # model init, sampling and augmentation; runs with one seed are reproducible
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # intra-op threads per process; 0 = cores / local processes
     resume: str | None = None  # a checkpoint path, or auto = runs/<name>/checkpoints/last.pt if present
@@ -62,19 +65,19 @@ class AmpSection:
 
 @dataclass
 class EmaSection:
-    enabled: bool = False
-    decay: float = 0.998
+    enabled: bool = False  # keep an exponential moving average of the weights; checkpoints deploy it
+    decay: float = 0.998  # EMA decay per optimizer step
 
 
 @dataclass
 class DistributedSection:
     backend: str = "auto"  # auto = nccl on CUDA, gloo on CPU
-    timeout_s: int = 1800
+    timeout_s: int = 1800  # seconds a collective may wait for the other processes
 
 
 @dataclass
 class LoggingSection:
-    tensorboard: bool = True
+    tensorboard: bool = True  # TensorBoard events in <run>/tb
     image_grid: bool = True  # a grid of augmented training samples, once
     confusion_matrix: bool = True  # figure at the end of the run
     print_every: int = 1  # epochs between console lines
@@ -82,19 +85,19 @@ class LoggingSection:
 
 @dataclass
 class ProfileSection:
-    enabled: bool = False
+    enabled: bool = False  # torch.profiler over a window of steps of one epoch, trace in <run>/profile
     epoch: int = 0  # which epoch to profile
-    wait: int = 2
-    warmup: int = 2
-    active: int = 4
+    wait: int = 2  # steps skipped before the window
+    warmup: int = 2  # steps profiled but discarded
+    active: int = 4  # steps recorded
     top_k: int = 15  # rows of the operator table printed at the end
-    record_shapes: bool = False
+    record_shapes: bool = False  # record input shapes (larger traces)
 
 
 @dataclass
 class CheckpointSection:
-    save_last: bool = True
-    save_best: bool = True  # best by val top-1
+    save_last: bool = True  # <run>/checkpoints/last.pt every epoch (resume reads it)
+    save_best: bool = True  # <run>/checkpoints/best.pt, the epoch with the highest val top-1
 
 
 @dataclass

@@ -24,7 +24,7 @@ inference=$(inference_url "$config")
 management=$(management_url "$config")
 python=.venv/bin/python
 [ -x "$python" ] || python=python3
-# leafnet.export.naming owns the rule that names archives (config/export.yaml's archive_name and served)
+# leafnet.export.naming owns the rule that names archives (export's archive_name and served)
 archive=$("$python" -m leafnet.export.naming "$variant")
 
 case "$action" in

@@ -142,6 +142,7 @@ def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
         "schedule.epochs=2",
         "schedule.warmup_epochs=0.5",
         "train.threads=1",
+        "data.input_size=0",  # the prepared size (the default is the demo recipe's 56 px)
     ]
     return load_config(TrainConfig, [*base, *overrides])
 

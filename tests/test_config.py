@@ -1,10 +1,12 @@
 from dataclasses import dataclass, field
 
 import pytest
+import yaml
 
 from leafnet.config import load_config, to_yaml
 from leafnet.data.prepare import PrepareConfig
 from leafnet.errors import LeafnetError
+from tests.conftest import REPO
 
 
 @dataclass
@@ -47,3 +49,68 @@ def test_bad_arguments_name_the_key(argv, message):
 def test_prepare_output_follows_the_source():
     assert load_config(PrepareConfig, ["source=kaggle", "input=x"]).output == "data/processed/kaggle"
     assert "size: 128" in to_yaml(PrepareConfig())
+
+
+def test_config_files_are_the_dataclasses_defaults_rendered():
+    """config/train.yaml and config/export.yaml list every option with its default and description, as
+    the dataclasses (the one source) render them: `make config-docs` rewrites them after a change."""
+    from leafnet.config_files import FILES, render
+
+    for name, (schema, _) in FILES.items():
+        assert (REPO / name).read_text() == render(name), f"{name} is stale: run make config-docs"
+        assert load_config(schema, files=[REPO / name]) == schema()
+
+
+@pytest.mark.parametrize(("script", "schema"), [("train.py", "TrainConfig"), ("export.py", "ExportConfig")])
+def test_help_shows_every_option_with_the_default_a_plain_run_uses_and_a_description(script, schema, run_script):
+    import leafnet.export.config
+    import leafnet.train_config
+    from leafnet.config import describe
+
+    defaults = getattr(leafnet.train_config, schema, None) or getattr(leafnet.export.config, schema)
+    shown = run_script(script, "--help")
+    assert shown.returncode == 0
+    listed, sections = {}, []  # dotted key -> (value, description), read back from the indented listing
+    for line in shown.stdout.split("Every option, with the default a plain run uses:", 1)[1].splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        name, _, rest = line.strip().partition(":")
+        value, _, description = rest.partition(" # ")
+        del sections[depth:]
+        if not value.strip():
+            sections.append(name)
+            continue
+        listed[".".join([*sections, name])] = (yaml.safe_load(value), description.strip())
+    expected = describe(defaults())
+    assert list(listed) == [key for key, _, _ in expected]
+    for key, default, description in expected:
+        assert listed[key] == ((list(default) if isinstance(default, tuple) else default), description), key
+        assert description, f"{key} has no description"
+
+
+def test_params_yaml_sets_what_the_pipeline_passes_and_matches_the_defaults():
+    """params.yaml holds the values dvc.yaml passes as key=value; each equals the stage's default, so
+    `make demo` and a plain `python scripts/<stage>.py` train and export the same thing."""
+    import re
+
+    from leafnet.config import describe
+    from leafnet.data.prepare import PrepareConfig
+    from leafnet.export.config import ExportConfig
+    from leafnet.train_config import TrainConfig
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    schemas = {"train": TrainConfig, "export": ExportConfig, "prepare": PrepareConfig}
+    used = set()
+    for stage, schema in schemas.items():
+        defaults = {key: value for key, value, _ in describe(schema())}
+        for key, param in re.findall(r"([\w.]+)=\$\{([\w.]+)\}", stages[stage]["cmd"]):
+            section, name = param.split(".")
+            used.add(param)
+            expected = defaults[key]
+            assert params[section][name] == (list(expected) if isinstance(expected, tuple) else expected), key
+    every = {f"{section}.{name}" for section, values in params.items() for name in values}
+    passed = {p for stage in stages.values() for p in re.findall(r"\$\{([\w.]+)\}", stage["cmd"])}
+    assert every == passed, "params.yaml holds a value no stage passes (or a stage passes one it lacks)"
+    assert used <= every

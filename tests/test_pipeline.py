@@ -188,11 +188,13 @@ def test_each_parameter_invalidates_only_the_stage_that_declares_it(pipeline, en
             params_file.write_text(yaml.safe_dump({**params, section: {**params[section], name: value}}))
             assert stale_stages(pipeline, env) == {expected}, key
         params_file.write_text(original)
-        (pipeline / "config" / "export.yaml").write_text((pipeline / "config" / "export.yaml").read_text() + "\n")
-        assert stale_stages(pipeline, env) == {"export"}, "config/export.yaml"
+        # a default that is no parameter lives in its stage's schema, a code dependency
+        defaults = pipeline / "leafnet" / "export" / "config.py"
+        defaults.write_text(defaults.read_text() + "\n")
+        assert stale_stages(pipeline, env) == {"export"}, "leafnet/export/config.py"
     finally:
         params_file.write_text(original)
-        git("checkout", "HEAD", "--", "config/export.yaml", cwd=pipeline, env=env)
+        git("checkout", "HEAD", "--", "leafnet/export/config.py", cwd=pipeline, env=env)
     assert stale_stages(pipeline, env) == set()
 
 

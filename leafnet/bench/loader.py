@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -34,7 +33,7 @@ class LoaderBenchConfig:
     warmup: int = 3
     threads: int = 0  # torch intra-op threads; 0 = all cores
     channels_last: bool = True
-    train_config: str = "config/train.yaml"  # optimizer and schedule for the training step
+    train_config: str | None = None  # a YAML of training options (optimizer, schedule); default: TrainConfig's
     output: str = "runs/benchmarks/loader.json"
 
 
@@ -72,7 +71,7 @@ def run_loader_benchmark(config: LoaderBenchConfig, log=print) -> dict:
         result["loader_images_per_s"][str(workers)] = round(rate, 1)
         log(f"loader alone, {workers} worker(s): {rate:8.1f} img/s")
 
-    cfg = load_config(TrainConfig, files=[config.train_config] if Path(config.train_config).is_file() else [])
+    cfg = load_config(TrainConfig, files=[config.train_config] if config.train_config else [])
     cfg.data.root, cfg.data.input_size, cfg.data.batch_size = config.data, config.input_size, config.batch_size
     cfg.data.workers, cfg.model.name, cfg.model.channels_last = config.fed_workers, config.model, config.channels_last
     cfg.train.threads, cfg.logging.tensorboard = config.threads, False

@@ -11,7 +11,6 @@ cost nothing); speed-ups between variants are ratios measured in the same run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -31,7 +30,7 @@ DEFAULT_VARIANTS = {
 
 @dataclass
 class TrainBenchConfig:
-    config: str = "config/train.yaml"
+    config: str | None = None  # a YAML of training options under the variants; default: TrainConfig's
     base: list[str] = field(default_factory=list)  # overrides applied to every variant
     # name -> overrides; empty = DEFAULT_VARIANTS (a dict given on the command line replaces them,
     # where a non-empty default would be merged into by OmegaConf)
@@ -90,7 +89,7 @@ def measure(cfg: TrainConfig, steps: int, warmup: int) -> dict:
 
 
 def run_train_benchmark(config: TrainBenchConfig, log=print) -> dict:
-    files = [config.config] if Path(config.config).is_file() else []
+    files = [config.config] if config.config else []
     results: dict[str, dict] = {}
     for name, overrides in (config.variants or DEFAULT_VARIANTS).items():
         cfg = load_config(TrainConfig, [*config.base, *overrides], files=files)

@@ -71,9 +71,9 @@ class AugmentConfig:
     rotation_deg: float = 20.0  # silhouettes come at any angle; timm's factory has no plain rotation
     scale: tuple[float, float] = (0.7, 1.0)  # RandomResizedCrop area range
     ratio: tuple[float, float] = (0.9, 1.1)  # near 1: the aspect ratio of a leaf is a species trait
-    hflip: float = 0.5
-    vflip: float = 0.0
-    color_jitter: float = 0.0
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.0  # probability of a vertical flip
+    color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 = off
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
     re_prob: float = 0.0  # random erasing
 

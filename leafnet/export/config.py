@@ -1,4 +1,5 @@
-"""Options of the export stage (config/export.yaml holds the project's defaults)."""
+"""Options of the export stage and their defaults: the one source of them (`scripts/export.py --help` and
+the annotated config/export.yaml are rendered from these classes)."""
 
 from __future__ import annotations
 
@@ -13,35 +14,35 @@ class GateConfig:
 
 @dataclass
 class Int8Config:
-    # QUInt8 activations / QInt8 weights: measured ~3x faster than fp32 on AVX-512 VNNI, where
-    # QInt8 activations were barely faster than fp32 (see docs/export.md).
+    # uint8 activations: int8 ones were no faster than fp32 where measured (docs/export.md)
     activation_type: str = "QUInt8"
-    weight_type: str = "QInt8"
-    per_channel: bool = True
+    weight_type: str = "QInt8"  # QInt8 | QUInt8
+    per_channel: bool = True  # a scale per convolution filter rather than per tensor
     # 7-bit weights: x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) multiply u8 x s8 with an
     # instruction (VPMADDUBSW) that saturates its 16-bit sums; with 7-bit weights they cannot saturate,
     # so an archive scores the same on whichever CPU serves it (docs/export.md has the measurements).
     reduce_range: bool = True
     calibration_images: int = 256  # from the train split, eval-transformed like served images
-    calibration_method: str = "MinMax"
+    calibration_method: str = "MinMax"  # onnxruntime's CalibrationMethod: MinMax | Entropy | Percentile | Distribution
 
 
 @dataclass
 class ExportConfig:
-    checkpoint: str = "runs/leafnet/checkpoints/best.pt"
+    checkpoint: str = "runs/leafnet/checkpoints/best.pt"  # the leafnet checkpoint to export
     output: str | None = None  # default: exports/<run name>
     data: str | None = None  # default: the data root the checkpoint was trained on
-    model_store: str = "model_store"
+    model_store: str = "model_store"  # where the .mar archives go
     archive_name: str = "leafnet"  # <name>.mar holds the first served variant, <name>-<variant>.mar the others
     version: str | None = None  # model version in the archives; default: first 12 hex digits of the checkpoint's sha256
+    # variants packed as TorchServe archives (leafnet.export.naming names them)
     served: list[str] = field(default_factory=lambda: ["torchscript", "onnx-int8"])
     handler: str | None = None  # default: leafnet/serving/leafnet_handler.py, the installed package's
     model_config: str | None = None  # default: leafnet/serving/model-config.yaml, the installed package's
     parity_images: int = 64  # fixed val images compared logit by logit with eager
     trace_batch: int = 2  # TorchScript is traced at this batch size and checked at another
-    opset: int = 18
+    opset: int = 18  # ONNX opset (the dynamo exporter needs 18 or later)
     batch_size: int = 64  # for the accuracy pass over the test split
-    workers: int = 2
+    workers: int = 2  # DataLoader workers for the accuracy pass
     drift_reference_images: int = 1000  # train images, seeded sample, whose statistics go into drift_reference.json
     threads: int = 0  # intra-op threads for torch and onnxruntime; 0 = all cores
     gates: GateConfig = field(default_factory=GateConfig)

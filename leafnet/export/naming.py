@@ -1,11 +1,9 @@
 """The one rule that names archives: <archive_name>.mar holds the first served variant, and
 <archive_name>-<variant>.mar each other one. Export writes by it; scripts/serve.sh and the serving
 benchmark find archives by it: `python -m leafnet.export.naming onnx-int8 [key=value ...]` prints the
-file name under config/export.yaml (when run from a checkout) and the overrides."""
+file name under the export defaults and the overrides (archive_name=..., served=[...])."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from leafnet.config import load_config
 from leafnet.export.config import ExportConfig
@@ -30,8 +28,7 @@ def default_archive(variant: str) -> str:
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit("usage: python -m leafnet.export.naming VARIANT [key=value ...]")
-    defaults = [Path("config/export.yaml")] if Path("config/export.yaml").is_file() else []
-    config = load_config(ExportConfig, argv[1:], files=defaults)
+    config = load_config(ExportConfig, argv[1:])
     print(archive_file(config.archive_name, config.served, argv[0]))
 
 
