@@ -7,6 +7,7 @@ and the test split is scored once.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 from PIL import Image
 
 from leafnet.data.prepared import PreparedData
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +53,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, iter
     return model
 
 
-def run_baseline(config: BaselineConfig, log=print) -> dict:
+def run_baseline(config: BaselineConfig, log=logger.info) -> dict:
     splits = {s: load_pixels(config.data, s, config.size) for s in ("train", "val", "test")}
     mean, std = splits["train"][0].mean(0), splits["train"][0].std(0) + 1e-6
     tensors = {s: (torch.from_numpy((x - mean) / std), torch.from_numpy(y)) for s, (x, y) in splits.items()}

@@ -6,6 +6,7 @@ Writes `eval.json` (`eval_<split>.json` unless it is the test split) and `confus
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from leafnet.errors import LeafnetError
 from leafnet.fsutil import write_json
 from leafnet.models import model_from_checkpoint
 from leafnet.tracking import confusion_figure, save_figure
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,7 +57,7 @@ def per_class_metrics(confusion: torch.Tensor, class_names: list[str]) -> dict[s
     }
 
 
-def evaluate_checkpoint(config: EvalConfig, log=print) -> dict:
+def evaluate_checkpoint(config: EvalConfig, log=logger.info) -> dict:
     checkpoint = load_checkpoint(config.checkpoint)
     classes = checkpoint["class_names"]
     data = config.data or checkpoint["config"]["data"]["root"]

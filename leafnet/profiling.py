@@ -6,11 +6,14 @@ so the trace and the operator table show where a step's time goes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+logger = logging.getLogger(__name__)
 
 
 class StepProfiler:
@@ -39,7 +42,7 @@ class StepProfiler:
     def step(self) -> None:
         self.profiler.step()
 
-    def report(self, log: Callable[[str], None] = print) -> None:
+    def report(self, log: Callable[[str], None] = logger.info) -> None:
         traces = sorted(self.out_dir.glob("*.pt.trace.json*"))
         if not traces:
             log(f"profiler: no trace written (the epoch had fewer steps than wait+warmup+active); see {self.out_dir}")

@@ -8,6 +8,7 @@ Every rank computes; rank 0 alone writes the run directory: `config.yaml`, `metr
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -35,6 +36,8 @@ from leafnet.profiling import StepProfiler
 from leafnet.progress import progress_bar
 from leafnet.tracking import Tracker, confusion_figure, denormalised_grid, save_figure
 from leafnet.train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
@@ -196,7 +199,7 @@ class Trainer:
 
     def _log(self, message: str) -> None:
         if self.info.is_main:
-            print(message, flush=True)
+            logger.info(message)
 
     def _write_run_header(self, tracker: Tracker) -> None:
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -114,3 +114,21 @@ def test_params_yaml_sets_what_the_pipeline_passes_and_matches_the_defaults():
     passed = {p for stage in stages.values() for p in re.findall(r"\$\{([\w.]+)\}", stage["cmd"])}
     assert every == passed, "params.yaml holds a value no stage passes (or a stage passes one it lacks)"
     assert used <= every
+
+
+def test_scripts_report_through_logging_quiet_with_q_and_detailed_with_v(tmp_path, run_script):
+    import numpy as np
+    from PIL import Image
+
+    for c, name in enumerate(("a", "b")):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = np.random.default_rng(10 * c + i).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "src" / name / f"{i}.png")
+    args = ["source=imagefolder", f"input={tmp_path / 'src'}", "size=16", "workers=1"]
+    plain = run_script("prepare_data.py", *args, f"output={tmp_path / 'plain'}")
+    assert plain.returncode == 0 and "prepare: wrote" in plain.stdout and "INFO" not in plain.stdout
+    quiet = run_script("prepare_data.py", "-q", *args, f"output={tmp_path / 'quiet'}")
+    assert quiet.returncode == 0 and quiet.stdout == "" and (tmp_path / "quiet" / "manifest.csv").is_file()
+    verbose = run_script("prepare_data.py", "--verbose", *args, f"output={tmp_path / 'verbose'}")
+    assert "INFO leafnet.data.prepare: prepare: wrote" in verbose.stdout

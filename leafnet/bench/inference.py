@@ -10,6 +10,7 @@ Inputs are a fixed random batch: the speed of these models does not depend on pi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -32,6 +33,8 @@ from leafnet.fsutil import atomic_write_bytes, sha256_file, write_json
 from leafnet.models import model_from_checkpoint
 from leafnet.progress import progress_bar
 from leafnet.tracking import save_figure
+
+logger = logging.getLogger(__name__)
 
 REFERENCE = "onnx"  # speed-ups are relative to fp32 ONNX
 EAGER = "eager"
@@ -112,7 +115,7 @@ def _choose_variants(config: InferenceBenchConfig, export: dict, log) -> list[st
     return names
 
 
-def run_inference_benchmark(config: InferenceBenchConfig, log=print) -> dict:
+def run_inference_benchmark(config: InferenceBenchConfig, log=logger.info) -> dict:
     _validate(config)
     export_dir = Path(config.export_dir)
     export = _read_export(export_dir)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ from leafnet.data.loaders import LoaderConfig, build_loader
 from leafnet.data.transforms import PreprocessSpec, train_transform
 from leafnet.progress import progress_bar
 from leafnet.train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,7 +55,7 @@ def loader_rate(loader, batches: int, warmup: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def run_loader_benchmark(config: LoaderBenchConfig, log=print) -> dict:
+def run_loader_benchmark(config: LoaderBenchConfig, log=logger.info) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     spec = PreprocessSpec.from_prepared(config.data, input_size=config.input_size)

@@ -16,6 +16,7 @@ within minutes. Client and server share this machine's cores, as they would on o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
@@ -34,6 +35,8 @@ from leafnet.export.archive import unpack_archive
 from leafnet.export.naming import default_archive
 from leafnet.fsutil import atomic_write_bytes, sha256_file, write_json
 from leafnet.serving.harness import ArchivedHandler
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -104,8 +107,8 @@ def load_images(folder: str, limit: int) -> list[bytes]:
 class HttpClient:
     """A lean HTTP/1.1 client on one keep-alive socket, reopened after an error.
 
-    Client and server share this machine's cores, so the load generator must cost little: http.client
-    took about a third of a core at 400 req/s. This one sends prebuilt request bytes and reads the
+    Client and server share this machine's cores, so the load generator must cost little, and http.client
+    costs a large share of a core per request (docs/serving.md). This one sends prebuilt request bytes and reads the
     response by Content-Length (TorchServe always sends it), as load generators such as wrk do.
     """
 
@@ -227,7 +230,7 @@ def check_server(config: ServingBenchConfig, image: bytes, version: str) -> None
         raise LeafnetError(f"the server runs model version {served}, but {config.archive} holds {version}")
 
 
-def run_serving_benchmark(config: ServingBenchConfig, log=print) -> dict:
+def run_serving_benchmark(config: ServingBenchConfig, log=logger.info) -> dict:
     _validate(config)
     images = load_images(config.images, config.max_images)
     archive = Path(config.archive)

@@ -10,6 +10,7 @@ cost nothing); speed-ups between variants are ratios measured in the same run.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,8 @@ from leafnet.distributed import DistInfo, select_device
 from leafnet.engine import train_one_epoch
 from leafnet.train import Trainer, validate_config
 from leafnet.train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_VARIANTS = {
     "default": [],
@@ -88,7 +91,7 @@ def measure(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     }
 
 
-def run_train_benchmark(config: TrainBenchConfig, log=print) -> dict:
+def run_train_benchmark(config: TrainBenchConfig, log=logger.info) -> dict:
     files = [config.config] if config.config else []
     results: dict[str, dict] = {}
     for name, overrides in (config.variants or DEFAULT_VARIANTS).items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from leafnet.serving.image_io import (
     encode_png,
     fit_square,
 )
+
+logger = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "kaggle", "imagefolder")
 RESIZE_MODES = ("pad", "shorter", "stretch")
@@ -287,7 +290,7 @@ def list_candidates(config: PrepareConfig) -> list[Candidate]:
     return kaggle_candidates(root)
 
 
-def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
+def prepare(config: PrepareConfig, log: Callable[[str], None] = logger.info) -> dict:
     """Runs the whole stage and returns the stats written to stats.json."""
     config.validate()
     root, out = config.input_dir(), Path(config.output)

@@ -6,6 +6,7 @@ their gates, and the .mar archives replace those in the model store only after t
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import tempfile
@@ -43,6 +44,8 @@ from leafnet.export.torchscript import export_dynamic_quantized_torchscript, exp
 from leafnet.fsutil import atomic_directory, is_replaceable, sha256_file, write_json
 from leafnet.models import model_from_checkpoint
 from leafnet.monitoring.reference import REFERENCE_FILE, build_reference, top1_probability
+
+logger = logging.getLogger(__name__)
 
 MARKER = "export.json"
 
@@ -216,7 +219,7 @@ def _measure(eager, stage: Path, parity_images: np.ndarray, test, config: Export
     return agreements, {name: meter.result() for name, meter in meters.items()}, np.concatenate(confidence)
 
 
-def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = print) -> dict:
+def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.info) -> dict:
     """Writes every variant, drift_reference.json and export.json to `output`, and the served variants' .mar
     (each with the drift reference) to the model store."""
     started = time.perf_counter()

@@ -8,6 +8,7 @@ LeafnetError naming the fix, never a report on too little data.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from leafnet.monitoring.records import (
     select_window,
 )
 from leafnet.monitoring.reference import load_reference
+
+logger = logging.getLogger(__name__)
 
 MALFORMED_SHOWN = 5
 
@@ -91,7 +94,7 @@ def _rounded(test: dict) -> dict:
     return {k: round(v, 5) if isinstance(v, float) and not k.startswith("p_") else v for k, v in test.items()}
 
 
-def drift_report(config: DriftConfig, log: Callable[[str], None] = print) -> dict:
+def drift_report(config: DriftConfig, log: Callable[[str], None] = logger.info) -> dict:
     """Writes drift.json (and drift.png) to config.output and returns drift.json's content."""
     config.validate()
     since, until = parse_time(config.since, "since"), parse_time(config.until, "until")
