@@ -16,12 +16,13 @@ class GateConfig:
 class Int8Config:
     # uint8 activations: int8 ones were no faster than fp32 where measured (docs/export.md)
     activation_type: str = "QUInt8"
-    weight_type: str = "QInt8"  # QInt8 | QUInt8
+    # uint8 weights: x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) multiply uint8 x int8 with an
+    # instruction (VPMADDUBSW) that saturates its 16-bit sums, so int8 weights can wreck accuracy on the CPU
+    # that serves an archive, whatever the one that exported it showed. uint8 x uint8 never saturates: slower
+    # than uint8 x int8 on VNNI, correct everywhere (docs/export.md). QInt8 for a serving CPU known to have VNNI.
+    weight_type: str = "QUInt8"
     per_channel: bool = True  # a scale per convolution filter rather than per tensor
-    # 7-bit weights: x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) multiply u8 x s8 with an
-    # instruction (VPMADDUBSW) that saturates its 16-bit sums; with 7-bit weights they cannot saturate,
-    # so an archive scores the same on whichever CPU serves it (docs/export.md has the measurements).
-    reduce_range: bool = True
+    reduce_range: bool = False  # 7-bit weights: the usual cure for saturation, too coarse for small models
     calibration_images: int = 256  # from the train split, eval-transformed like served images
     calibration_method: str = "MinMax"  # onnxruntime's CalibrationMethod: MinMax | Entropy | Percentile | Distribution
 
