@@ -63,10 +63,14 @@ class ArchivedHandler:
             model_name or manifest["model"]["modelName"], str(model_dir), manifest, self.batch_size, None,
             ts.__version__, True, metrics if metrics is not None else own_metrics_cache(), model_config,
         )  # fmt: skip
+        self.context.metrics.model_name = self.context.model_name  # as the worker sets it on its cache
         self.handler = module.LeafnetHandler()
         self.handler.initialize(self.context)
 
     def __call__(self, items: list[dict], headers: list[dict] | None = None) -> list:
         """One batch as a worker hands it over: request headers per item, fresh response statuses."""
         self.context.request_processor = [RequestProcessor(h) for h in headers or [{} for _ in items]]
+        # request ids per batch position, as TorchServe's Service.predict sets them on the context and the cache
+        request_ids = {position: f"harness-{position}" for position in range(len(items))}
+        self.context.request_ids = self.context.metrics.request_ids = request_ids
         return self.handler.handle(items, self.context)
