@@ -1,7 +1,7 @@
 """The typed schema of a training run and its defaults: the one source of them. `scripts/train.py --help`
 and the annotated config/train.yaml are rendered from these classes, comments included (a test keeps the
-file in step). The defaults are the `make demo` recipe for the synthetic leaves on a CPU laptop; for
-photographs see docs/pipeline.md.
+file in step). The defaults are the `make demo` recipe for the synthetic leaves on a CPU laptop;
+photographs want more, e.g. model.name=resnet50 data.input_size=224 data.augment.auto_augment=rand-m9-mstd0.5.
 
 Kept apart from `leafnet.config` (the generic loader) the way PrepareConfig sits beside prepare:
 each stage owns its schema.

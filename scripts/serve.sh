@@ -24,11 +24,11 @@ inference=$(inference_url "$config")
 management=$(management_url "$config")
 python=.venv/bin/python
 [ -x "$python" ] || python=python3
-# leafnet.export.naming owns the rule that names archives (export's archive_name and served)
-archive=$("$python" -m leafnet.export.naming "$variant")
 
 case "$action" in
   start)
+    # leafnet.export.naming owns the rule that names archives (export's archive_name and served)
+    archive=$("$python" -m leafnet.export.naming "$variant")
     [ -f "$store/$archive" ] || { echo "error: $store/$archive not found: run make export (or scripts/export.py served=[...])" >&2; exit 2; }
     mkdir -p "$LOG_LOCATION"
     # The JVM keeps the launcher's stdout: send it to a file, not a pipe.

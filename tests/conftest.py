@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import runpy
 import socket
@@ -205,6 +206,8 @@ def run_script(monkeypatch, capsys) -> Callable[..., subprocess.CompletedProcess
 
     def run(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         script = REPO / "scripts" / name
+        leafnet_logger = logging.getLogger("leafnet")  # the script configures it: put it back afterwards
+        patch_logger = (list(leafnet_logger.handlers), leafnet_logger.level, leafnet_logger.propagate)
         with monkeypatch.context() as patch:
             patch.setattr(sys, "argv", [str(script), *args])
             if cwd is not None:
@@ -216,6 +219,7 @@ def run_script(monkeypatch, capsys) -> Callable[..., subprocess.CompletedProcess
             except SystemExit as done:
                 code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
             out = capsys.readouterr()
+        leafnet_logger.handlers[:], leafnet_logger.level, leafnet_logger.propagate = patch_logger
         return subprocess.CompletedProcess([name, *args], code, out.out, out.err)
 
     return run

@@ -358,3 +358,15 @@ def test_the_handlers_entry_point_is_the_packaged_one():
 
     assert (REPO / "handlers" / "leafnet_handler.py").resolve() == packaged.ENTRY_POINT.resolve()
     assert packaged.MODEL_CONFIG.is_file() and packaged.SERVING == REPO / "leafnet" / "serving"
+
+
+@pytest.mark.slow
+def test_explain_and_describe_headers_get_ordinary_answers(int8, tiny_leaves):
+    """TorchServe passes client headers through: BaseHandler's explain and describe paths would fail or
+    mis-size the whole batch, other clients' requests included."""
+    handler, context = int8
+    png = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
+    for header in ({"explain": "True"}, {"describe": "True"}):
+        answers = handler([{"body": png}, {"body": png}], headers=[header, {}])
+        assert len(answers) == 2 and all(isinstance(a, dict) and a["predictions"] for a in answers), header
+        assert status_of(context, 0) == status_of(context, 1) == 200

@@ -286,3 +286,16 @@ def test_cli_reports_os_errors_in_one_line(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_a_damaged_stats_file_is_rebuilt_on_the_next_run(tmp_path):
+    root = tmp_path / "src"
+    for c, name in enumerate(("a", "b")):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            (root / name / f"{i}.png").write_bytes(_noise_png(2000 + 10 * c + i))
+    config = PrepareConfig(source="imagefolder", input=str(root), output=str(tmp_path / "out"), size=32, workers=1)
+    stats = prepare(config, **QUIET)
+    (tmp_path / "out" / "stats.json").write_text("{ truncated")
+    assert prepare(config, **QUIET) == stats
+    assert json.loads((tmp_path / "out" / "stats.json").read_text()) == stats

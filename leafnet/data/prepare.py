@@ -306,9 +306,13 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = logger.info) -> 
     fingerprint = _inputs_fingerprint(config, candidates)
     record = {"inputs_sha256": fingerprint, "params": _output_params(config), "leafnet_version": __version__}
     previous = PreparedData(out)
-    if previous.record() == record and (out / STATS).is_file():  # a damaged record only means we rebuild
-        log(f"up to date: {out} (same inputs and parameters)")
-        return previous.stats()
+    if previous.record() == record and (out / STATS).is_file():
+        try:
+            stats = previous.stats()
+            log(f"up to date: {out} (same inputs and parameters)")
+            return stats
+        except LeafnetError:
+            pass  # a damaged stats.json only means we rebuild, as a damaged record does
     settings = f"source={config.source}, size={config.size}, resize={config.resize}"
     log(f"prepare: {len(candidates)} files from {root} ({settings})")
     decoded = _decode_all(candidates, config)

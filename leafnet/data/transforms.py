@@ -15,8 +15,6 @@ from torchvision import transforms as tv_transforms
 from leafnet.data.prepared import PreparedData
 from leafnet.errors import LeafnetError
 
-FIT_MODES = ("pad", "shorter")
-
 
 @dataclass
 class PreprocessSpec:

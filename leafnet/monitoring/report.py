@@ -102,7 +102,7 @@ def drift_report(config: DriftConfig, log: Callable[[str], None] = logger.info) 
     files = log_files(config.logs)
     parsed = read_records(files)
     if parsed.malformed:
-        log(f"warning: {len(parsed.malformed)} malformed drift line(s), e.g. {parsed.malformed[0]}")
+        logger.warning("warning: %d malformed drift line(s), e.g. %s", len(parsed.malformed), parsed.malformed[0])
     records = _usable(parsed, files, reference)
     version = None if config.any_version else reference["version"]
     window = select_window(records, config.window, since, until, config.model, version)

@@ -73,8 +73,7 @@ class LeafnetServingHandler(BaseHandler):
         device = f"cuda:{gpu}" if gpu is not None and _cuda_available() else "cpu"
         self.runtime = Runtime(model_file, threads, device, spinning=False)
         self.model_name = context.model_name
-        cache = getattr(context, "metrics", None)
-        self.metrics = HandlerMetrics(cache, self.model_name) if cache is not None else None
+        self.metrics = HandlerMetrics(context.metrics, self.model_name)  # BaseHandler.handle needs the cache too
         self.initialized = True
         logger.info(
             "leafnet: loaded %s on %s (%d classes, %d threads)",
@@ -121,6 +120,16 @@ class LeafnetServingHandler(BaseHandler):
                     logger.info("%s", drift_line(self.model_name, self.version, batch.drift_stats[position], answer))
         return batch.results
 
+    def _is_explain(self) -> bool:
+        """An `explain` header (or /explanations) gets an ordinary answer: leafnet has no explanations, and
+        BaseHandler's explain path would fail the whole batch."""
+        return False
+
+    def _is_describe(self) -> bool:
+        """A `describe` header gets an ordinary answer too: BaseHandler's describe path answers one item for
+        the whole batch, which TorchServe rejects for every request in it."""
+        return False
+
     def _drift_sampled(self) -> bool:
         """Whether to log this request: the log level lets the line through and the sampler has a token."""
         return logger.isEnabledFor(logging.INFO) and self.drift.take()
@@ -134,8 +143,7 @@ class LeafnetServingHandler(BaseHandler):
         return {"size": list(upload_size), "features": features}
 
     def _record(self, name: str, value: float, *extra_dimension: str) -> None:
-        if self.metrics is not None:
-            self.metrics.record(name, value, *extra_dimension)
+        self.metrics.record(name, value, *extra_dimension)
 
     def _refuse(self, position: int, kind: str, reason: str) -> str:
         status = status_of(kind)
