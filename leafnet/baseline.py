@@ -22,10 +22,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BaselineConfig:
-    data: str = "data/processed/synthetic"
-    size: int = 32
-    l2: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])
-    iterations: int = 300
+    data: str = "data/processed/synthetic"  # a prepared data directory
+    size: int = 32  # images are reduced to size x size grey pixels
+    l2: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])  # L2 strengths tried; val picks one
+    iterations: int = 300  # L-BFGS iterations per fit
 
 
 def load_pixels(root: str | Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:

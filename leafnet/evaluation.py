@@ -28,13 +28,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EvalConfig:
-    checkpoint: str = "runs/leafnet/checkpoints/best.pt"
-    split: str = "test"
+    checkpoint: str = "runs/leafnet/checkpoints/best.pt"  # the leafnet checkpoint to evaluate
+    split: str = "test"  # train | val | test
     data: str | None = None  # default: the data root the checkpoint was trained on
     output: str | None = None  # default: the run directory of the checkpoint
-    batch_size: int = 128
-    workers: int = 2
-    device: str = "auto"
+    batch_size: int = 128  # images per forward pass
+    workers: int = 2  # DataLoader worker processes
+    device: str = "auto"  # auto | cpu | cuda
 
 
 def per_class_metrics(confusion: torch.Tensor, class_names: list[str]) -> dict[str, dict[str, float]]:

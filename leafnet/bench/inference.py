@@ -42,14 +42,14 @@ EAGER = "eager"
 
 @dataclass
 class InferenceBenchConfig:
-    export_dir: str = "exports/leafnet"
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
-    threads: list[int] = field(default_factory=lambda: [1, 2])
+    export_dir: str = "exports/leafnet"  # an export directory (with export.json)
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])  # images per call
+    threads: list[int] = field(default_factory=lambda: [1, 2])  # intra-op thread counts
     variants: list[str] = field(default_factory=list)  # default: every variant in export.json, plus eager
     eager: bool = True  # the checkpoint's model in PyTorch, when the checkpoint is still where export.json says
-    warmup: int = 3
-    min_seconds: float = 1.0
-    min_calls: int = 5
+    warmup: int = 3  # calls before timing, per cell
+    min_seconds: float = 1.0  # timed seconds per cell, at least
+    min_calls: int = 5  # timed calls per cell, at least
     output: str | None = None  # default: the export directory
 
 

@@ -26,18 +26,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LoaderBenchConfig:
-    data: str = "data/processed/synthetic"
-    model: str = "resnet18"
-    input_size: int = 128
-    batch_size: int = 64
-    workers: list[int] = field(default_factory=lambda: [0, 1, 2])
-    fed_workers: int = 2
+    data: str = "data/processed/synthetic"  # a prepared data directory
+    model: str = "resnet18"  # the timm model of the training step
+    input_size: int = 128  # model input side in pixels
+    batch_size: int = 64  # images per batch
+    workers: list[int] = field(default_factory=lambda: [0, 1, 2])  # loader worker counts measured alone
+    fed_workers: int = 2  # loader workers feeding the training step
     batches: int = 15  # measured batches per setting, after warm-up
-    warmup: int = 3
+    warmup: int = 3  # batches run before timing
     threads: int = 0  # torch intra-op threads; 0 = all cores
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory format for the training step
     train_config: str | None = None  # a YAML of training options (optimizer, schedule); default: TrainConfig's
-    output: str = "runs/benchmarks/loader.json"
+    output: str = "runs/benchmarks/loader.json"  # where the results go
 
 
 def _cycle(loader):

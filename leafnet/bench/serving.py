@@ -44,18 +44,18 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 @dataclass
 class ServingBenchConfig:
     url: str = "http://127.0.0.1:8080"  # TorchServe's inference address
-    model: str = "leafnet"
+    model: str = "leafnet"  # the model name the server serves
     # the archive the server serves: the in-process reference
     archive: str = field(default_factory=lambda: f"model_store/{default_archive('onnx-int8')}")
     images: str = "data/processed/synthetic/test"  # a folder of images, sent round robin
-    max_images: int = 64
-    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    duration_s: float = 10.0
-    warmup_s: float = 2.0
+    max_images: int = 64  # request bodies cycled through
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # requests in flight, one level each
+    duration_s: float = 10.0  # measured seconds per level
+    warmup_s: float = 2.0  # unmeasured load before each level
     reference_s: float = 3.0  # seconds of in-process timing per batch size, before and again after the load
     token: str | None = None  # bearer token (GCE profile); default: none
-    timeout_s: float = 30.0
-    output: str = "runs/benchmark_serving"
+    timeout_s: float = 30.0  # seconds before a request counts as an error
+    output: str = "runs/benchmark_serving"  # where the reports go
 
 
 @dataclass

@@ -39,8 +39,8 @@ class TrainBenchConfig:
     # where a non-empty default would be merged into by OmegaConf)
     variants: dict[str, list[str]] = field(default_factory=dict)
     steps: int = 20  # measured steps per variant and mode
-    warmup: int = 5
-    output: str = "runs/benchmarks/train.json"
+    warmup: int = 5  # steps run before timing
+    output: str = "runs/benchmarks/train.json"  # where the results go
 
 
 def _timed(trainer: Trainer, loader, steps: int, warmup: int):

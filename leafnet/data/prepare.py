@@ -52,12 +52,12 @@ MAX_SIZE = 4096  # output side; a typo like size=100000 would otherwise allocate
 class PrepareConfig:
     source: str = "synthetic"  # synthetic | kaggle | imagefolder
     input: str | None = None  # raw data; synthetic generates into data/raw/synthetic by default
-    output: str = "data/processed/${source}"
+    output: str = "data/processed/${source}"  # the prepared directory (replaced atomically)
     size: int = 128  # output images are size x size
     resize: str = "pad"  # pad (letterbox, keeps shape) | shorter (scale + centre crop) | stretch
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
+    val_fraction: float = 0.15  # share of each class for validation
+    test_fraction: float = 0.15  # share of each class for the test split
+    seed: int = 0  # the stratified split is a function of this seed
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are rejected (decompression bombs)
     min_side: int = DEFAULT_MIN_SIDE  # smaller images are rejected
     background: list[int] = field(default_factory=lambda: [0, 0, 0])  # behind alpha and letterboxing

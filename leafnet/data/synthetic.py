@@ -30,10 +30,10 @@ _POINTS_PER_SIDE = 400
 @dataclass(frozen=True)
 class SyntheticConfig:
     per_species: int = 16  # 99 x 16 = 1,584 images, the size of the Kaggle training set
-    seed: int = 0
-    max_rotation_deg: float = 35.0
+    seed: int = 0  # the set is a pure function of this seed and the generator version
+    max_rotation_deg: float = 35.0  # leaves are rotated uniformly within +-this angle
     min_blade_px: int = 200  # blade length in pixels, before rotation
-    max_blade_px: int = 480
+    max_blade_px: int = 480  # the longest blade, in pixels
 
     def validate(self) -> None:
         if self.per_species < 1:
@@ -46,7 +46,7 @@ class SyntheticConfig:
 class GenerateConfig:
     """`scripts/generate_data.py`: the raw synthetic set alone, for pipelines that track raw data (dvc.yaml)."""
 
-    output: str = "data/raw/synthetic"
+    output: str = "data/raw/synthetic"  # where the Kaggle-layout set is written
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -43,13 +43,13 @@ class DriftConfig:
     window: int = 1000  # the last N served records (after since/until/model filters)
     min_window: int = 100  # fewer records than this: refuse to judge
     since: str | None = None  # ISO 8601, UTC unless a zone is given
-    until: str | None = None
+    until: str | None = None  # ISO 8601, as since: records after it are left out
     model: str | None = None  # TorchServe model name; default: every model in the logs
     any_version: bool = False  # default: only records of the reference's model version
     alpha: float = 0.01  # family-wise error rate over all tests of a window (Holm)
     min_effect: float = 0.1  # smallest KS D or Cramér's V that counts as drift
     fail_on_drift: bool = False  # scripts/drift_report.py exits 3 on drift (cron, CI)
-    plot: bool = True
+    plot: bool = True  # write drift.png beside drift.json
 
     def validate(self) -> None:
         if self.window < 1 or self.min_window < 1:
