@@ -312,7 +312,7 @@ def drift_lines(handler: ArchivedHandler, bodies: list[bytes]) -> tuple[list[str
     """The handler's drift lines and answers for `bodies`, in batches of the archive's size, with its
     logger at INFO as in a TorchServe worker."""
     # the logger of the archive's leafnet_serving.handler (the entry point's class only subclasses it)
-    serving_class = next(c for c in type(handler.handler).__mro__ if c.__module__.endswith("serving.handler"))
+    serving_class = next(c for c in type(handler.handler).__mro__ if c.__module__ == "leafnet_serving.handler")
     logger = logging.getLogger(serving_class.__module__)
     collected, level = Collected(), logger.level
     logger.addHandler(collected)

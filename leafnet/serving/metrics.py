@@ -15,12 +15,16 @@ METRICS = {
 }
 
 
+def dimensions(extra: str | None) -> list[str]:
+    """A handler metric's dimension names: the model, the level, and its own extra one if any."""
+    return ["ModelName", "Level", *([extra] if extra else [])]
+
+
 def declaration() -> dict:
     """The handler's metrics as metrics.yaml's `model_metrics` section declares them."""
     section: dict[str, list] = {}
     for name, (kind, unit, extra) in METRICS.items():
-        dimensions = ["ModelName", "Level", *([extra] if extra else [])]
-        section.setdefault(kind.value, []).append({"name": name, "unit": unit, "dimensions": dimensions})
+        section.setdefault(kind.value, []).append({"name": name, "unit": unit, "dimensions": dimensions(extra)})
     return section
 
 
@@ -34,8 +38,7 @@ class HandlerMetrics:
             try:
                 self.metrics[name] = cache.get_metric(name, kind)
             except MetricsCacheKeyError:
-                dimensions = ["ModelName", "Level", *([extra] if extra else [])]
-                self.metrics[name] = cache.add_metric_to_cache(name, unit, dimensions, kind)
+                self.metrics[name] = cache.add_metric_to_cache(name, unit, dimensions(extra), kind)
 
     def record(self, name: str, value: float, *extra_dimension: str) -> None:
         self.metrics[name].add_or_update(value, [self.model_name, "Model", *extra_dimension])
