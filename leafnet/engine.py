@@ -3,6 +3,8 @@
 Metrics are kept as sums on the device (loss·n, correct, n) and reduced across ranks once, so they
 are exact under DDP and cost no host sync per step. `train_one_epoch` checks the loss for NaN/inf
 every `check_every` steps and at the end, and raises `NonFiniteLossError` before the caller saves.
+An epoch can stop early at an optimizer-step boundary (`should_stop`, e.g. on SIGTERM) and be resumed
+later from the `EpochProgress` it returns; the resumed epoch's metrics are the whole epoch's.
 """
 
 from __future__ import annotations
@@ -50,13 +52,23 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list
 
 
 @dataclass
+class EpochProgress:
+    """How far an epoch got: micro-batches done (always an optimizer-step boundary) and the metric sums
+    over them, (loss·n, correct, n) summed over all ranks."""
+
+    batches: int = 0
+    sums: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass
 class EpochResult:
-    loss: float
+    loss: float  # loss and top1 cover the whole epoch, the part done before a resume included
     top1: float
-    images: int
+    images: int  # images, seconds and data_seconds cover this call only, for throughput
     seconds: float
     data_seconds: float
-    steps: int
+    steps: int  # micro-batches of the epoch done so far
+    stopped: EpochProgress | None = None  # set when `should_stop` ended the epoch early
 
     @property
     def images_per_s(self) -> float:
@@ -80,15 +92,30 @@ def train_one_epoch(
     ema: nn.Module | None = None,
     max_steps: int = 0,
     on_step: Callable[[int], None] | None = None,
+    resume: EpochProgress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EpochResult:
-    """Trains over `loader` once (or `max_steps` micro-batches) and returns exact global metrics."""
+    """Trains over `loader` once (or `max_steps` micro-batches) and returns exact global metrics.
+
+    `resume`: the epoch already got this far; `loader` yields only the batches after it. Pass its sums
+    on one rank only (they are global). `should_stop` is asked before each optimizer step's first
+    micro-batch; True ends the epoch there, with the sums reduced over ranks into `stopped`. Under DDP
+    it must answer the same on every rank, or the ranks' collectives no longer pair up.
+    """
     model.train()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n
-    data_seconds, steps = 0.0, 0
+    resume = resume or EpochProgress()
+    sums = torch.tensor(resume.sums, dtype=torch.float64, device=device)  # loss·n, correct, n
+    data_seconds, steps, stopped = 0.0, resume.batches, False
     start = tick = time.perf_counter()
-    total = min(len(loader), max_steps) if max_steps else len(loader)
+    total = resume.batches + len(loader)
+    total = min(total, max_steps) if max_steps else total
     batches = iter(loader)
     while steps < total:
+        # steps % accumulate == 0 exactly after an optimizer step (and at the start): no half-accumulated
+        # gradients are lost, and the resume point is a boundary of the same accumulation groups.
+        if should_stop is not None and steps % step.accumulate == 0 and should_stop():
+            stopped = True
+            break
         with record_function("data"):
             images, targets = next(batches)
         images = images.to(device, non_blocking=True).contiguous(memory_format=step.memory_format)
@@ -121,12 +148,17 @@ def train_one_epoch(
         if on_step is not None:
             on_step(steps)
         tick = time.perf_counter()
-    all_reduce_sum(sums)
-    if not torch.isfinite(sums[0]):
+    # The images carried in by `resume` ride along in the same reduction (one rank holds them), so
+    # throughput counts this call's images only.
+    totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([resume.sums[2]])]))
+    if not torch.isfinite(totals[0]):
         raise NonFiniteLossError(epoch, steps)
-    loss_sum, correct, count = sums.tolist()
+    loss_sum, correct, count, carried = totals.tolist()
+    images = int(count - carried)
+    seconds = time.perf_counter() - start
+    progress = EpochProgress(steps, (loss_sum, correct, count)) if stopped else None
     return EpochResult(
-        loss_sum / max(count, 1), correct / max(count, 1), int(count), time.perf_counter() - start, data_seconds, steps
+        loss_sum / max(count, 1), correct / max(count, 1), images, seconds, data_seconds, steps, progress
     )
 
 

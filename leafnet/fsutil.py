@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -51,18 +52,48 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes a file through a temp file and a rename, so readers never see a partial file."""
+    """Writes a file through a temp file and a rename, so readers never see a partial file.
+
+    Durable too: the bytes are fsynced before the rename and the directory after it. Without the first,
+    a power cut can leave the new name pointing at an empty file (the rename reached the disk before the
+    data); without the second, the rename itself can be lost and the old file come back.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            _fsync(f.fileno(), tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: str | Path) -> None:
+    """Makes the entries of `directory` (a rename into it) durable. A no-op where directories cannot be
+    opened (Windows) or fsynced (some network filesystems answer EINVAL): there is nothing more to do."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _fsync(fd, directory, tolerate=(errno.EINVAL, errno.ENOTSUP))
+    finally:
+        os.close(fd)
+
+
+def _fsync(fd: int, name: str | Path, tolerate: tuple[int, ...] = ()) -> None:
+    """os.fsync, whose OSError names no file otherwise (the CLI prints the file with the reason)."""
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno in tolerate:
+            return
+        raise OSError(error.errno, f"cannot flush to disk: {error.strerror}", str(name)) from None
 
 
 def write_json(path: str | Path, data) -> None:

@@ -3,6 +3,10 @@
 Setup (devices, data, model, optimizer, resume) happens here; the step logic is in `engine`.
 Every rank computes; rank 0 alone writes the run directory: `config.yaml`, `metrics.csv`,
 `checkpoints/{last,best}.pt`, `tb/` and, when profiling, `profile/`.
+
+SIGTERM (a Spot VM's preemption, `docker stop`, Kubernetes, Slurm) stops the run at the next
+optimizer-step boundary: `last.pt` gets the epoch's position and the process exits with 143.
+`train.resume=auto` continues from that batch and ends as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -29,7 +37,7 @@ from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, build_loader
 from leafnet.data.prepared import PreparedData
 from leafnet.data.transforms import PreprocessSpec, eval_transform, train_transform
-from leafnet.engine import AMP_DTYPES, NonFiniteLossError, StepConfig, evaluate, train_one_epoch
+from leafnet.engine import AMP_DTYPES, EpochProgress, NonFiniteLossError, StepConfig, evaluate, train_one_epoch
 from leafnet.errors import LeafnetError
 from leafnet.models import create_model
 from leafnet.profiling import StepProfiler
@@ -38,6 +46,61 @@ from leafnet.tracking import Tracker, confusion_figure, denormalised_grid, save_
 from leafnet.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: the status a supervisor expects of a process ended by SIGTERM
+# Under DDP the ranks agree on stopping through an all_reduce, and reading its answer is a host sync,
+# which keeps the CPU from queueing the next step ahead of the GPU: pay it every few steps, not each.
+# One process reads its own flag at every step boundary, for free.
+DDP_STOP_POLL_STEPS = 5
+
+
+class TrainingStopped(SystemExit):
+    """Raised once the checkpoint SIGTERM asked for is written. As a SystemExit, a script ends with
+    status 143 and no traceback; an in-process caller can still catch it."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_SIGTERM)
+
+
+class SigtermStop:
+    """Turns SIGTERM into a request that training honours at its next optimizer-step boundary.
+
+    The handler only sets a flag: it runs between any two bytecodes, and a checkpoint saved there could
+    catch the optimizer half-way through a step. Python lets only the main thread install handlers, so
+    in another thread (a notebook's worker) SIGTERM keeps its usual effect. On exit the previous
+    handler is put back.
+    """
+
+    def __init__(self, world_size: int = 1, device: torch.device | None = None) -> None:
+        self.requested = False
+        self.world_size, self.device = world_size, device or torch.device("cpu")
+        self._polls, self._installed, self._previous = 0, False, None
+
+    def __enter__(self) -> SigtermStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            # None: the previous handler was not set from Python; the default is what it did.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def should_stop(self) -> bool:
+        """Whether to stop at this boundary. Under DDP every rank answers the same (the flag summed over
+        ranks), so one rank's SIGTERM stops all of them at the same step and none waits in a collective
+        the others never join. Every rank polls the same number of times, so the cadence lines up."""
+        if self.world_size == 1:
+            return self.requested
+        self._polls += 1
+        if (self._polls - 1) % DDP_STOP_POLL_STEPS:
+            return False
+        flag = torch.tensor([int(self.requested)], dtype=torch.int32, device=self.device)
+        return bool(distributed.all_reduce_sum(flag).item())
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
@@ -94,7 +157,9 @@ def main(cfg: TrainConfig) -> dict:
     torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // local_procs))
     distributed.init(info, device, cfg.distributed.backend, cfg.distributed.timeout_s)
     try:
-        return Trainer(cfg, info, device).fit()
+        # Installed before the setup, so a SIGTERM during it stops the run at its first step boundary.
+        with SigtermStop(info.world_size, device) as stop:
+            return Trainer(cfg, info, device).fit(stop)
     finally:
         distributed.teardown()
 
@@ -137,6 +202,7 @@ class Trainer:
         batches = len(self.train_loader)
         if cfg.train.max_steps_per_epoch:
             batches = min(batches, cfg.train.max_steps_per_epoch)
+        self.epoch_batches = batches
         steps_per_epoch = math.ceil(batches / cfg.optim.accumulate)
         total = steps_per_epoch * cfg.schedule.epochs
         warmup = min(total, round(steps_per_epoch * cfg.schedule.warmup_epochs))
@@ -150,6 +216,8 @@ class Trainer:
             self.amp_dtype, cfg.optim.clip_grad_norm, cfg.optim.accumulate, self.memory_format
         )
         self.start_epoch, self.best_top1 = 0, -1.0
+        self.last_metrics: dict = {}  # the last finished epoch's row, kept in a mid-epoch checkpoint
+        self.resume_progress: EpochProgress | None = None  # how far the first epoch got before a SIGTERM
         self.resumed_from = resolve_resume(cfg, self.run_dir)
         if self.resumed_from:
             self._resume(self.resumed_from)
@@ -173,6 +241,27 @@ class Trainer:
             self.scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_state(checkpoint["rng"])
         self.start_epoch, self.best_top1 = checkpoint["epoch"] + 1, checkpoint["best_top1"]
+        self.last_metrics = checkpoint["metrics"]
+        if checkpoint.get("interrupted"):
+            self.resume_progress = self._interrupted_progress(path, checkpoint["interrupted"])
+
+    def _batch_geometry(self) -> dict[str, int]:
+        """What fixes which samples a batch index covers, and where optimizer steps fall."""
+        return {
+            "batch_size": self.cfg.data.batch_size,
+            "world_size": self.info.world_size,
+            "accumulate": self.cfg.optim.accumulate,
+        }
+
+    def _interrupted_progress(self, path: Path, interrupted: dict) -> EpochProgress:
+        if interrupted["geometry"] != self._batch_geometry():
+            raise LeafnetError(
+                f"cannot resume from {path}: it stopped mid-epoch with {interrupted['geometry']}, this run has "
+                f"{self._batch_geometry()}; use the same data.batch_size, optim.accumulate and number of processes"
+            )
+        # The saved sums are global: one rank carries them, or the epoch's reduction would count them twice.
+        sums = tuple(interrupted["sums"]) if self.info.is_main else (0.0, 0.0, 0.0)
+        return EpochProgress(interrupted["batches"], sums)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -195,6 +284,7 @@ class Trainer:
             "metrics": metrics,
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
             "rng": rng_state(),
+            "interrupted": None,  # where SIGTERM stopped an epoch, in a mid-epoch checkpoint
         }
 
     def _log(self, message: str) -> None:
@@ -210,12 +300,14 @@ class Trainer:
                 "train/augmented_samples", denormalised_grid(torch.stack(samples), self.spec.mean, self.spec.std)
             )
 
-    def fit(self) -> dict:
+    def fit(self, stop: SigtermStop | None = None) -> dict:
         cfg, main = self.cfg, self.info.is_main
         tracker = Tracker(self.run_dir if main else None, cfg.logging.tensorboard, append=self.resumed_from is not None)
         if main:
             self._write_run_header(tracker)
         start = "resuming from " + str(self.resumed_from) if self.resumed_from else "training"
+        if self.resume_progress is not None:
+            start += f" (epoch {self.start_epoch + 1}, after batch {self.resume_progress.batches})"
         self._log(
             f"{start}: {cfg.model.name}, {len(self.classes)} classes, {len(self.train_set)} train / "
             f"{len(self.val_set)} val images at {self.spec.input_size}px, {self.info.world_size} process(es) "
@@ -223,8 +315,13 @@ class Trainer:
         )
         val, started = None, time.perf_counter()
         for epoch in range(self.start_epoch, cfg.schedule.epochs):
-            self.train_loader.sampler.set_epoch(epoch)
-            train, profiler = self._train_epoch(epoch)
+            resume, self.resume_progress = self.resume_progress, None
+            # The epoch's full order, minus what this rank already trained on: skipped as indices, unread.
+            skip = resume.batches * self.train_loader.batch_size if resume else 0
+            self.train_loader.sampler.set_epoch(epoch, skip)
+            train, profiler = self._train_epoch(epoch, resume, stop.should_stop if stop else None)
+            if train.stopped is not None:
+                self._stop_mid_epoch(epoch, train.stopped, tracker)
             last_epoch = epoch == cfg.schedule.epochs - 1
             metrics = {
                 "epoch": epoch,
@@ -243,6 +340,7 @@ class Trainer:
             improved = "val_top1" in metrics and metrics["val_top1"] > self.best_top1
             if improved:
                 self.best_top1 = metrics["val_top1"]
+            self.last_metrics = metrics
             if main:
                 tracker.log_epoch(metrics)
                 self._save(epoch, metrics, improved)
@@ -278,15 +376,18 @@ class Trainer:
             tracker.close()
         return summary
 
-    def _train_epoch(self, epoch: int):
+    def _train_epoch(
+        self, epoch: int, resume: EpochProgress | None = None, should_stop: Callable[[], bool] | None = None
+    ):
         cfg = self.cfg
         profile = cfg.profile.enabled and epoch == cfg.profile.epoch and self.info.is_main
         profiler = StepProfiler(self.run_dir / "profile", cfg.profile) if profile else None
-        steps = len(self.train_loader)
-        if cfg.train.max_steps_per_epoch:
-            steps = min(steps, cfg.train.max_steps_per_epoch)
         bar = progress_bar(
-            total=steps, desc=f"epoch {epoch}", unit="batch", disable=None if self.info.is_main else True
+            total=self.epoch_batches,
+            initial=resume.batches if resume else 0,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            disable=None if self.info.is_main else True,
         )
 
         def on_step(step: int) -> None:
@@ -309,6 +410,8 @@ class Trainer:
                     self.ema,
                     cfg.train.max_steps_per_epoch,
                     on_step,
+                    resume=resume,
+                    should_stop=should_stop,
                 )
         except NonFiniteLossError as error:
             last = self.run_dir / "checkpoints" / "last.pt"
@@ -319,6 +422,29 @@ class Trainer:
         finally:
             bar.close()
         return result, profiler
+
+    def _stop_mid_epoch(self, epoch: int, progress: EpochProgress, tracker: Tracker) -> NoReturn:
+        """Writes where SIGTERM stopped the epoch into last.pt (whatever checkpoint.save_last says: it
+        is what resume=auto reads), then ends the run with status 143."""
+        last = self.run_dir / "checkpoints" / "last.pt"
+        if self.info.is_main:
+            payload = self._payload(epoch - 1, self.last_metrics)  # "epoch" stays the last finished one
+            payload["interrupted"] = {
+                "epoch": epoch,
+                "batches": progress.batches,
+                "sums": list(progress.sums),
+                "geometry": self._batch_geometry(),
+            }
+            save_checkpoint(last, payload)
+            tracker.close()
+        # Every rank waits for rank 0's file: a launcher that sees one rank exit (torchrun) kills the rest.
+        # .item(): an NCCL all_reduce returns before it completes; reading the result waits for it.
+        distributed.all_reduce_sum(torch.zeros(1, device=self.device)).item()
+        self._log(
+            f"SIGTERM: stopped in epoch {epoch + 1}/{self.cfg.schedule.epochs} after batch {progress.batches}/"
+            f"{self.epoch_batches}, saved {last}; continue with train.resume=auto (same batch size and processes)"
+        )
+        raise TrainingStopped()
 
     def _save(self, epoch: int, metrics: dict, improved: bool) -> None:
         checkpoints = self.run_dir / "checkpoints"

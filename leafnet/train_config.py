@@ -96,7 +96,7 @@ class ProfileSection:
 
 @dataclass
 class CheckpointSection:
-    save_last: bool = True  # <run>/checkpoints/last.pt every epoch (resume reads it)
+    save_last: bool = True  # <run>/checkpoints/last.pt every epoch (resume reads it); SIGTERM writes it anyway
     save_best: bool = True  # <run>/checkpoints/best.pt, the epoch with the highest val top-1
 
 

@@ -116,3 +116,29 @@ def test_warmup_then_cosine():
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert factor(100) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_an_epoch_stopped_at_a_step_boundary_resumes_to_the_uninterrupted_result(accumulate):
+    cpu, criterion = torch.device("cpu"), nn.CrossEntropyLoss()
+    model, optimizer, scheduler, loader, step = _setup(7, accumulate)
+    whole = train_one_epoch(model, criterion, optimizer, scheduler, loader, cpu, step)
+
+    model2, optimizer2, scheduler2, loader, step = _setup(7, accumulate)
+    asked = []
+
+    def stop_after_three_asks() -> bool:
+        asked.append(len(asked))
+        return len(asked) > 3
+
+    first = train_one_epoch(
+        model2, criterion, optimizer2, scheduler2, loader, cpu, step, should_stop=stop_after_three_asks
+    )
+    done = first.stopped.batches
+    assert done == 3 * accumulate and first.steps == done  # asked only on boundaries, stopped on the 4th
+    assert scheduler2.last_epoch == 3 and all(p.grad is None for p in model2.parameters())
+    rest = train_one_epoch(model2, criterion, optimizer2, scheduler2, loader[done:], cpu, step, resume=first.stopped)
+    assert rest.stopped is None and rest.steps == 7 and rest.images == 5 * (7 - done)
+    assert (rest.loss, rest.top1) == (whole.loss, whole.top1)  # the whole epoch's metrics, bit for bit
+    assert scheduler2.last_epoch == scheduler.last_epoch
+    assert torch.equal(model2.weight, model.weight) and torch.equal(model2.bias, model.bias)

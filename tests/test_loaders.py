@@ -90,3 +90,24 @@ def test_seeded_samples_ignore_numpy_global_state_even_with_randaugment(prepared
     np.random.seed(7)
     dataset[(0, 99)]
     assert np.random.random() == before  # the caller's numpy stream is restored
+
+
+def test_a_resumed_epoch_skips_consumed_samples_without_reading_them(prepared_synthetic, monkeypatch):
+    dataset = ManifestDataset(
+        prepared_synthetic, "train", eval_transform(PreprocessSpec.from_prepared(prepared_synthetic))
+    )
+    loader = build_loader(dataset, LoaderConfig(batch_size=8, workers=0), train=True, rank=1, world_size=2)
+    loader.sampler.set_epoch(3)
+    whole = list(loader.sampler)
+    loader.sampler.set_epoch(3, start=16)  # two batches of this rank's shard done
+    assert list(loader.sampler) == whole[16:]  # the same order and augmentation seeds, minus the head
+    assert len(loader) == len(whole) // 8 - 2
+    read = []
+    original = ManifestDataset.__getitem__
+    monkeypatch.setattr(ManifestDataset, "__getitem__", lambda self, key: read.append(key) or original(self, key))
+    assert sum(len(targets) for _, targets in loader) == len(whole) - 16 - len(whole) % 8 * loader.drop_last
+    assert read[0] == whole[16]  # nothing before it was opened
+    loader.sampler.set_epoch(4)
+    assert len(list(loader.sampler)) == len(whole)  # the skip was for that epoch only
+    with pytest.raises(ValueError, match="cannot start epoch 4 at sample"):
+        loader.sampler.set_epoch(4, start=len(whole) + 1)

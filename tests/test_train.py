@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,7 +21,7 @@ from leafnet.checkpoint import load_checkpoint
 from leafnet.errors import LeafnetError
 from leafnet.evaluation import EvalConfig, evaluate_checkpoint
 from leafnet.train import main as train
-from tests.conftest import REPO, SPECIES_USED, offline_top1, tiny_config
+from tests.conftest import REPO, SPECIES_USED, free_port, offline_top1, tiny_config
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -66,6 +67,129 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(tiny_leaves, tm
     last_a = load_checkpoint(tmp_path / "a/run/checkpoints/last.pt")["model"]
     last_b = load_checkpoint(tmp_path / "b/run/checkpoints/last.pt")["model"]
     assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+
+
+# Runs scripts/train.py as __main__ in a fresh process whose Nth optimizer step sends SIGTERM to the
+# process itself: a real signal through the real handler, at a known step (an outside kill would land
+# at whatever step the machine's load allows).
+SIGTERM_AT_STEP = """
+import os, runpy, signal, sys
+import leafnet.engine
+
+after, steps = int(os.environ["SIGTERM_AFTER_STEPS"]), 0
+optimizer_step = leafnet.engine._optimizer_step
+
+def step_then_sigterm(*args):
+    global steps
+    optimizer_step(*args)
+    steps += 1
+    if steps == after:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+leafnet.engine._optimizer_step = step_then_sigterm
+runpy.run_path(os.path.join("scripts", "train.py"), run_name="__main__")
+"""
+
+
+def train_until_sigterm(cfg, after_steps: int, env: dict | None = None) -> subprocess.Popen:
+    """Starts the run of `cfg` in a new process that gets SIGTERM after `after_steps` optimizer steps."""
+    config = Path(cfg.train.output_dir) / "config-under-test.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), config)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SIGTERM_AFTER_STEPS": str(after_steps), **(env or {})}
+    command = [sys.executable, "-c", SIGTERM_AT_STEP, "--config", str(config)]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_sigterm_saves_mid_epoch_and_resume_ends_like_an_uninterrupted_run(tiny_leaves, tmp_path):
+    common = ("schedule.epochs=3", "data.workers=2")  # 3 batches per epoch; workers must not break exactness
+    train(tiny_config(tiny_leaves, tmp_path / "a", *common))
+    process = train_until_sigterm(tiny_config(tiny_leaves, tmp_path / "b", *common), after_steps=4)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-3000:]
+    last = tmp_path / "b/run/checkpoints/last.pt"
+    assert f"SIGTERM: stopped in epoch 2/3 after batch 1/3, saved {last}; continue with train.resume=auto" in out
+    stopped = load_checkpoint(last)
+    assert stopped["epoch"] == 0 and stopped["interrupted"]["epoch"] == 1 and stopped["interrupted"]["batches"] == 1
+    assert len(metrics(tmp_path / "b/run")) == 1  # the unfinished epoch is not logged
+
+    with pytest.raises(LeafnetError, match=r"stopped mid-epoch with \{'batch_size': 8, .*use the same data.batch_size"):
+        train(tiny_config(tiny_leaves, tmp_path / "b", *common, "data.batch_size=4", "train.resume=auto"))
+    handler = signal.getsignal(signal.SIGTERM)
+    train(tiny_config(tiny_leaves, tmp_path / "b", *common, "train.resume=auto"))
+    assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
+    a, b = metrics(tmp_path / "a/run"), metrics(tmp_path / "b/run")
+    assert [r["epoch"] for r in b] == ["0", "1", "2"]
+    for column in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
+        assert [r[column] for r in a] == [r[column] for r in b], column
+    last_a = load_checkpoint(tmp_path / "a/run/checkpoints/last.pt")
+    last_b = load_checkpoint(last)
+    assert last_b["interrupted"] is None
+    for key in ("model", "optimizer", "scheduler"):
+        assert_equal_states(last_a[key], last_b[key], key)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(tiny_leaves, tmp_path):
+    """Only rank 1 is signalled: rank 0 must stop at the same step (or it would wait in the next gradient
+    all-reduce until the timeout), both exit 143, and resume=auto on two processes finishes the run."""
+    args = ("data.batch_size=4", "schedule.epochs=3", "logging.tensorboard=false", "distributed.timeout_s=60")
+    cfg = tiny_config(tiny_leaves, tmp_path, *args)
+    port = str(free_port())
+
+    def ranks(after_steps: dict[int, int]) -> list[subprocess.Popen]:
+        env = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        env["OMP_NUM_THREADS"] = "1"
+        return [
+            train_until_sigterm(cfg, after_steps[rank], {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+            for rank in (0, 1)
+        ]
+
+    stopped = finish(ranks({0: 0, 1: 1}))  # 0 = never
+    assert [code for _, _, code in stopped] == [143, 143], stopped[0][1][-2000:] + stopped[1][1][-2000:]
+    last = tmp_path / "run/checkpoints/last.pt"
+    assert "SIGTERM: stopped in epoch" in stopped[0][0]
+    interrupted = load_checkpoint(last)["interrupted"]
+    assert interrupted["geometry"] == {"batch_size": 4, "world_size": 2, "accumulate": 1}
+    position = (interrupted["epoch"], interrupted["batches"])
+    assert (0, 1) <= position < (2, 3)  # the step rank 1 was signalled after, or a later one (DDP polls sparsely)
+    assert interrupted["sums"][2] == 2 * 4 * interrupted["batches"]  # both ranks' images, exactly
+
+    cfg = tiny_config(tiny_leaves, tmp_path, *args, "train.resume=auto")
+    resumed = finish(ranks({0: 0, 1: 0}))
+    assert [code for _, _, code in resumed] == [0, 0], resumed[0][1][-2000:] + resumed[1][1][-2000:]
+    assert f"after batch {interrupted['batches']})" in resumed[0][0]
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == ["0", "1", "2"]
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 180) -> list[tuple[str, str, int]]:
+    """(stdout, stderr, exit status) of each process; none is left running if one of them hangs."""
+    try:
+        return [(*process.communicate(timeout=timeout), process.returncode) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def assert_equal_states(a, b, where: str) -> None:
+    """Nested state dicts equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_equal_states(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_equal_states(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
 
 
 @pytest.mark.slow

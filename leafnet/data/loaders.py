@@ -4,13 +4,15 @@ Training shards with DistributedSampler (also for one process, so `set_epoch` al
 the same way) and tags every index with a seed drawn from (seed, epoch, index): the dataset seeds its
 augmentations from that tag, so a batch's pixels depend on neither the worker that made it, nor the
 number of workers, nor whether the run was resumed; persistent workers would otherwise carry their
-random state from epoch to epoch. Evaluation shards with `EvalShardSampler`, which pads nothing, so
-every sample is counted exactly once when metrics are summed across ranks. Memory is pinned only
-when batches go to CUDA.
+random state from epoch to epoch. An epoch resumed mid-way skips its consumed samples in the sampler,
+so they are never decoded. Evaluation shards with `EvalShardSampler`, which pads nothing, so every
+sample is counted exactly once when metrics are summed across ranks. Memory is pinned only when
+batches go to CUDA.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,18 +40,24 @@ class SeededSampler(Sampler[tuple[int, int]]):
     """Wraps a sampler to yield (index, seed) pairs; `ManifestDataset` seeds its transform with it."""
 
     def __init__(self, sampler: DistributedSampler, seed: int) -> None:
-        self.sampler, self.seed, self.epoch = sampler, seed, 0
+        self.sampler, self.seed, self.epoch, self.start = sampler, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Selects the epoch's order; `start` skips that many of this rank's first samples, for an epoch
+        resumed mid-way. The skip drops indices, so the skipped images are never read nor decoded."""
+        if start < 0 or start > len(self.sampler):
+            raise ValueError(f"cannot start epoch {epoch} at sample {start} of {len(self.sampler)}")
+        self.epoch, self.start = epoch, start
         self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self.sampler:
+        # The order (DistributedSampler's, from seed + epoch) and the seeds (from seed, epoch, index)
+        # are those of the whole epoch, so the remaining samples are exactly an uninterrupted run's.
+        for index in itertools.islice(self.sampler, self.start, None):
             yield index, sample_seed(self.seed, self.epoch, index)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.sampler) - self.start
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
