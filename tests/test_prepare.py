@@ -1,3 +1,4 @@
+import builtins
 import csv
 import hashlib
 import io
@@ -262,7 +263,9 @@ def test_colliding_names_unusual_entries_and_bad_names_are_all_accounted_for(tmp
         assert hashlib.sha256((out / row["path"]).read_bytes()).hexdigest() == row["sha256"]
     reasons = {row["file"]: row["reason"] for row in _rows(out / "rejected.csv")}
     assert reasons["b/link"] == "dangling symlink" and reasons["b/pipe"] == "not a regular file"
-    assert reasons["b/folderlink/"] == "symlinked folder (not followed)"
+    assert reasons["b/folderlink/"] == (
+        f"symlinked folder resolves outside the input tree (to {tmp_path / 'elsewhere'}); not followed"
+    )
     assert reasons["b/caf\\udce9.png"] == "file name is not valid UTF-8"
     assert (out.stat().st_mode & 0o055) == 0o055  # as readable as a folder made with mkdir
 
@@ -299,3 +302,110 @@ def test_a_damaged_stats_file_is_rebuilt_on_the_next_run(tmp_path):
     (tmp_path / "out" / "stats.json").write_text("{ truncated")
     assert prepare(config, **QUIET) == stats
     assert json.loads((tmp_path / "out" / "stats.json").read_text()) == stats
+
+
+def _two_classes(root: Path, seed: int = 3000) -> Path:
+    """Classes a and b, six distinct images each: enough to split, so one more rejection never fails a run."""
+    return _imagefolder(
+        root, {f"{c}/{i}.png": _noise_png(seed + 10 * k + i) for k, c in enumerate("ab") for i in range(6)}
+    )
+
+
+def _imagefolder_config(src: Path, out: Path, **overrides) -> PrepareConfig:
+    return PrepareConfig(source="imagefolder", input=str(src), output=str(out), size=16, workers=1, **overrides)
+
+
+def test_symlinks_leading_out_of_the_tree_are_rejected_and_links_within_it_are_used(tmp_path):
+    src = _two_classes(tmp_path / "src")
+    outside = _imagefolder(tmp_path / "outside", {"secret.png": _noise_png(1)})
+    _imagefolder(src, {".kept/inner.png": _noise_png(2)})  # a hidden folder: reachable only through the link
+    (src / "a" / "inner_link.png").symlink_to(src / ".kept" / "inner.png")
+    (src / "a" / "escape.png").symlink_to(outside / "secret.png")
+    (src / "b" / "escape_dir").symlink_to(outside)
+    (src / "b" / "loop").symlink_to(src)  # would never end if the walk followed folder links
+    out = tmp_path / "out"
+    stats = prepare(_imagefolder_config(src, out), **QUIET)
+    reasons = {row["file"]: row["reason"] for row in _rows(out / "rejected.csv")}
+    assert reasons["a/escape.png"] == f"symlink resolves outside the input tree (to {outside / 'secret.png'})"
+    assert reasons["b/escape_dir/"] == f"symlinked folder resolves outside the input tree (to {outside}); not followed"
+    assert reasons["b/loop/"] == "symlinked folder (not followed)"
+    used = {row["source"] for row in _rows(out / "manifest.csv")}
+    assert "a/inner_link.png" in used and not any("secret" in s or s.startswith("b/escape_dir") for s in used)
+    assert stats["totals"]["rejected"] == len(reasons) == 4  # and the hidden folder
+
+
+def test_a_file_over_max_file_mb_is_rejected_before_it_is_opened(tmp_path, monkeypatch):
+    src = _imagefolder(
+        tmp_path / "src", {f"{c}/{i}.png": _png((k, i, 7)) for k, c in enumerate("ab") for i in range(6)}
+    )
+    big = src / "a" / "big.png"
+    big.write_bytes(_noise_png(5))  # ~5 kB of noise; the solid squares are a few hundred bytes
+    opened = _count_opens(monkeypatch)
+    out = tmp_path / "out"
+    stats = prepare(_imagefolder_config(src, out, max_file_mb=0.002), **QUIET)
+    reasons = {row["file"]: row["reason"] for row in _rows(out / "rejected.csv")}
+    assert reasons == {"a/big.png": f"too large: {big.stat().st_size} bytes, over max_file_mb=0.002 (2000 bytes)"}
+    assert opened.get(big.resolve(), 0) == 0 and stats["totals"]["rejected"] == 1
+    with pytest.raises(LeafnetError, match="max_file_mb must be a positive number"):
+        prepare(_imagefolder_config(src, out, max_file_mb=0), **QUIET)
+
+
+def test_any_exception_while_decoding_one_file_becomes_its_rejected_row(tmp_path, monkeypatch):
+    import leafnet.data.prepare as prepare_module
+
+    src = _two_classes(tmp_path / "src")
+    cursed = (src / "b" / "3.png").read_bytes()
+    real_decode = prepare_module.decode_image
+
+    def decode(data, *args, **kwargs):
+        if data == cursed:
+            raise RuntimeError("codec exploded\n  at frame 2")
+        return real_decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "decode_image", decode)
+    out = tmp_path / "out"
+    logs: list[str] = []
+    stats = prepare(_imagefolder_config(src, out), log=logs.append)
+    assert _rows(out / "rejected.csv") == [
+        {"file": "b/3.png", "reason": "decoder error: RuntimeError: codec exploded at frame 2"}
+    ]
+    assert stats["totals"]["rejected"] == 1 and logs[-1].endswith(", 1 rejected")
+    assert "rejected b/3.png: decoder error: RuntimeError: codec exploded at frame 2" in logs
+
+    def out_of_memory(data, *args, **kwargs):
+        raise MemoryError  # the machine's trouble, not the file's: the run must stop
+
+    monkeypatch.setattr(prepare_module, "decode_image", out_of_memory)
+    with pytest.raises(MemoryError):
+        prepare(_imagefolder_config(src, tmp_path / "out2"), **QUIET)
+
+
+def _count_opens(monkeypatch) -> dict[Path, int]:
+    """Counts open() calls per resolved path, through builtins.open and io.open (which pathlib uses)."""
+    opened: dict[Path, int] = {}
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)):
+            key = Path(file).resolve()
+            opened[key] = opened.get(key, 0) + 1
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)
+    return opened
+
+
+def test_each_input_file_is_read_once_and_a_rerun_still_sees_changed_content(tmp_path, monkeypatch):
+    src = _two_classes(tmp_path / "src")
+    opened = _count_opens(monkeypatch)
+    out = tmp_path / "out"
+    prepare(_imagefolder_config(src, out), **QUIET)
+    inputs = sorted(p.resolve() for p in src.rglob("*.png"))
+    assert {p: opened.get(p, 0) for p in inputs} == dict.fromkeys(inputs, 1)
+    logs: list[str] = []
+    prepare(_imagefolder_config(src, out), log=logs.append)
+    assert logs[-1].startswith("up to date")
+    (src / "a" / "0.png").write_bytes(_noise_png(4000))  # new content under the same name rebuilds
+    prepare(_imagefolder_config(src, out), log=logs.append)
+    assert logs[-1].startswith("prepare: wrote")

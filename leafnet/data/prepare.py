@@ -5,7 +5,11 @@ Writes, under `output`: `{train,val,test}/<class>/<name>.png`, `manifest.csv`
 indices torchvision's ImageFolder gives), `stats.json` (train mean/std, counts per class and split),
 `rejected.csv` (file,reason for every file not used) and `prepare.json` (what the output was made
 from). The whole tree is replaced atomically, and a run whose inputs and parameters match
-`prepare.json` does nothing.
+`prepare.json` writes nothing.
+
+Each input file is read once, at most `max_file_mb` of it: the bytes that are hashed for the
+fingerprint and the duplicate check are the bytes decoded. Whatever goes wrong with one file (too big,
+unreadable, not an image, a decoder exception) becomes its row in `rejected.csv`; the run goes on.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -46,6 +52,8 @@ SOURCES = ("synthetic", "kaggle", "imagefolder")
 RESIZE_MODES = ("pad", "shorter", "stretch")
 MAX_REJECTIONS_SHOWN = 20
 MAX_SIZE = 4096  # output side; a typo like size=100000 would otherwise allocate 30 GB per image
+MB = 1_000_000  # max_file_mb counts decimal megabytes, as file managers show sizes
+MAX_REASON_CHARS = 300  # an exception message can quote a whole buffer; rejected.csv keeps one short line
 
 
 @dataclass
@@ -59,6 +67,7 @@ class PrepareConfig:
     test_fraction: float = 0.15  # share of each class for the test split
     seed: int = 0  # the stratified split is a function of this seed
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are rejected (decompression bombs)
+    max_file_mb: float = 50.0  # larger files are rejected without being read (MB of 10^6 bytes)
     min_side: int = DEFAULT_MIN_SIDE  # smaller images are rejected
     background: list[int] = field(default_factory=lambda: [0, 0, 0])  # behind alpha and letterboxing
     small_classes: str = "fail"  # fail | drop: what to do with a class too small to split
@@ -78,6 +87,8 @@ class PrepareConfig:
             0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
         ):
             raise LeafnetError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        if not (math.isfinite(self.max_file_mb) and self.max_file_mb > 0):
+            raise LeafnetError(f"max_file_mb must be a positive number, got {self.max_file_mb}")
         if self.seed < 0 or self.workers < 0:
             raise LeafnetError("seed and workers must not be negative")
         if self.small_classes not in ("fail", "drop"):
@@ -100,19 +111,31 @@ class _Decoded:
     channel_sqsum: tuple[float, ...] = ()
 
 
-def _decode_one(job: tuple[Path | None, PrepareConfig]) -> _Decoded:
-    """Worker: read, validate, convert and resize one file (runs in a subprocess)."""
-    path, config = job
+class _Refused(Exception):  # noqa: N818 (a reason, not a failure of the run)
+    """A file refused before decoding; the message is its reason for rejected.csv."""
+
+
+def _read_capped(path: Path, config: PrepareConfig) -> bytes:
+    """The file's bytes, refused by size before it is opened. The read stops one byte past the cap, so
+    a file that grows after the stat still cannot be read whole into memory."""
+    limit = int(config.max_file_mb * MB)
     try:
-        data = path.read_bytes()
+        size = os.stat(path).st_size
+        if size > limit:
+            raise _Refused(f"too large: {size} bytes, over max_file_mb={config.max_file_mb} ({limit} bytes)")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except OSError as error:
-        return _Decoded(None, None, f"unreadable: {error.strerror or error}")
-    source_sha = hashlib.sha256(data).hexdigest()
+        raise _Refused(f"unreadable: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise _Refused(f"too large: grew past max_file_mb={config.max_file_mb} ({limit} bytes) while being read")
+    return data
+
+
+def _convert(data: bytes, source_sha: str, config: PrepareConfig) -> _Decoded:
+    """Validates, converts and resizes one file's bytes (decoded from memory: the file is not reopened)."""
     background = tuple(config.background)
-    try:
-        image = decode_image(data, config.max_pixels, config.min_side, background)
-    except RejectedImage as error:
-        return _Decoded(None, source_sha, str(error))
+    image = decode_image(data, config.max_pixels, config.min_side, background)
     image = fit_square(image, config.size, config.resize, background)
     pixels = np.asarray(image, dtype=np.float64) / 255.0
     return _Decoded(
@@ -124,6 +147,34 @@ def _decode_one(job: tuple[Path | None, PrepareConfig]) -> _Decoded:
         tuple(pixels.sum(axis=(0, 1))),
         tuple((pixels**2).sum(axis=(0, 1))),
     )
+
+
+def _one_line(text: str) -> str:
+    """A reason fit for one rejected.csv row and one log line, whatever the exception said."""
+    text = re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+    text = text.encode("utf-8", "backslashreplace").decode()  # rejected.csv is UTF-8; names may not be
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, (_Refused, RejectedImage)):
+        return _one_line(str(error))
+    # Not an error the decoder translates (a PIL or numpy bug, an exotic codec): it costs this file, not the run.
+    return _one_line(f"decoder error: {type(error).__name__}: {error}")
+
+
+def _decode_one(job: tuple[Path, PrepareConfig]) -> _Decoded:
+    """Worker: read, validate, convert and resize one file (runs in a subprocess when there are many)."""
+    path, config = job
+    source_sha = None
+    try:
+        data = _read_capped(path, config)
+        source_sha = hashlib.sha256(data).hexdigest()
+        return _convert(data, source_sha, config)
+    except MemoryError:
+        raise  # the machine ran out, not the file: every later file would fail the same way
+    except Exception as error:  # KeyboardInterrupt and SystemExit are not Exceptions: they still stop the run
+        return _Decoded(None, source_sha, _reason(error))
 
 
 def _decode_all(candidates: list[Candidate], config: PrepareConfig) -> list[_Decoded]:
@@ -141,16 +192,15 @@ def _decode_all(candidates: list[Candidate], config: PrepareConfig) -> list[_Dec
     return results
 
 
-def _inputs_fingerprint(config: PrepareConfig, candidates: list[Candidate]) -> str:
-    """Content hash of every candidate file plus the parameters that shape the output."""
+def _inputs_fingerprint(config: PrepareConfig, candidates: list[Candidate], decoded: list[_Decoded]) -> str:
+    """Hash of the parameters that shape the output and of every candidate: its content hash as the
+    decoding pass read it (so the record names exactly the bytes used, and no file is read a second
+    time to compute it), or the reason it could not be read (which names an oversized file's size)."""
     digest = hashlib.sha256(json.dumps(_output_params(config), sort_keys=True).encode())
-    for candidate in candidates:
+    for candidate, result in zip(candidates, decoded, strict=True):
         digest.update(f"{candidate.source}\0{candidate.label}\0{candidate.reason}\0".encode())
-        if candidate.path is not None and candidate.reason is None:
-            try:
-                digest.update(hashlib.sha256(candidate.path.read_bytes()).digest())
-            except OSError:
-                digest.update(b"unreadable")
+        if candidate.reason is None:
+            digest.update(f"{result.source_sha256 or result.reason}\0".encode())
     return digest.hexdigest()
 
 
@@ -303,7 +353,10 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = logger.info) -> 
     candidates = list_candidates(config)
     if not candidates:
         raise LeafnetError(f"no files found in {root}")
-    fingerprint = _inputs_fingerprint(config, candidates)
+    settings = f"source={config.source}, size={config.size}, resize={config.resize}"
+    log(f"prepare: {len(candidates)} files from {root} ({settings})")
+    decoded = _decode_all(candidates, config)
+    fingerprint = _inputs_fingerprint(config, candidates, decoded)
     record = {"inputs_sha256": fingerprint, "params": _output_params(config), "leafnet_version": __version__}
     previous = PreparedData(out)
     if previous.record() == record and (out / STATS).is_file():
@@ -313,9 +366,6 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = logger.info) -> 
             return stats
         except LeafnetError:
             pass  # a damaged stats.json only means we rebuild, as a damaged record does
-    settings = f"source={config.source}, size={config.size}, resize={config.resize}"
-    log(f"prepare: {len(candidates)} files from {root} ({settings})")
-    decoded = _decode_all(candidates, config)
     accepted, rejected = _screen(candidates, decoded, config)
     _report_rejections(rejected, log)
     classes = sorted({a.candidate.label for a in accepted})

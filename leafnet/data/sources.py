@@ -32,24 +32,31 @@ def _require_dir(path: Path, what: str) -> None:
 
 def _scan(root: Path) -> tuple[list[Path], list[Candidate]]:
     """Every entry below root: regular files to use, and a rejected candidate for everything else
-    (hidden, symlinked folder, dangling link, device or FIFO, unreadable folder, non-UTF-8 name)."""
+    (hidden, symlinked folder, dangling link, link leading out of root, device or FIFO, unreadable
+    folder, non-UTF-8 name)."""
     usable: list[Path] = []
     rejected: list[Candidate] = []
 
     def reject(path: Path, reason: str, folder: bool = False) -> None:
         rel = _rel(root, path) + ("/" if folder else "")
-        rejected.append(Candidate(rel.encode("utf-8", "backslashreplace").decode(), None, None, reason))
+        rejected.append(Candidate(_printable(rel), None, None, reason))
 
     def unreadable(error: OSError) -> None:
         reject(Path(error.filename), f"unreadable folder: {error.strerror}", folder=True)
 
-    for folder, subfolders, files in os.walk(root, onerror=unreadable):
+    tree = Path(os.path.realpath(root))
+    # followlinks=False: a symlinked folder is never walked, so the walk cannot leave the tree or loop
+    # (a link to an ancestor); one pointing inside the tree would only list files a second time.
+    for folder, subfolders, files in os.walk(root, onerror=unreadable, followlinks=False):
         folder_path = Path(folder)
         for name in list(subfolders):
             path = folder_path / name
-            if name.startswith(".") or path.is_symlink():
+            if name.startswith("."):
                 subfolders.remove(name)
-                reject(path, "hidden folder" if name.startswith(".") else "symlinked folder (not followed)", True)
+                reject(path, "hidden folder", True)
+            elif path.is_symlink():
+                subfolders.remove(name)
+                reject(path, _folder_link_reason(path, tree), True)
         subfolders.sort()
         for name in sorted(files):
             path = folder_path / name
@@ -59,11 +66,32 @@ def _scan(root: Path) -> tuple[list[Path], list[Candidate]]:
                 reject(path, "hidden file")
             elif path.is_symlink() and not path.exists():
                 reject(path, "dangling symlink")
+            elif path.is_symlink() and (target := _outside(path, tree)):
+                reject(path, f"symlink resolves outside the input tree (to {target})")
             elif not path.is_file():
                 reject(path, "not a regular file")
             else:
                 usable.append(path)
     return sorted(usable), rejected
+
+
+def _outside(path: Path, tree: Path) -> str | None:
+    """Where a link resolves when that is outside `tree` (the resolved input root), else None. Reading
+    it would import a file the user never put in the data set (a link to ~/.ssh or /etc, say)."""
+    target = Path(os.path.realpath(path))
+    return None if target.is_relative_to(tree) else _printable(str(target))
+
+
+def _folder_link_reason(path: Path, tree: Path) -> str:
+    target = _outside(path, tree)
+    if target:
+        return f"symlinked folder resolves outside the input tree (to {target}); not followed"
+    return "symlinked folder (not followed)"
+
+
+def _printable(text: str) -> str:
+    """Text that encodes as UTF-8: undecodable bytes of a file name arrive as surrogates."""
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def _utf8(name: str) -> bool:
