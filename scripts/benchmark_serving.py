@@ -3,7 +3,9 @@
 
 Closed-loop HTTP clients at each concurrency level: requests/s, p50/p90/p99 latency, errors, and the ratio
 to the same archive's handler run in-process. Start the server first (scripts/serve.sh start onnx-int8).
-Writes serving_benchmark.json and .md under output= (runs/benchmark_serving).
+worst_case=cost measures what the most expensive accepted images cost a worker (no server needed);
+worst_case=load adds a level that sends them beside ordinary requests (docs/serving.md, Bounded cost per
+request). Writes serving_benchmark.json and .md under output= (runs/benchmark_serving).
 """
 
 from leafnet.bench.serving import ServingBenchConfig, run_serving_benchmark

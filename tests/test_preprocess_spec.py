@@ -17,6 +17,7 @@ from leafnet.data.prepare import PrepareConfig, prepare
 from leafnet.data.transforms import PreprocessSpec
 from leafnet.errors import LeafnetError
 from leafnet.export.config import GateConfig
+from leafnet.serving import preprocess
 from leafnet.serving.harness import ArchivedHandler
 from leafnet.train import main as train
 from tests.conftest import export_config, tiny_config, unpack
@@ -89,3 +90,28 @@ def test_export_completes_an_older_checkpoints_spec_from_its_data(tiny_leaves):
     older = {"input_size": 32, "crop_pct": 1.0, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.2] * 3}
     spec = exporter._checkpoint_spec({"preprocess": older}, tiny_leaves)
     assert (spec.fit_size, spec.fit_mode, spec.background, spec.mean) == (32, "pad", [0, 0, 0], [0.5] * 3)
+
+
+def test_the_default_pixel_cap_follows_the_first_resize_within_its_floor_and_ceiling(monkeypatch):
+    """max_image_pixels unset: (32 x the side of the first resize) squared, clamped; PIL's own bomb limit
+    must stay above any cap, or PIL would refuse first with another limit."""
+    demo = PreprocessSpec(input_size=56, fit_size=128, fit_mode="pad").to_dict()
+    unprepared = PreprocessSpec(input_size=32, crop_pct=0.5).to_dict()  # first resize: 32 / 0.5 = 64 px
+    assert preprocess.default_max_pixels(demo) == preprocess.CAP_CEILING_PIXELS
+    assert preprocess.default_max_pixels(unprepared) == preprocess.CAP_FLOOR_PIXELS
+    monkeypatch.setattr(preprocess, "CAP_FLOOR_PIXELS", 0)
+    monkeypatch.setattr(preprocess, "CAP_CEILING_PIXELS", 10**9)
+    assert preprocess.default_max_pixels(demo) == (32 * 128) ** 2
+    assert preprocess.default_max_pixels(unprepared) == (32 * 64) ** 2
+    assert preprocess.Preprocessor(demo).max_pixels == (32 * 128) ** 2
+    assert preprocess.Preprocessor(demo, max_pixels=5_000).max_pixels == 5_000
+    with pytest.raises(ValueError, match=r"over PIL's decompression-bomb limit Image\.MAX_IMAGE_PIXELS="):
+        preprocess.Preprocessor(demo, max_pixels=Image.MAX_IMAGE_PIXELS + 1)
+
+
+def test_a_spec_without_a_fit_decodes_uploads_at_full_size():
+    """Data not prepared by leafnet: the eval transform resizes the upload itself, as in evaluation."""
+    spec = PreprocessSpec(input_size=32).to_dict()
+    upload = _cutout("round", 40)  # 220 x 30
+    image, upload_size = preprocess.Preprocessor(spec).fitted(upload)
+    assert image.size == upload_size == (220, 30) and image.mode == "RGB"

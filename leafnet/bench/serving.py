@@ -11,6 +11,11 @@ TorchServe's HTTP, queueing, IPC and batching choices (batchSize, workers) cost 
 runs, and no server setting can lower the bar. The reference is measured while the server is idle, before
 and after the load, and the ratio uses the mean of the two: a shared VM's speed drifts by several percent
 within minutes. Client and server share this machine's cores, as they would on one VM.
+
+`worst_case=cost` measures, in-process and without a server, what the most expensive images the handler
+accepts cost a worker (leafnet/bench/worst_case.py); `worst_case=load` then adds a worst-case level:
+`worst_case_clients` clients send those images while `worst_case_good_clients` send ordinary ones, whose
+latency is compared with the same clients' alone right before, and the server's memory is sampled.
 """
 
 from __future__ import annotations
@@ -24,17 +29,22 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from leafnet.bench.reference import ParallelReference, bracketed, reference_throughput
+from leafnet.bench.worst_case import TreeMemory, measure_costs, worst_case_images
 from leafnet.errors import LeafnetError
+from leafnet.export import packaged
 from leafnet.export.archive import unpack_archive
 from leafnet.export.naming import default_archive
 from leafnet.fsutil import atomic_write_bytes, sha256_file, write_json
 from leafnet.serving.harness import ArchivedHandler
+from leafnet.serving.preprocess import DEFAULT_PREPARE_TIMEOUT_S, Preprocessor
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +66,17 @@ class ServingBenchConfig:
     token: str | None = None  # bearer token (GCE profile); default: none
     timeout_s: float = 30.0  # seconds before a request counts as an error
     output: str = "runs/benchmark_serving"  # where the reports go
+    # off | cost: what the most expensive images the archive's handler accepts cost a worker, each prepared in a
+    # fresh process (no server needed; the levels are skipped) | load: cost, then a worst-case level on the server
+    worst_case: str = "off"
+    worst_case_clients: int = 8  # clients sending the most expensive accepted images at once, closed loop
+    worst_case_good_clients: int = 8  # clients of ordinary images, timed alone and then beside those
+    worst_case_max_requests: int = 200  # the worst-case level ends after this many of them (or duration_s)
+    # on the server's machine, its top process (the serve.sh supervisor, TorchServe's java, a container's init):
+    # the worst-case level samples the memory (PSS) of it and its descendants; 0: not measured
+    server_pid: int = 0
+    # worst_case=cost without an archive: this preprocess.json, with the packaged model-config.yaml's options
+    preprocess: str | None = None
 
 
 @dataclass
@@ -83,9 +104,18 @@ class LevelResult:
         }
 
 
+WORST_CASE_MODES = ("off", "cost", "load")
+
+
 def _validate(config: ServingBenchConfig) -> None:
-    if not config.concurrency or min(config.concurrency) < 1:
-        raise LeafnetError("concurrency must list levels of at least 1")
+    if config.worst_case not in WORST_CASE_MODES:
+        raise LeafnetError(f"worst_case must be one of {', '.join(WORST_CASE_MODES)}, got {config.worst_case!r}")
+    if (not config.concurrency and config.worst_case == "off") or min(config.concurrency, default=1) < 1:
+        raise LeafnetError("concurrency must list levels of at least 1 (it may be empty with worst_case)")
+    if min(config.worst_case_clients, config.worst_case_good_clients, config.worst_case_max_requests) < 1:
+        raise LeafnetError("worst_case_clients, worst_case_good_clients and worst_case_max_requests must be >= 1")
+    if config.preprocess and config.worst_case != "cost":
+        raise LeafnetError("preprocess= is for worst_case=cost, which needs no archive")
     if config.duration_s <= 0 or config.warmup_s < 0 or config.reference_s <= 0 or config.timeout_s <= 0:
         raise LeafnetError("duration_s, reference_s and timeout_s must be > 0, warmup_s >= 0")
     if config.max_images < 1:
@@ -175,17 +205,34 @@ class HttpClient:
 
 def run_level(config: ServingBenchConfig, images: list[bytes], concurrency: int) -> LevelResult:
     """`concurrency` closed-loop clients for warmup_s + duration_s; only requests started after the warm-up count."""
+    return run_clients(config, [ClientGroup(images, concurrency)])[0]
+
+
+@dataclass
+class ClientGroup:
+    """Clients sending `images` round robin; the whole run ends once `max_requests` of theirs are counted."""
+
+    images: list[bytes]
+    clients: int
+    max_requests: int | None = None
+
+
+def run_clients(config: ServingBenchConfig, groups: list[ClientGroup]) -> list[LevelResult]:
+    """Closed-loop clients of every group at once for warmup_s + duration_s (or until a group's max_requests);
+    only requests started after the warm-up count. One result per group."""
     measure_from = time.perf_counter() + config.warmup_s
     stop_at = measure_from + config.duration_s
+    stop = threading.Event()
     lock = threading.Lock()
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
+    latencies: list[list[float]] = [[] for _ in groups]
+    errors: list[dict[str, int]] = [{} for _ in groups]
 
-    def client(index: int) -> None:
+    def client(group: int, index: int) -> None:
+        images, limit = groups[group].images, groups[group].max_requests
         http_client = HttpClient(config.url, f"/predictions/{config.model}", config.token, config.timeout_s)
         position = index * 7919  # clients start at different images
         try:
-            while (started := time.perf_counter()) < stop_at:
+            while (started := time.perf_counter()) < stop_at and not stop.is_set():
                 body = images[position % len(images)]
                 position += 1
                 try:
@@ -193,23 +240,32 @@ def run_level(config: ServingBenchConfig, images: list[bytes], concurrency: int)
                     kind = None if status == 200 else f"HTTP {status}"
                 except (OSError, ValueError) as error:
                     kind = type(error).__name__
-                if started < measure_from:
+                if started < measure_from or stop.is_set():
                     continue
                 with lock:
                     if kind is None:
-                        latencies.append((time.perf_counter() - started) * 1000)
+                        latencies[group].append((time.perf_counter() - started) * 1000)
                     else:
-                        errors[kind] = errors.get(kind, 0) + 1
+                        errors[group][kind] = errors[group].get(kind, 0) + 1
+                    if limit and len(latencies[group]) + sum(errors[group].values()) >= limit:
+                        stop.set()
         finally:
             http_client.close()
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
+    threads = [
+        threading.Thread(target=client, args=(g, i), daemon=True)
+        for g, group in enumerate(groups)
+        for i in range(group.clients)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     seconds = max(time.perf_counter() - measure_from, 1e-9)
-    return LevelResult(concurrency, len(latencies), sum(errors.values()), errors, seconds, latencies)
+    return [
+        LevelResult(group.clients, len(latencies[g]), sum(errors[g].values()), errors[g], seconds, latencies[g])
+        for g, group in enumerate(groups)
+    ]
 
 
 def check_server(config: ServingBenchConfig, image: bytes, version: str) -> None:
@@ -232,8 +288,19 @@ def check_server(config: ServingBenchConfig, image: bytes, version: str) -> None
 
 def run_serving_benchmark(config: ServingBenchConfig, log=logger.info) -> dict:
     _validate(config)
+    report = _cost_report(config, log) if config.worst_case == "cost" else _load_report(config, log)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "serving_benchmark.json", report)
+    atomic_write_bytes(out / "serving_benchmark.md", render_markdown(report).encode())
+    return report
+
+
+def _load_report(config: ServingBenchConfig, log) -> dict:
+    """The levels against the server, and with worst_case=load the worst-case level after them."""
     images = load_images(config.images, config.max_images)
     archive = Path(config.archive)
+    worst_case = None
     with tempfile.TemporaryDirectory(prefix="leafnet-bench-") as workdir:
         unpack_archive(archive, Path(workdir))
         handler = ArchivedHandler(Path(workdir), whole_machine=True)
@@ -261,7 +328,11 @@ def run_serving_benchmark(config: ServingBenchConfig, log=logger.info) -> dict:
                     single_image = result["in_process"]["single"]
                 levels.append(_with_ratios(result))
                 log(_level_line(result))
-    report = {
+        if config.worst_case == "load":
+            worst_case, worst = _worst_case_costs(handler.handler.preprocessor, "leafnet_serving", workdir, log)
+            worst_case["level"] = run_worst_case_level(config, images, worst)
+            log(_worst_level_line(worst_case["level"]))
+    return {
         "config": {k: v for k, v in vars(config).items() if k != "token"},
         "archive_sha256": sha256_file(archive),
         "model_version": handler.version,
@@ -270,13 +341,86 @@ def run_serving_benchmark(config: ServingBenchConfig, log=logger.info) -> dict:
         "single_image_ms": single_image["median_call_ms"],
         "levels": levels,
         "single_request_overhead_ms": _single_overhead(levels, single_image),
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "worst_case": worst_case,
+        "host": _host(),
     }
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "serving_benchmark.json", report)
-    atomic_write_bytes(out / "serving_benchmark.md", render_markdown(report).encode())
-    return report
+
+
+def _cost_report(config: ServingBenchConfig, log) -> dict:
+    """worst_case=cost: the in-process cost of the most expensive accepted images, no server involved: with
+    the archive's own handler code and settings, or with preprocess= and the packaged handler options."""
+    report = {"config": {k: v for k, v in vars(config).items() if k != "token"}}
+    if config.preprocess:
+        spec = json.loads(Path(config.preprocess).read_text())
+        options = (yaml.safe_load(packaged.MODEL_CONFIG.read_text()) or {}).get("handler") or {}
+        timeout_s = options.get("prepare_timeout_s", DEFAULT_PREPARE_TIMEOUT_S)  # as the handler reads them
+        preprocessor = Preprocessor(spec, options.get("max_image_pixels"), timeout_s)
+        report["worst_case"] = _worst_case_costs(preprocessor, "leafnet.serving", None, log)[0]
+    else:
+        archive = Path(config.archive)
+        with tempfile.TemporaryDirectory(prefix="leafnet-bench-") as workdir:
+            unpack_archive(archive, Path(workdir))
+            handler = ArchivedHandler(Path(workdir))
+            report["worst_case"] = _worst_case_costs(handler.handler.preprocessor, "leafnet_serving", workdir, log)[0]
+        report |= {"archive_sha256": sha256_file(archive), "model_version": handler.version}
+    return {**report, "host": _host()}
+
+
+def _worst_case_costs(preprocessor, package: str, path, log) -> tuple[dict, list[bytes]]:
+    """The most expensive images `preprocessor` accepts (at its pixel cap) and what each costs, in-process,
+    measured with `package` from `path` (the archive's own code); and the accepted ones' bytes."""
+    cap, timeout_s = preprocessor.max_pixels, getattr(preprocessor, "timeout_s", None)
+    log(f"worst case: the most expensive images at max_pixels={cap}, each prepared in a fresh process")
+    images = worst_case_images(cap)
+    costs = measure_costs(images, preprocessor.spec, cap, timeout_s, package, path)
+    for name, cost in costs.items():
+        log(
+            f"  {name:>18}: {cost['bytes'] / 2**20:5.1f} MiB, {cost['peak_mb_above_idle']:6.1f} MB above idle, "
+            f"{cost['wall_s']:.3f} s ({cost['cpu_s']:.3f} s CPU), {cost['outcome']}"
+        )
+    accepted = [images[name] for name, cost in costs.items() if cost["outcome"] == "accepted"]
+    return {"max_pixels": cap, "timeout_s": timeout_s, "images": costs}, accepted
+
+
+def run_worst_case_level(config: ServingBenchConfig, images: list[bytes], worst: list[bytes]) -> dict:
+    """`worst_case_good_clients` clients of ordinary images alone, then the same beside `worst_case_clients`
+    clients of the most expensive accepted images (until worst_case_max_requests of theirs): the ordinary
+    requests' latency against their own a moment before, and the server's memory when server_pid is set."""
+    if not worst:
+        raise LeafnetError("the worst-case level has no accepted worst-case image to send")
+    good = ClientGroup(images, config.worst_case_good_clients)
+    normal = run_clients(config, [good])[0].summary()
+    memory = TreeMemory(config.server_pid) if config.server_pid else None
+    with memory or nullcontext():
+        beside, bad = run_clients(
+            config, [good, ClientGroup(worst, config.worst_case_clients, config.worst_case_max_requests)]
+        )
+    beside, bad = beside.summary(), bad.summary()
+    return {
+        "good_clients": config.worst_case_good_clients,
+        "worst_clients": config.worst_case_clients,
+        "normal": normal,
+        "beside_worst": beside,
+        "worst": bad,
+        "p50_ratio": round(beside["p50_ms"] / normal["p50_ms"], 2),
+        "p99_ratio": round(beside["p99_ms"] / normal["p99_ms"], 2),
+        "server_mb": {"before": round(memory.idle_mb, 1), "peak": round(memory.peak_mb, 1)} if memory else None,
+    }
+
+
+def _worst_level_line(level: dict) -> str:
+    normal, beside, worst, memory = level["normal"], level["beside_worst"], level["worst"], level["server_mb"]
+    memory_text = f", server memory {memory['before']:.0f} -> peak {memory['peak']:.0f} MB" if memory else ""
+    return (
+        f"  worst case: {level['good_clients']} ordinary clients p99 {normal['p99_ms']:.2f} ms alone, "
+        f"{beside['p99_ms']:.2f} ms beside {level['worst_clients']} worst-case clients ({level['p99_ratio']:.1f}x); "
+        f"worst-case requests {worst['requests']} answered (p50 {worst['p50_ms']:.0f} ms), "
+        f"errors {worst['error_kinds'] or 0}{memory_text}"
+    )
+
+
+def _host() -> dict:
+    return {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
 DRIFT_WARNING = 0.10  # a reference that moved more than this between before and after is flagged
@@ -312,9 +456,18 @@ def _single_overhead(levels: list[dict], single: dict) -> float | None:
 
 def render_markdown(report: dict) -> str:
     config = report["config"]
+    served = config.get("worst_case") != "cost"  # worst_case=cost measures in-process only
+    lines = [f"# Serving benchmark: {config['model']}" + (f" at {config['url']}" if served else "")]
+    if report.get("levels"):
+        lines += ["", *_levels_markdown(report)]
+    if report.get("worst_case"):
+        lines += ["", *_worst_case_markdown(report["worst_case"])]
+    return "\n".join(lines) + "\n"
+
+
+def _levels_markdown(report: dict) -> list[str]:
+    config = report["config"]
     lines = [
-        f"# Serving benchmark: {config['model']} at {config['url']}",
-        "",
         f"Archive `{Path(config['archive']).name}` (version {report['model_version']}, "
         f"{report['archive_workers']} worker(s) x batchSize {report['archive_batch_size']}), "
         f"{config['duration_s']} s per level after {config['warmup_s']} s warm-up. Ratios: served requests/s "
@@ -346,7 +499,51 @@ def render_markdown(report: dict) -> str:
             f"{', '.join(flagged)} (largest change of a reference between before and after): read those ratios "
             "with care, or run again."
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _worst_case_markdown(worst_case: dict) -> list[str]:
+    lines = [
+        f"## Worst case: the most expensive accepted images (max_pixels {worst_case['max_pixels']:,}, "
+        f"prepare_timeout_s {worst_case['timeout_s']})",
+        "",
+        "Each decoded and fitted by the handler's preprocessing in a fresh process: peak RSS above the idle "
+        "process, wall and CPU time.",
+        "",
+        "| image | MiB | MB above idle | wall s | CPU s | outcome |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, cost in worst_case["images"].items():
+        lines.append(
+            f"| {name} | {cost['bytes'] / 2**20:.1f} | {cost['peak_mb_above_idle']:.1f} | {cost['wall_s']:.3f} "
+            f"| {cost['cpu_s']:.3f} | {cost['outcome']} |"
+        )
+    level = worst_case.get("level")
+    if level:
+        normal, beside, worst, memory = level["normal"], level["beside_worst"], level["worst"], level["server_mb"]
+        lines += [
+            "",
+            f"{level['good_clients']} clients of ordinary images, alone and then beside {level['worst_clients']} "
+            "clients of the images above:",
+            "",
+            "| requests | count | errors | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|",
+            f"| ordinary, alone | {normal['requests']} | {normal['errors']} | {normal['p50_ms']:.2f} "
+            f"| {normal['p99_ms']:.2f} |",
+            f"| ordinary, beside the worst case | {beside['requests']} | {beside['errors']} "
+            f"| {beside['p50_ms']:.2f} | {beside['p99_ms']:.2f} |",
+            f"| worst case | {worst['requests']} | {worst['errors']} | {worst['p50_ms']:.2f} | {worst['p99_ms']:.2f} |",
+            "",
+            f"Ordinary p50 {level['p50_ratio']:.1f}x and p99 {level['p99_ratio']:.1f}x their own alone.",
+        ]
+        if worst["error_kinds"]:
+            lines.append(f"Worst-case errors: {worst['error_kinds']}.")
+        if memory:
+            lines.append(
+                f"Server memory (PSS of all its processes): {memory['before']:.0f} MB before, "
+                f"{memory['peak']:.0f} MB at peak."
+            )
+    return lines
 
 
 def _reference_cell(reference: dict) -> str:

@@ -8,9 +8,9 @@ image costs its own request a 4xx with a JSON reason; the others in the batch ar
 It reads from the archive: the model (TorchScript or ONNX), `preprocess.json` (the checkpoint's
 PreprocessSpec, so a raw upload is decoded, fitted and normalised exactly like a test image),
 `index_to_name.json`, and the `handler:` section of model-config.yaml (`topk`, `max_image_pixels`,
-`threads`, `drift_log`, `drift_max_per_s`). Subclasses BaseHandler, not VisionHandler/ImageClassifier:
-those import captum, and without it the worker dies with a misleading "No module named
-'ts.torch_handler.handler'".
+`prepare_timeout_s`, `threads`, `drift_log`, `drift_max_per_s`). Subclasses BaseHandler, not
+VisionHandler/ImageClassifier: those import captum, and without it the worker dies with a misleading "No
+module named 'ts.torch_handler.handler'".
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from .answers import top_k
 from .drift import DriftSampler, drift_line
-from .image_io import DEFAULT_MAX_PIXELS, RejectedImage
+from .image_io import RejectedImage
 from .image_stats import image_stats
 from .metrics import HandlerMetrics
-from .preprocess import Preprocessor
+from .preprocess import DEFAULT_PREPARE_TIMEOUT_S, Preprocessor
 from .requests import content_type_of, request_bytes, status_of
 from .runtime import Runtime, available_cpus
 
@@ -62,7 +62,9 @@ class LeafnetServingHandler(BaseHandler):
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         options = yaml_config.get("handler", {}) or {}
         self.topk = min(int(options.get("topk", DEFAULT_TOPK)), len(self.labels))
-        self.preprocessor = Preprocessor(self.spec, int(options.get("max_image_pixels", DEFAULT_MAX_PIXELS)))
+        timeout_s = float(options.get("prepare_timeout_s", DEFAULT_PREPARE_TIMEOUT_S) or 0) or None  # 0: none
+        # max_image_pixels unset: derived from the spec's sizes (preprocess.default_max_pixels)
+        self.preprocessor = Preprocessor(self.spec, int(options.get("max_image_pixels") or 0) or None, timeout_s)
         # Workers of this model running at once (leafnet sets minWorkers = maxWorkers): they split the cores
         # and the drift-line budget.
         workers = max(1, int(yaml_config.get("maxWorkers", 1) or 1))
@@ -76,17 +78,17 @@ class LeafnetServingHandler(BaseHandler):
         self.metrics = HandlerMetrics(context.metrics, self.model_name)  # BaseHandler.handle needs the cache too
         self.initialized = True
         logger.info(
-            "leafnet: loaded %s on %s (%d classes, %d threads)",
-            model_file.name, self.runtime.device, len(self.labels), threads,
+            "leafnet: loaded %s on %s (%d classes, %d threads, images up to %d pixels, %s s each)",
+            model_file.name, self.runtime.device, len(self.labels), threads, self.preprocessor.max_pixels, timeout_s,
         )  # fmt: skip
 
     def preprocess(self, data: list[dict]) -> Batch:
         batch = Batch([None] * len(data))
         for position, item in enumerate(data):
             try:
-                image, upload_size = self.preprocessor.fitted(
-                    request_bytes(item, content_type_of(self.context, position))
-                )
+                deadline = self.preprocessor.deadline()  # per request: base64 decoding counts too
+                body = request_bytes(item, content_type_of(self.context, position))
+                image, upload_size = self.preprocessor.fitted(body, deadline)
                 batch.inputs.append(self.preprocessor.tensor(image))
                 batch.positions.append(position)
                 if self._drift_sampled():

@@ -11,7 +11,9 @@ FORM_BODY = (
     "body arrived as a form (application/x-www-form-urlencoded, curl's default for --data-binary), which "
     "mangles binary data: add -H 'Content-Type: application/octet-stream' or use curl -T leaf.png"
 )
-STATUS = {"too_large": 413, "form_body": 415, "internal": 500}  # any other refusal kind is a 400
+# any other refusal kind is a 400. too_slow: an image that outlasts prepare_timeout_s is too costly, like an
+# over-cap one (413), not a server fault: sending it again would fail again.
+STATUS = {"too_large": 413, "too_slow": 413, "form_body": 415, "internal": 500}
 
 
 def status_of(kind: str) -> int:
