@@ -1,5 +1,6 @@
-# leafnet serving image: TorchServe serving one leafnet archive as the model `leafnet`, configured for
-# Cloud Run by default (docs/docker.md).
+# leafnet serving image: the Caddy proxy (the only listener, on $PORT) in front of TorchServe serving one
+# leafnet archive as the model `leafnet` on loopback, configured for Cloud Run by default (docs/docker.md,
+# docs/security.md).
 #   docker build -f docker/serve.Dockerfile -t leafnet-serve .
 #   docker run --rm -p 8080:8080 leafnet-serve
 #   curl -X POST http://127.0.0.1:8080/predictions/leafnet -T leaf.png
@@ -11,7 +12,7 @@
 # A patch-level tag: rebuilds get the same Python and Debian release until someone bumps it here.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-# ---- builder: a virtual environment with TorchServe and what the handler imports, nothing else ----
+# ---- builder: a virtual environment with TorchServe, the proxy and what the handler imports, nothing else ----
 FROM ${PYTHON_IMAGE} AS builder
 # The CPU wheel index keeps CUDA's multi-GB libraries out of a CPU image; the handler runs on CPU.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -44,9 +45,9 @@ LABEL org.opencontainers.image.title="leafnet-serve" \
 
 # Debian's packages follow bookworm's security updates, so they are not pinned to versions that the archive
 # drops: the base image tag fixes the release. man1 must exist for the JRE's update-alternatives on slim images.
-# tini is PID 1: it forwards `docker stop`'s and Cloud Run's SIGTERM to the whole process group (-g), so the
-# launcher, the Java frontend and its Python workers stop together. A bare PID 1 ignores SIGTERM unless it
-# installs a handler, and TorchServe's launcher does not: `docker stop` would wait 10 s and SIGKILL.
+# tini is PID 1 (a bare PID 1 ignores signals it has no handler for) and forwards `docker stop`'s and Cloud
+# Run's SIGTERM to the supervisor alone, not to the whole group: the supervisor stops the proxy first, lets
+# the requests in flight finish, and only then stops TorchServe.
 # hadolint ignore=DL3008
 RUN mkdir -p /usr/share/man/man1 \
     && apt-get update \
@@ -68,19 +69,20 @@ ENV PATH=/opt/venv/bin:$PATH \
 # config/torchserve/metrics.yaml and log4j2.xml relative to the working directory.
 WORKDIR /app
 COPY config/torchserve/ config/torchserve/
+COPY config/proxy/ config/proxy/
+# Standard library only: the image has no leafnet package, the handler comes inside the archive.
+COPY leafnet/serving/supervisor.py supervisor.py
 # Last: a new model rebuilds only this layer.
 COPY ${MODEL_ARCHIVE} model_store/leafnet.mar
 
 USER 10001:10001
 EXPOSE 8080
-# Liveness: /ping answers 200 once the frontend is up (a few seconds before the worker has loaded the model)
-# and 500 once a worker has failed to recover for maxRetryTimeoutInSec (TorchServe's default: 300 s).
-# Python, not curl (not in the slim image); exec form, reading $PORT itself: it follows the server's port.
-# With token authorization on (GCE profile) even /ping wants the inference key: the check sends the one of
-# the key_file.json TorchServe writes into the working directory.
+# Liveness: /ping through the proxy, which opens its port only once TorchServe's workers have loaded the
+# model, and answers 502 when TorchServe stops answering. No credentials: every profile leaves /ping open.
+# Python, not curl (not in the slim image); exec form, reading $PORT itself: it follows the proxy's port.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import json, os, urllib.request as u; k = json.load(open('key_file.json'))['inference']['key'] if os.path.exists('key_file.json') else ''; u.urlopen(u.Request('http://127.0.0.1:%s/ping' % os.environ.get('PORT', '8080'), headers={'Authorization': 'Bearer ' + k} if k else {}), timeout=4)"]
-# --foreground: the launcher waits on the Java frontend, so the container lives as long as the server.
-# The archive is always served as `leafnet`; CMD picks the profile, e.g. config/torchserve/gce.properties.
-ENTRYPOINT ["tini", "-g", "--", "torchserve", "--start", "--foreground", "--ncs", "--model-store", "model_store", "--models", "leafnet=leafnet.mar"]
-CMD ["--ts-config", "config/torchserve/cloudrun.properties"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/ping' % os.environ.get('PORT', '8080'), timeout=4)"]
+# The supervisor runs TorchServe and the proxy and lives as long as both do. CMD picks the profile, e.g.
+#   --ts-config config/torchserve/gce.properties --proxy-config config/proxy/gce.Caddyfile
+ENTRYPOINT ["tini", "--", "python", "supervisor.py", "--model-store", "model_store", "--models", "leafnet=leafnet.mar"]
+CMD ["--ts-config", "config/torchserve/cloudrun.properties", "--proxy-config", "config/proxy/cloudrun.Caddyfile"]

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # usage: scripts/deploy_gce.sh [--dry-run] [--update] [options]
 #
-# Creates a Container-Optimized OS VM that runs the leafnet serve image with config/torchserve/gce.properties
-# (inference on port 8080 behind TorchServe's token authorization) and a firewall rule that opens port 8080
-# to SOURCE_RANGES only; then prints how to fetch the inference key and call the model. --update points an
-# existing VM at another image and restarts the server instead.
+# Creates a Container-Optimized OS VM that runs the leafnet serve image with the GCE profile: the proxy on
+# port 8080 (config/proxy/gce.Caddyfile) checks a bearer token the VM reads from Secret Manager, TorchServe
+# (config/torchserve/gce.properties) listens on loopback behind it. With --domain, an HTTPS load balancer with
+# a Google-managed certificate fronts the VM and the firewall admits Google's load balancers only; without,
+# a firewall rule opens port 8080 to SOURCE_RANGES (plain HTTP: for private networks). --update points an
+# existing VM at another image and restarts the server instead. docs/security.md explains the choices.
 # Every option can come from the environment variable beside it; an option beats the variable.
 #
 #   --project P            PROJECT         Google Cloud project (required)
@@ -18,7 +20,11 @@
 #   --machine-type TYPE    MACHINE_TYPE    (n2-standard-2: 2 vCPUs with AVX-512 VNNI for the int8 model)
 #   --boot-disk-size SIZE  BOOT_DISK_SIZE  (20GB)
 #   --source-ranges CIDRS  SOURCE_RANGES   who may reach port 8080, e.g. 203.0.113.0/24 (required to create
-#                                          the firewall rule)
+#                                          the firewall rule without --domain; 0.0.0.0/0 needs --allow-anywhere)
+#   --domain NAME          DOMAIN          serve https://NAME through a load balancer with a managed certificate
+#   --token-secret NAME    TOKEN_SECRET    Secret Manager secret holding the bearer token(s), one per line
+#                                          (leafnet-serve-token); the VM's service account reads it
+#   --allow-anywhere                       accept --source-ranges 0.0.0.0/0 (the whole internet, plain HTTP)
 #   --network NET          NETWORK         VPC network of the VM and the rule (default)
 #   --firewall-rule NAME   FIREWALL_RULE   (leafnet-serve-8080)
 #   --service-account SA   VM_SERVICE_ACCOUNT  identity of the VM (Compute Engine's default if empty); it
@@ -35,8 +41,9 @@ source "$here/lib/deploy.sh" # --help prints the comment above; work from the re
 
 OPTIONS=(--project:PROJECT --zone:ZONE --region:REGION --instance:INSTANCE --image:IMAGE --repository:REPOSITORY
   --image-tag:IMAGE_TAG --machine-type:MACHINE_TYPE --boot-disk-size:BOOT_DISK_SIZE --source-ranges:SOURCE_RANGES
-  --network:NETWORK --firewall-rule:FIREWALL_RULE --service-account:VM_SERVICE_ACCOUNT)
-SWITCHES=(--no-firewall:NO_FIREWALL --update:UPDATE)
+  --network:NETWORK --firewall-rule:FIREWALL_RULE --service-account:VM_SERVICE_ACCOUNT --domain:DOMAIN
+  --token-secret:TOKEN_SECRET)
+SWITCHES=(--no-firewall:NO_FIREWALL --update:UPDATE --allow-anywhere:ALLOW_ANYWHERE)
 parse_options "$@"
 
 require PROJECT --project
@@ -52,9 +59,19 @@ FIREWALL_RULE=${FIREWALL_RULE:-leafnet-serve-8080}
 # The firewall rule admits the VMs carrying this network tag.
 NETWORK_TAG=leafnet-serve
 CLOUD_INIT=config/gce/cloud-init.yaml
-if [ "${UPDATE:-}" != 1 ] && [ "${NO_FIREWALL:-}" != 1 ]; then
+TOKEN_SECRET=${TOKEN_SECRET:-leafnet-serve-token}
+# Where Google's load balancers and their health checks come from: with --domain, the only sources admitted.
+LB_RANGES=130.211.0.0/22,35.191.0.0/16
+if [ -n "${DOMAIN:-}" ]; then
+  SOURCE_RANGES=$LB_RANGES
+elif [ "${UPDATE:-}" != 1 ] && [ "${NO_FIREWALL:-}" != 1 ]; then
   require SOURCE_RANGES --source-ranges
 fi
+case ",${SOURCE_RANGES:-}," in
+  *,0.0.0.0/0,*)
+    [ "${ALLOW_ANYWHERE:-}" = 1 ] ||
+      die "--source-ranges 0.0.0.0/0 opens plain HTTP to the whole internet: use --domain (HTTPS load balancer) or pass --allow-anywhere" ;;
+esac
 require_gcloud
 image=$(serve_image)
 where=(--project "$PROJECT" --zone "$ZONE")
@@ -72,18 +89,48 @@ else
   create=(gcloud compute instances create "$INSTANCE" "${where[@]}" --machine-type "$MACHINE_TYPE"
     --network "$NETWORK" --image-family cos-stable --image-project cos-cloud --boot-disk-size "$BOOT_DISK_SIZE"
     --tags "$NETWORK_TAG" --metadata-from-file "user-data=$CLOUD_INIT"
-    --metadata "leafnet-image=$image,google-logging-enabled=true")
+    --metadata "leafnet-image=$image,leafnet-token-secret=$TOKEN_SECRET,google-logging-enabled=true")
   # An explicit service account gets the cloud-platform scope, so its IAM roles alone decide what it may do.
   [ -z "${VM_SERVICE_ACCOUNT:-}" ] || create+=(--service-account "$VM_SERVICE_ACCOUNT" --scopes cloud-platform)
   run "${create[@]}"
+fi
+if [ -n "${DOMAIN:-}" ] && [ "${UPDATE:-}" != 1 ]; then
+  # The HTTPS load balancer: an instance group of the VM, a health check on the proxy's open /ping, a backend
+  # service, a URL map, a Google-managed certificate for DOMAIN, the HTTPS proxy and a global address.
+  group=$INSTANCE-group
+  run gcloud compute instance-groups unmanaged create "$group" "${where[@]}"
+  run gcloud compute instance-groups unmanaged add-instances "$group" "${where[@]}" --instances "$INSTANCE"
+  run gcloud compute instance-groups set-named-ports "$group" "${where[@]}" --named-ports http:8080
+  run gcloud compute health-checks create http "$INSTANCE-ping" --project "$PROJECT" --port 8080 \
+    --request-path /ping
+  run gcloud compute backend-services create "$INSTANCE-backend" --project "$PROJECT" --global --protocol HTTP \
+    --port-name http --health-checks "$INSTANCE-ping" --timeout 60s
+  run gcloud compute backend-services add-backend "$INSTANCE-backend" --project "$PROJECT" --global \
+    --instance-group "$group" --instance-group-zone "$ZONE"
+  run gcloud compute url-maps create "$INSTANCE-lb" --project "$PROJECT" --global --default-service "$INSTANCE-backend"
+  run gcloud compute ssl-certificates create "$INSTANCE-cert" --project "$PROJECT" --global --domains "$DOMAIN"
+  run gcloud compute target-https-proxies create "$INSTANCE-https" --project "$PROJECT" --global \
+    --url-map "$INSTANCE-lb" --ssl-certificates "$INSTANCE-cert"
+  run gcloud compute addresses create "$INSTANCE-ip" --project "$PROJECT" --global
+  run gcloud compute forwarding-rules create "$INSTANCE-https" --project "$PROJECT" --global \
+    --target-https-proxy "$INSTANCE-https" --address "$INSTANCE-ip" --ports 443
+  lb_address=""
+  capture lb_address gcloud compute addresses describe "$INSTANCE-ip" --project "$PROJECT" --global \
+    --format 'get(address)'
+  note "Point DNS for $DOMAIN at $lb_address (an A record); the certificate is issued once it resolves."
 fi
 address=""
 capture address gcloud compute instances describe "$INSTANCE" "${where[@]}" \
   --format 'get(networkInterfaces[0].accessConfigs[0].natIP)'
 
-note "$INSTANCE runs $image; TorchServe starts a minute or two after boot (image pull, model load)."
-note "TorchServe wrote new keys at start; the inference key is in key_file.json inside the container:"
-note "  $(command_line gcloud compute ssh "$INSTANCE" --project "$PROJECT" --zone "$ZONE" \
-  --command 'sudo docker exec leafnet cat key_file.json')"
-note "Call the model with it (from an address in the firewall rule's source ranges):"
-note "  curl -X POST -H 'Authorization: Bearer <inference key>' http://$address:8080/predictions/leafnet -T leaf.png"
+note "$INSTANCE runs $image; serving starts a minute or two after boot (image pull, model load)."
+note "The proxy wants a bearer token from Secret Manager secret $TOKEN_SECRET (one token per line, 32+ characters"
+note "of [A-Za-z0-9_-]); the VM's service account needs roles/secretmanager.secretAccessor on it. Create it with"
+note "  openssl rand -hex 32 | $(command_line gcloud secrets create "$TOKEN_SECRET" --project "$PROJECT" --data-file=-)"
+note "The VM reads it again every 5 minutes: rotate by adding a version, no restart (docs/security.md)."
+if [ -n "${DOMAIN:-}" ]; then
+  note "  curl -X POST -H \"Authorization: Bearer \$TOKEN\" https://$DOMAIN/predictions/leafnet --data-binary @leaf.png"
+else
+  note "Call the model (from an address in the firewall rule's source ranges; plain HTTP):"
+  note "  curl -X POST -H \"Authorization: Bearer \$TOKEN\" http://$address:8080/predictions/leafnet --data-binary @leaf.png"
+fi

@@ -6,6 +6,7 @@ its arguments, so a test can compare what ran with what the dry run printed.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -265,7 +266,34 @@ def test_gce_dry_run_creates_a_firewalled_cos_vm_running_the_serve_image(bare_pa
     assert vm["--metadata-from-file"] == "user-data=config/gce/cloud-init.yaml"
     assert (REPO / vm["--metadata-from-file"].split("=", 1)[1]).is_file()
     assert f"leafnet-image={image}" in vm["--metadata"].split(",")
+    assert "leafnet-token-secret=leafnet-serve-token" in vm["--metadata"].split(",")
     assert describe_vm[:5] == ["gcloud", "compute", "instances", "describe", "leafnet-serve"]
+
+
+def test_gce_refuses_the_whole_internet_unless_told(bare_path):
+    for ranges in ("0.0.0.0/0", "10.0.0.0/8,0.0.0.0/0"):
+        env = {"PROJECT": "p", "SOURCE_RANGES": ranges}
+        one_line_error(deploy(GCE, "--dry-run", env=env, path=bare_path), "0.0.0.0/0", "--allow-anywhere", "--domain")
+        allowed = deploy(GCE, "--dry-run", "--allow-anywhere", env=env, path=bare_path)
+        assert allowed.returncode == 0 and flags(commands(allowed)[1])["--source-ranges"] == ranges
+
+
+def test_gce_domain_builds_an_https_load_balancer_with_a_managed_certificate(bare_path):
+    result = deploy(GCE, "--dry-run", "--domain", "leaf.example.com", env={"PROJECT": "p"}, path=bare_path)
+    assert result.returncode == 0, result.stderr
+    listed = commands(result)
+    firewall = flags(listed[1])
+    assert firewall["--source-ranges"] == "130.211.0.0/22,35.191.0.0/16"  # Google's load balancers only
+    verbs = [" ".join(command[2:4]) for command in listed]
+    for verb in ("instance-groups unmanaged", "health-checks create", "backend-services create",
+                 "backend-services add-backend", "url-maps create", "ssl-certificates create",
+                 "target-https-proxies create", "addresses create", "forwarding-rules create"):  # fmt: skip
+        assert verb in verbs, verb
+    by_verb = {" ".join(command[2:4]): flags(command) for command in listed}
+    assert by_verb["ssl-certificates create"]["--domains"] == "leaf.example.com"
+    assert by_verb["health-checks create"]["--request-path"] == "/ping"  # open without a token
+    assert by_verb["forwarding-rules create"]["--ports"] == "443"
+    assert "https://leaf.example.com/predictions/leafnet" in result.stderr  # notes go to stderr
 
 
 def test_gce_options_and_service_account(bare_path):
@@ -324,7 +352,7 @@ def test_gce_real_run_runs_exactly_what_the_dry_run_prints(bare_path, fake_gclou
     real = deploy(GCE, env=GCE_ENV, path=bare_path)
     assert real.returncode == 0, real.stderr
     assert recorded(fake_gcloud) == commands(dry)
-    assert "sudo docker exec leafnet cat key_file.json" in real.stderr
+    assert "gcloud secrets create leafnet-serve-token" in real.stderr
     assert f"http://{FAKE_IP}:8080/predictions/leafnet" in real.stderr
 
 
@@ -337,12 +365,17 @@ def test_cloud_init_starts_the_service_at_boot():
     files = {entry["path"]: entry["content"] for entry in config["write_files"]}
     unit = files["/etc/systemd/system/leafnet.service"]
     assert "ExecStart=/bin/bash /etc/leafnet/run.sh" in unit and "Restart=always" in unit
-    assert config["runcmd"] == ["systemctl daemon-reload", "systemctl start leafnet.service"]
+    assert "ExecStartPre=/bin/bash /etc/leafnet/token.sh" in unit  # the token is there before the proxy starts
+    assert "OnUnitActiveSec=5min" in files["/etc/systemd/system/leafnet-token.timer"]
+    assert config["runcmd"] == [
+        "systemctl daemon-reload", "systemctl start leafnet-token.timer", "systemctl start leafnet.service",
+    ]  # fmt: skip
 
 
 def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
     """Runs the VM's start script with fakes of the metadata server, iptables and docker."""
-    script = yaml.safe_load(CLOUD_INIT.read_text())["write_files"][0]["content"]
+    files = {entry["path"]: entry["content"] for entry in yaml.safe_load(CLOUD_INIT.read_text())["write_files"]}
+    script = files["/etc/leafnet/run.sh"]
     image = "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve:abc"
     fakes = tmp_path / "bin"
     fakes.mkdir()
@@ -369,13 +402,48 @@ def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
     run = calls[-1]
     assert run[:2] == ["docker", "run"] and "--network" in run and run[run.index("--network") + 1] == "host"
     assert run[run.index("-v") + 1] == "/var/lib/leafnet/logs:/app/logs"  # TorchServe's logs outlive the container
+    assert "/run/leafnet:/run/leafnet:ro" in run and "LEAFNET_TOKEN_FILE=/run/leafnet/token" in run
+    assert "max-size=10m" in run and "max-file=5" in run  # the container's stdout rolls too
     # The arguments after the image replace the serve image's CMD, which is where it picks its profile.
-    assert run[run.index(image) + 1 :] == ["--ts-config", "config/torchserve/gce.properties"]
+    assert run[run.index(image) + 1 :] == [
+        "--ts-config", "config/torchserve/gce.properties", "--proxy-config", "config/proxy/gce.Caddyfile",
+    ]  # fmt: skip
     assert (REPO / "config" / "torchserve" / "gce.properties").is_file()
     dockerfile = (REPO / "docker" / "serve.Dockerfile").read_text()
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))
     assert cmd[0] == "--ts-config"
-    assert "COPY config/torchserve/ config/torchserve/" in dockerfile
+    assert (
+        "COPY config/torchserve/ config/torchserve/" in dockerfile and "COPY config/proxy/ config/proxy/" in dockerfile
+    )
+
+
+def test_cloud_init_token_script_writes_the_secret_atomically(tmp_path):
+    """token.sh with fakes of the metadata server and Secret Manager: the secret's payload lands in the
+    token file (the proxy reads it per request)."""
+    files = {entry["path"]: entry["content"] for entry in yaml.safe_load(CLOUD_INIT.read_text())["write_files"]}
+    script = files["/etc/leafnet/token.sh"].replace("/run/leafnet", str(tmp_path / "run"))
+    payload = "a" * 64 + "\n" + "b" * 64
+    encoded = base64.b64encode(payload.encode()).decode()
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    (fakes / "curl").write_text(
+        f"#!{BASH}\n"
+        'case "$*" in\n'
+        "  *leafnet-token-secret*) echo leafnet-serve-token ;;\n"
+        "  *project-id*) echo p ;;\n"
+        '  *service-accounts/default/token*) echo \'{"access_token": "ya29.x", "expires_in": 3599}\' ;;\n'
+        f"  *secretmanager.googleapis.com/v1/projects/p/secrets/leafnet-serve-token/versions/latest:access*)"
+        f' printf \'{{\\n  "name": "v/1",\\n  "payload": {{\\n    "data": "{encoded}"\\n  }}\\n}}\\n\' ;;\n'
+        "  *) exit 22 ;;\n"
+        "esac\n"
+    )
+    (fakes / "curl").chmod(0o755)
+    (tmp_path / "token.sh").write_text(script)
+    env = {"PATH": f"{fakes}:/usr/bin:/bin"}
+    result = subprocess.run([BASH, str(tmp_path / "token.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "token").read_text() == payload
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["token"]  # no temp file left
 
 
 def test_docs_show_what_the_dry_runs_print(bare_path):

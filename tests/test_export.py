@@ -33,7 +33,7 @@ MAR_FILES = {
     *(
         f"leafnet_serving/{p.name}"
         for p in (REPO / "leafnet" / "serving").glob("*.py")
-        if p.name != "leafnet_handler.py"
+        if p.name not in ("leafnet_handler.py", "supervisor.py")  # the supervisor runs beside TorchServe
     ),
     "drift_reference.json",
     "preprocess.json",

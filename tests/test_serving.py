@@ -80,12 +80,12 @@ def frontend_alive(base: Path) -> bool:
     return True
 
 
-def wait_until_ready(management: str, models: list[str], base: Path, auth=dict) -> None:
+def wait_until_ready(management: str, models: list[str], base: Path) -> None:
     """Polls until every worker of every model is READY: TorchServe offers no blocking start. A frontend
     that died (a port taken, a bad config) fails at once with its log instead of after the timeout."""
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if all(all_ready(management, name, auth()) for name in models):
+        if all(all_ready(management, name) for name in models):
             return
         if not frontend_alive(base):
             break
@@ -98,14 +98,11 @@ def wait_until_ready(management: str, models: list[str], base: Path, auth=dict) 
 
 def loopback_properties(profile: str, model_store: str, models: dict[str, str]):
     """A profile from config/torchserve on free loopback ports, serving `models` from `model_store`:
-    tests never bind 0.0.0.0. Returns the properties text, the three HTTP URLs and the environment
-    it needs (PORT, for the Cloud Run profile's $$PORT$$)."""
+    tests never bind 0.0.0.0. Returns the properties text, the three HTTP URLs (TorchServe's own, which
+    the proxy sits in front of) and the environment it needs (none since the proxy owns $PORT)."""
     properties = (REPO / "config" / "torchserve" / profile).read_text().replace("0.0.0.0", "127.0.0.1")
-    env = {"PORT": str(free_port())} if "$$PORT$$" in properties else {}
-    urls = {"inference": f"http://127.0.0.1:{env['PORT']}"} if env else {}
-    for name, default in (("inference", 8080), ("management", 8081), ("metrics", 8082)):
-        if name in urls:
-            continue
+    urls = {}
+    for name, default in (("inference", 8085), ("management", 8081), ("metrics", 8082)):
         port = free_port()
         properties = properties.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
         urls[name] = f"http://127.0.0.1:{port}"
@@ -118,7 +115,7 @@ def loopback_properties(profile: str, model_store: str, models: dict[str, str]):
     load = ",".join(f"{name}={archive}" for name, archive in models.items())
     properties = re.sub(r"(?m)^load_models=.*$", f"load_models={load}", properties)
     properties = re.sub(r"(?m)^model_store=.*$", f"model_store={model_store}", properties)
-    return properties, urls, env
+    return properties, urls, {}
 
 
 @contextlib.contextmanager
@@ -133,19 +130,27 @@ def torchserve(base: Path, properties: str, urls: dict[str, str], models: list[s
     with open(base / "launcher.log", "w") as launcher:  # the JVM inherits these: a pipe would never close
         subprocess.run(start, env=env, cwd=base, stdout=launcher, stderr=subprocess.STDOUT, check=True, timeout=60)
     try:
-        wait_until_ready(urls["management"], models, base, lambda: management_auth(base))
+        wait_until_ready(urls["management"], models, base)
         yield urls
     finally:
         subprocess.run([command, "--stop"], env=env, cwd=base, capture_output=True, timeout=60)
 
 
-def management_auth(base: Path) -> dict:
-    """The management key's header when TorchServe wrote a key file (token authorization on)."""
-    try:
-        keys = json.loads((base / "key_file.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # none, or TorchServe is still writing it
-        return {}
-    return {"Authorization": f"Bearer {keys['management']['key']}"}
+def rebatched_archive(config, base: Path, name: str, batch: int, delay_ms: int) -> str:
+    """The int8 archive again as `name`, with one worker, batchSize `batch` and maxBatchDelay `delay_ms`."""
+    model_dir, manifest = unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", base / "unpacked")
+    model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    model_config.update(batchSize=batch, maxBatchDelay=delay_ms, minWorkers=1, maxWorkers=1)
+    (base / "model-config.yaml").write_text(yaml.safe_dump(model_config))
+    extras = [model_dir / name for name in ("index_to_name.json", "preprocess.json")]
+    (base / "package").mkdir()
+    shutil.copytree(model_dir / "leafnet_serving", base / "package" / "leafnet_serving")
+    extras.append(base / "package")  # a folder: the archiver copies its entries into the archive's root
+    build_archive(
+        name, manifest["model"]["modelVersion"], model_dir / manifest["model"]["serializedFile"],
+        model_dir / "leafnet_handler.py", extras, base / "model-config.yaml", Path(config.model_store),
+    )  # fmt: skip
+    return f"{name}.mar"
 
 
 @pytest.fixture(scope="module")
@@ -154,20 +159,7 @@ def batch_archive(exported, tmp_path_factory) -> str:
     to arrive: the frontend dispatches a batch when it is full or when the delay has passed, so eight
     concurrent requests are one batch however slow the machine is."""
     _, config = exported
-    base = tmp_path_factory.mktemp("batch_archive")
-    model_dir, manifest = unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", base / "unpacked")
-    model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    model_config.update(batchSize=BATCH, maxBatchDelay=BATCH_DELAY_MS, minWorkers=1, maxWorkers=1)
-    (base / "model-config.yaml").write_text(yaml.safe_dump(model_config))
-    extras = [model_dir / name for name in ("index_to_name.json", "preprocess.json")]
-    (base / "package").mkdir()
-    shutil.copytree(model_dir / "leafnet_serving", base / "package" / "leafnet_serving")
-    extras.append(base / "package")  # a folder: the archiver copies its entries into the archive's root
-    build_archive(
-        "leafnet-batch", manifest["model"]["modelVersion"], model_dir / manifest["model"]["serializedFile"],
-        model_dir / "leafnet_handler.py", extras, base / "model-config.yaml", Path(config.model_store),
-    )  # fmt: skip
-    return "leafnet-batch.mar"
+    return rebatched_archive(config, tmp_path_factory.mktemp("batch_archive"), "leafnet-batch", BATCH, BATCH_DELAY_MS)
 
 
 @pytest.fixture(scope="module")
@@ -346,44 +338,15 @@ def test_killed_workers_are_restarted_and_serve_again(server, tiny_leaves):
     assert request(f"{server['inference']}/predictions/{model}", data=image.read_bytes())[0] == 200
 
 
-def test_gce_profile_needs_the_inference_token(exported, tiny_leaves, tmp_path):
-    _, config = exported
-    properties, urls, env = loopback_properties("gce.properties", config.model_store, {"leafnet": "leafnet.mar"})
-    image = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
-    with torchserve(tmp_path, properties, urls, ["leafnet"], **env):
-        keys = json.loads((tmp_path / "key_file.json").read_text())
-        url = f"{urls['inference']}/predictions/leafnet"
-        status, body = request(url, data=image)
-        assert status == 400 and "Token Authorization failed" in json.loads(body)["message"]
-        assert request(url, data=image, headers={"Authorization": "Bearer wrong"})[0] == 400
-        assert request(url, data=image, headers={"Authorization": f"Bearer {keys['inference']['key']}"})[0] == 200
-        assert request(f"{urls['management']}/models")[0] == 400
-        management = {"Authorization": f"Bearer {keys['management']['key']}"}
-        assert request(f"{urls['management']}/models", headers=management)[0] == 200
-
-
-def test_cloudrun_profile_serves_on_the_port_cloud_run_gives(exported, tiny_leaves, tmp_path):
-    _, config = exported
-    properties, urls, env = loopback_properties("cloudrun.properties", config.model_store, {"leafnet": "leafnet.mar"})
-    assert env["PORT"] in urls["inference"]
-    image = sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()
-    with torchserve(tmp_path, properties, urls, ["leafnet"], **env):
-        assert not (tmp_path / "key_file.json").exists()  # Cloud Run's IAM guards it instead
-        assert request(f"{urls['inference']}/ping")[0] == 200
-        assert request(f"{urls['inference']}/predictions/leafnet", data=image)[0] == 200
-    # Cloud Run's disk is memory: no log files; the worker's lines, drift statistics included, go to stdout.
-    assert sorted(p.name for p in (tmp_path / "logs").glob("*.log")) == []
-    stdout = (tmp_path / "launcher.log").read_text()
-    assert "MODEL_LOG" in stdout and "LEAFNET_DRIFT {" in stdout
-
-
 def test_serve_and_predict_scripts(server, exported, tiny_leaves, tmp_path):
     """scripts/serve.sh start|status|stop and scripts/predict.sh, on their own server beside the fixture's."""
     _, config = exported
     properties, urls, _ = loopback_properties("config.properties", config.model_store, {"leafnet": "leafnet.mar"})
     (tmp_path / "config.properties").write_text(properties)
+    proxy = f"http://127.0.0.1:{free_port()}"
     env = {
         **os.environ,
+        "PORT": proxy.rsplit(":", 1)[1],
         "TMPDIR": str(tmp_path),
         "TS_CONFIG": str(tmp_path / "config.properties"),
         "MODEL_STORE": config.model_store,
@@ -394,7 +357,7 @@ def test_serve_and_predict_scripts(server, exported, tiny_leaves, tmp_path):
     try:
         started = subprocess.run([*serve, "start", "onnx-int8"], env=env, capture_output=True, text=True, timeout=200)
         assert started.returncode == 0, started.stderr
-        assert f"leafnet-onnx-int8.mar: curl -X POST {urls['inference']}/predictions/leafnet" in started.stdout
+        assert f"leafnet-onnx-int8.mar behind the proxy: curl -X POST {proxy}/predictions/leafnet" in started.stdout
         # start returns once every worker has loaded the model, not merely once /ping says Healthy
         assert all_ready(urls["management"], "leafnet")
         assert len(ready_workers(urls["management"], "leafnet")) == MODEL_CONFIG["minWorkers"]
@@ -405,11 +368,14 @@ def test_serve_and_predict_scripts(server, exported, tiny_leaves, tmp_path):
         )
         assert predicted.returncode == 0, predicted.stderr
         assert json.loads(predicted.stdout)["predictions"][0]["label"] == image.parent.name
-        missing = subprocess.run([*serve, "start", "onnx-fp16"], env=env, capture_output=True, text=True)
-        assert missing.returncode == 2 and "leafnet-onnx-fp16.mar not found" in missing.stderr
+        again = subprocess.run([*serve, "start", "onnx-int8"], env=env, capture_output=True, text=True)
+        assert again.returncode == 2 and "already serving" in again.stderr
     finally:
         stopped = subprocess.run([*serve, "stop"], env=env, capture_output=True, text=True, timeout=60)
-    assert stopped.returncode == 0
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert request(f"{proxy}/ping")[0] is None and request(f"{urls['inference']}/ping")[0] is None  # both gone
+    missing = subprocess.run([*serve, "start", "onnx-fp16"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "leafnet-onnx-fp16.mar not found" in missing.stderr
     assert subprocess.run([*serve, "status"], env=env, capture_output=True).returncode == 1
 
 

@@ -1,6 +1,9 @@
-"""The TorchServe profiles say what their comments promise: who can reach which API, and with what key."""
+"""The TorchServe and proxy profiles say what their comments promise: who can reach which API, with what
+heap, and how much log each keeps."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -21,16 +24,44 @@ def test_every_profile_locks_down_what_no_client_needs(name):
     assert profile["metrics_address"].startswith("http://127.0.0.1:")
     assert profile["grpc_inference_address"] == profile["grpc_management_address"] == "127.0.0.1"
     assert profile["enable_model_api"] == "false"
-    assert profile["allowed_urls"] == "file://.*model_store.*"
+    # anchored (the supervisor pins it to the real store's absolute path); the backslash doubled for .properties
+    assert profile["allowed_urls"] == "file:///app/model_store/[^/]+\\\\.mar"
+    assert profile["disable_system_metrics"] == "true"
+    assert re.search(r"(^| )-Xmx\d+[mg] ", profile["vmargs"]), "an explicit heap"
     assert int(profile["max_request_size"]) == 10 * 1024 * 1024
     assert profile["metrics_mode"] == "prometheus" and (REPO / profile["metrics_config"]).is_file()
     assert profile["load_models"] == "leafnet=leafnet.mar"
 
 
-def test_each_profile_opens_inference_as_documented():
-    local, gce, cloudrun = (properties(n) for n in ("config.properties", "gce.properties", "cloudrun.properties"))
-    assert local["inference_address"] == "http://127.0.0.1:8080" and local["disable_token_authorization"] == "true"
-    assert gce["inference_address"] == "http://0.0.0.0:8080" and gce["disable_token_authorization"] == "false"
-    assert int(gce["token_expiration_min"]) > 60
-    assert cloudrun["inference_address"] == "http://0.0.0.0:$$PORT$$"
-    assert cloudrun["disable_token_authorization"] == "true"  # Cloud Run's IAM checks callers instead
+def test_torchserve_listens_on_loopback_behind_the_proxy_in_every_profile():
+    for name in ("config.properties", "gce.properties", "cloudrun.properties"):
+        profile = properties(name)
+        assert profile["inference_address"] == "http://127.0.0.1:8085"
+        assert profile["disable_token_authorization"] == "true"  # the proxy (GCE) or Cloud Run's IAM checks callers
+        assert "token_expiration_min" not in profile
+    assert "-Xmx384m" in properties("cloudrun.properties")["vmargs"]  # of a 2 GiB instance
+
+
+def test_every_proxy_profile_routes_through_the_shared_limits_and_bounds_its_logs():
+    for name in ("local", "gce", "cloudrun"):
+        text = (REPO / "config" / "proxy" / f"{name}.Caddyfile").read_text()
+        assert "import server-options.caddy" in text and "import leafnet_routes" in text
+        if "output file" in text:
+            assert text.count("output file") == text.count("roll_keep 5") == text.count("roll_size 20MiB")
+        else:
+            assert "output stdout" in text
+
+
+def test_every_torchserve_log_file_rolls_by_size_into_a_bounded_count():
+    """No date in the rolled names: DefaultRolloverStrategy's max then bounds the files of each log for
+    good, not per day (log4j2.xml; log4j2-stdout.xml writes no file)."""
+    text = (PROFILES / "log4j2.xml").read_text()
+    appenders = re.findall(r"<RollingFile.*?</RollingFile>", text, re.S)
+    assert len(appenders) == 5
+    for appender in appenders:
+        assert "%d{" not in re.search(r"filePattern=\"[^\"]*\"", appender).group(0)
+        assert "TimeBasedTriggeringPolicy" not in appender
+        assert re.search(r'SizeBasedTriggeringPolicy size="\d+ MB"', appender)
+        assert re.search(r'DefaultRolloverStrategy max="\d+"', appender)
+    assert "<Console" not in text  # stdout would land in an unbounded file or docker log
+    assert "<RollingFile" not in (PROFILES / "log4j2-stdout.xml").read_text()

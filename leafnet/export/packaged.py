@@ -12,13 +12,16 @@ SERVING = Path(str(resources.files("leafnet.serving")))
 ENTRY_POINT = SERVING / "leafnet_handler.py"  # handlers/leafnet_handler.py links to it
 MODEL_CONFIG = SERVING / "model-config.yaml"
 ARCHIVED_PACKAGE = "leafnet_serving"  # the name the entry point imports inside a worker
+# Runs beside TorchServe (it starts it), never inside a worker: the image copies it, the archive does not.
+SUPERVISOR = SERVING / "supervisor.py"
 
 
 def copy_serving_package(into: Path) -> Path:
-    """`into/leafnet_serving/`: the package's modules, without the entry point, config or bytecode."""
+    """`into/leafnet_serving/`: the package's modules, without the entry point, the supervisor, config or
+    bytecode."""
     target = into / ARCHIVED_PACKAGE
     target.mkdir(parents=True)
     for module in sorted(SERVING.glob("*.py")):
-        if module.name != ENTRY_POINT.name:
+        if module.name not in (ENTRY_POINT.name, SUPERVISOR.name):
             shutil.copy2(module, target / module.name)
     return target

@@ -1,0 +1,232 @@
+"""One init for the served model: TorchServe on loopback, the Caddy proxy in front of it, one shutdown order.
+
+    python leafnet/serving/supervisor.py --ts-config config/torchserve/cloudrun.properties \
+        --proxy-config config/proxy/cloudrun.Caddyfile --model-store model_store --models leafnet=leafnet.mar
+
+It is the serve image's command (under tini), what scripts/serve.sh runs locally, and what the tests run:
+the same start and stop order everywhere.
+
+- Start: TorchServe first; the proxy only once every worker has loaded the model, so the public port opens
+  when the server can answer (Cloud Run's TCP startup probe and the load balancer's health check see a
+  ready server, never a 502).
+- SIGTERM or SIGINT (what Cloud Run, GCE and `docker stop` send): the proxy first. Caddy stops accepting
+  and lets requests in flight finish for its grace_period (LEAFNET_GRACE, under Cloud Run's 10 s); then
+  TorchServe, which has by then answered them all, is stopped.
+- Either child exiting on its own stops the other and ends the supervisor with an error, so the platform
+  restarts the whole instance rather than serving half of it.
+
+Standard library only: the serve image runs it without the leafnet package (docker/serve.Dockerfile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+READY_POLL_S = 0.5
+EXIT_ON_CHILD_FAILURE = 1
+
+
+def log(message: str) -> None:
+    print(f"supervisor: {message}", file=sys.stderr, flush=True)
+
+
+def properties(path: Path) -> dict[str, str]:
+    """The key=value lines of a TorchServe config.properties, $$NAME$$ filled from the environment as
+    TorchServe does."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            for name, setting in os.environ.items():
+                value = value.replace(f"$${name}$$", setting)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def loopback_address(url: str) -> str:
+    """host:port of a TorchServe address, reached on loopback."""
+    host_port = url.split("://", 1)[-1].rstrip("/")
+    return host_port.replace("0.0.0.0", "127.0.0.1")
+
+
+def executable(name: str) -> str:
+    """A tool of this Python's environment (the venv's caddy and torchserve), else from PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        raise SystemExit(f"error: {name} not found beside {sys.executable} or on PATH (install the serve requirements)")
+    return found
+
+
+def workers_ready(management: str, models: list[str]) -> bool:
+    """Whether every worker of every model is READY: /ping turns healthy seconds before they have loaded."""
+    for model in models:
+        try:
+            with urllib.request.urlopen(f"http://{management}/models/{model}", timeout=2) as response:
+                workers = json.loads(response.read())[0]["workers"]
+        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError):
+            return False
+        if not workers or any(w.get("status") != "READY" for w in workers):
+            return False
+    return True
+
+
+def anchored_config(profile: Path, model_store: str | None, config: dict[str, str], state: Path) -> Path:
+    """The profile as TorchServe gets it: allowed_urls anchored to the model store actually served (the
+    profile cannot know its absolute path) and workflow_store an empty directory of the supervisor's own.
+    With the model API off neither is reachable; should it be turned on, nothing but an archive of this
+    store can be registered, and no workflow (.war) at all."""
+    store = Path(model_store or config.get("model_store", "model_store")).resolve()
+    workflows = state / "no-workflows"
+    workflows.mkdir(parents=True, exist_ok=True)
+    # \\Q...\\E: the path is literal, whatever regex characters it holds; Matcher.matches() anchors both ends.
+    # Each backslash is doubled: a .properties file drops a lone one.
+    pinned = {"allowed_urls": f"file://\\\\Q{store}/\\\\E[^/]+\\\\.mar", "workflow_store": str(workflows)}
+    lines = [line for line in profile.read_text().splitlines() if line.split("=", 1)[0].strip() not in pinned]
+    lines += [f"{key}={value}" for key, value in pinned.items()]
+    effective = state / "config.properties"
+    effective.write_text("\n".join(lines) + "\n")
+    return effective
+
+
+def model_names(models: str | None, config: dict[str, str]) -> list[str]:
+    spec = models or config.get("load_models", "")
+    return [entry.split("=", 1)[0] for entry in spec.split(",") if "=" in entry]
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.config = properties(Path(args.ts_config))
+        self.models = model_names(args.models, self.config)
+        if not self.models:
+            raise SystemExit(f"error: no model to serve: pass --models or set load_models in {args.ts_config}")
+        self.stopping = False
+        state = Path(args.state_dir or tempfile.mkdtemp(prefix="leafnet-serve-"))
+        self.ts_config = anchored_config(Path(args.ts_config), args.model_store, self.config, state)
+        self.torchserve: subprocess.Popen | None = None
+        self.proxy: subprocess.Popen | None = None
+
+    def on_signal(self, signum: int, _frame) -> None:
+        if not self.stopping:
+            log(f"{signal.Signals(signum).name}: draining the proxy, then stopping TorchServe")
+        self.stopping = True
+
+    def start_torchserve(self) -> None:
+        command = [executable("torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(self.ts_config)]
+        if self.args.model_store:
+            command += ["--model-store", self.args.model_store]
+        if self.args.models:
+            command += ["--models", self.args.models]
+        # A session of its own: a terminal's Ctrl-C reaches the supervisor alone, which stops the children
+        # in order; and the JVM with its Python workers can be signalled as one group.
+        self.torchserve = subprocess.Popen(command, start_new_session=True)
+
+    def start_proxy(self) -> None:
+        env = {**os.environ, "LEAFNET_BACKEND": loopback_address(self.config["inference_address"])}
+        command = [executable("caddy"), "run", "--adapter", "caddyfile", "--config", self.args.proxy_config]
+        self.proxy = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def wait_for_workers(self) -> bool:
+        management = loopback_address(self.config["management_address"])
+        deadline = time.monotonic() + self.args.ready_timeout
+        while not self.stopping:
+            if workers_ready(management, self.models):
+                return True
+            if self.torchserve.poll() is not None:
+                log(f"TorchServe exited ({self.torchserve.returncode}) before its workers were ready")
+                return False
+            if time.monotonic() > deadline:
+                log(f"TorchServe's workers not ready after {self.args.ready_timeout:.0f} s")
+                return False
+            time.sleep(READY_POLL_S)
+        return False
+
+    def stop(self, child: subprocess.Popen | None, name: str, timeout: float) -> None:
+        """SIGTERM to the child's process group, SIGKILL if it is still there after `timeout`."""
+        if child is None or child.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{name} still running {timeout:.0f} s after SIGTERM: killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+    def shutdown(self) -> None:
+        # The proxy drains within its grace period (plus a margin for its own exit); only then TorchServe.
+        self.stop(self.proxy, "the proxy", self.args.grace + 5)
+        self.stop(self.torchserve, "TorchServe", self.args.stop_timeout)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+        self.start_torchserve()
+        if not self.wait_for_workers():
+            self.shutdown()
+            return 0 if self.stopping else EXIT_ON_CHILD_FAILURE
+        self.start_proxy()
+        log(f"serving {', '.join(self.models)}: proxy {self.args.proxy_config} in front of TorchServe")
+        status = 0
+        while not self.stopping:
+            for child, name in ((self.torchserve, "TorchServe"), (self.proxy, "the proxy")):
+                if child.poll() is not None:
+                    log(f"{name} exited ({child.returncode}): stopping the rest")
+                    status = EXIT_ON_CHILD_FAILURE
+                    self.stopping = True
+                    break
+            else:
+                time.sleep(0.2)
+        self.shutdown()
+        log("stopped")
+        return status
+
+
+def grace_seconds(text: str) -> float:
+    """Caddy's duration syntax for the grace period (8s, 500ms, 1m): how long the proxy may drain."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    for unit in ("ms", "s", "m"):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * units[unit]
+    return float(text)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ts-config", required=True, help="TorchServe config.properties (config/torchserve/)")
+    parser.add_argument("--proxy-config", required=True, help="the Caddyfile of the profile (config/proxy/)")
+    parser.add_argument("--model-store", help="TorchServe's model store (default: the config's model_store)")
+    parser.add_argument("--models", help="NAME=ARCHIVE.mar to serve (default: the config's load_models)")
+    parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for every worker to load")
+    parser.add_argument("--state-dir", help="where the effective TorchServe config goes (a new temp dir)")
+    parser.add_argument("--stop-timeout", type=float, default=20.0, help="seconds for TorchServe to stop")
+    args = parser.parse_args(argv)
+    # Caddy reads its grace period from LEAFNET_GRACE as well: one setting for both.
+    args.grace = grace_seconds(os.environ.get("LEAFNET_GRACE", "8s"))
+    for path in (args.ts_config, args.proxy_config):
+        if not Path(path).is_file():
+            parser.error(f"{path} not found")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return Supervisor(parse(argv)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
