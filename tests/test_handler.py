@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -462,3 +463,42 @@ def test_the_most_expensive_accepted_images_cost_a_bounded_amount(exported, tmp_
         assert cost["outcome"] == "accepted" or cost["outcome"].startswith("refused: too slow"), (name, cost)
         assert cost["peak_mb_above_idle"] <= 300, (name, cost)
     assert "| webp-lossless |" in (tmp_path / "bench" / "serving_benchmark.md").read_text()
+
+
+def test_large_images_take_turns_so_small_ones_never_wait(exported, tmp_path):
+    """large_image_pixels (admission.py): a large image is decoded only in a batch of nothing smaller and
+    while no other worker decodes one; otherwise 429 with Retry-After. A tiny threshold makes 100x100 large."""
+    handler = archived(exported, tmp_path / "gate", large_image_pixels=5_000)
+    large, small = _png(Image.new("RGB", (100, 100), "white")), _png(Image.new("RGB", (60, 60), "white"))
+    answers = handler([{"body": large}, {"body": small}])
+    refusal = json.loads(answers[0])
+    assert refusal["code"] == 429 == status_of(handler.context, 0) and "smaller images were waiting" in refusal["error"]
+    assert handler.context.get_response_headers(0)["Retry-After"] == "1"
+    assert isinstance(answers[1], dict) and status_of(handler.context, 1) == 200
+    # Large images alone: the first is decoded, the rest wait their turn.
+    answers = handler([{"body": large}, {"body": large}])
+    assert isinstance(answers[0], dict) and json.loads(answers[1])["code"] == 429
+    # Another worker (another process) holds the turn: even a lone large image waits.
+    lock = os.open(handler.handler.gate.lock_path, os.O_RDWR)
+    hold = f"import fcntl, time; fcntl.flock({lock}, fcntl.LOCK_EX); print(1, flush=True); time.sleep(30)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], pass_fds=(lock,), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        refusal = json.loads(handler([{"body": large}])[0])
+        assert refusal["code"] == 429 and "another large image is being decoded" in refusal["error"]
+    finally:
+        holder.kill()
+        holder.wait()
+        os.close(lock)
+    assert isinstance(handler([{"body": large}])[0], dict)  # its turn came
+
+
+def test_a_phone_jpeg_counts_at_the_scale_it_decodes_at():
+    from leafnet.serving.admission import decoded_pixels
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4032, 3024), "green").save(buffer, format="JPEG")
+    assert decoded_pixels(buffer.getvalue(), (128, "pad")) == 504 * 378  # 1/8 scale: 0.19 MP, not 12.2
+    assert decoded_pixels(buffer.getvalue(), None) == 4032 * 3024
+    assert decoded_pixels(_png(Image.new("RGB", (300, 200))), (128, "pad")) == 300 * 200
+    assert decoded_pixels(b"not an image", (128, "pad")) is None

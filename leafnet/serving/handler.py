@@ -8,13 +8,15 @@ image costs its own request a 4xx with a JSON reason; the others in the batch ar
 It reads from the archive: the model (TorchScript or ONNX), `preprocess.json` (the checkpoint's
 PreprocessSpec, so a raw upload is decoded, fitted and normalised exactly like a test image),
 `index_to_name.json`, and the `handler:` section of model-config.yaml (`topk`, `max_image_pixels`,
-`prepare_timeout_s`, `threads`, `drift_log`, `drift_max_per_s`). Subclasses BaseHandler, not
+`prepare_timeout_s`, `large_image_pixels`, `threads`, `drift_log`, `drift_max_per_s`). Large images take
+turns (admission.py): under load one may be answered 429 while small ones go ahead. Subclasses BaseHandler, not
 VisionHandler/ImageClassifier: those import captum, and without it the worker dies with a misleading "No
 module named 'ts.torch_handler.handler'".
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from ts.torch_handler.base_handler import BaseHandler
 
+from .admission import DEFAULT_LARGE_IMAGE_PIXELS, RETRY_AFTER_S, LargeImageGate, decoded_pixels
 from .answers import top_k
 from .drift import DriftSampler, drift_line
 from .image_io import RejectedImage
@@ -65,6 +68,8 @@ class LeafnetServingHandler(BaseHandler):
         timeout_s = float(options.get("prepare_timeout_s", DEFAULT_PREPARE_TIMEOUT_S) or 0) or None  # 0: none
         # max_image_pixels unset: derived from the spec's sizes (preprocess.default_max_pixels)
         self.preprocessor = Preprocessor(self.spec, int(options.get("max_image_pixels") or 0) or None, timeout_s)
+        large = int(options.get("large_image_pixels") or DEFAULT_LARGE_IMAGE_PIXELS)
+        self.gate = LargeImageGate(model_dir, large)  # the model's workers share model_dir, so its lock
         # Workers of this model running at once (leafnet sets minWorkers = maxWorkers): they split the cores
         # and the drift-line budget.
         workers = max(1, int(yaml_config.get("maxWorkers", 1) or 1))
@@ -84,25 +89,52 @@ class LeafnetServingHandler(BaseHandler):
 
     def preprocess(self, data: list[dict]) -> Batch:
         batch = Batch([None] * len(data))
+        deadlines, bodies = {}, {}
         for position, item in enumerate(data):
+            deadlines[position] = self.preprocessor.deadline()  # per request: base64 decoding counts too
             try:
-                deadline = self.preprocessor.deadline()  # per request: base64 decoding counts too
-                body = request_bytes(item, content_type_of(self.context, position))
-                image, upload_size = self.preprocessor.fitted(body, deadline)
-                batch.inputs.append(self.preprocessor.tensor(image))
-                batch.positions.append(position)
-                if self._drift_sampled():
-                    stats = self._drift_stats(image, upload_size)
-                    if stats is not None:
-                        batch.drift_stats[position] = stats
+                bodies[position] = request_bytes(item, content_type_of(self.context, position))
             except RejectedImage as error:
                 batch.results[position] = self._refuse(position, error.kind, str(error))
-            except Exception as error:  # a decoder bug must cost this request only, not the batch
-                logger.exception("leafnet: request %d failed", position)
-                batch.results[position] = self._refuse(
-                    position, "internal", f"cannot process image: {type(error).__name__}"
-                )
+        fit = self.preprocessor.fit
+        large = [position for position, body in bodies.items() if self.gate.is_large(decoded_pixels(body, fit))]
+        small = [position for position in bodies if position not in large]
+        for position in small:
+            self._prepare(batch, position, bodies[position], deadlines[position])
+        if large:
+            self._prepare_large(batch, large, bodies, deadlines, alone=not small)
         return batch
+
+    def _prepare_large(self, batch: Batch, large: list[int], bodies: dict, deadlines: dict, alone: bool) -> None:
+        """The first large image when the batch has nothing smaller and no other worker is decoding one;
+        the others, 429 (admission.py)."""
+        with self.gate.turn() if alone else contextlib.nullcontext(False) as turn:
+            for index, position in enumerate(large):
+                if turn and index == 0:
+                    self._prepare(batch, position, bodies[position], deadlines[position])
+                    continue
+                why = "smaller images were waiting" if not alone else "another large image is being decoded"
+                batch.results[position] = self._refuse(
+                    position, "busy", f"busy: large images take turns and {why}; retry in {RETRY_AFTER_S} s"
+                )
+                self.context.set_response_header(position, "Retry-After", str(RETRY_AFTER_S))
+
+    def _prepare(self, batch: Batch, position: int, body: bytes, deadline) -> None:
+        """One request's model input, or its refusal."""
+        try:
+            image, upload_size = self.preprocessor.fitted(body, deadline)
+            batch.inputs.append(self.preprocessor.tensor(image))
+            batch.positions.append(position)
+            if self._drift_sampled():
+                stats = self._drift_stats(image, upload_size)
+                if stats is not None:
+                    batch.drift_stats[position] = stats
+        except RejectedImage as error:
+            batch.results[position] = self._refuse(position, error.kind, str(error))
+        except Exception as error:  # a decoder bug must cost this request only, not the batch
+            logger.exception("leafnet: request %d failed", position)
+            reason = f"cannot process image: {type(error).__name__}"
+            batch.results[position] = self._refuse(position, "internal", reason)
 
     def inference(self, batch: Batch, *args, **kwargs) -> Batch:
         if batch.inputs:
@@ -144,12 +176,20 @@ class LeafnetServingHandler(BaseHandler):
             return None
         return {"size": list(upload_size), "features": features}
 
+    def _request_id(self, position: int) -> str:
+        try:
+            return self.context.get_request_header(position, "X-Request-Id") or "-"
+        except (AttributeError, IndexError, KeyError):  # a context without request headers (direct calls)
+            return "-"
+
     def _record(self, name: str, value: float, *extra_dimension: str) -> None:
         self.metrics.record(name, value, *extra_dimension)
 
     def _refuse(self, position: int, kind: str, reason: str) -> str:
         status = status_of(kind)
         self.context.set_response_status(code=status, phrase=reason, idx=position)
+        # The proxy's request id joins this line to its access log line (and to the client's answer).
+        logger.info("leafnet: refused request %s: %d %s: %s", self._request_id(position), status, kind, reason)
         self._record("leafnet_rejected_total", 1, kind)
         return json.dumps({"error": reason, "code": status})
 

@@ -170,6 +170,20 @@ def _check_size(size: tuple[int, int], max_pixels: int, min_side: int, max_squar
         raise RejectedImage(f"too small: {width}x{height} is under min_side={min_side}", "too_small")
 
 
+def jpeg_draft_scale(size: tuple[int, int], fit: tuple[int, str] | None) -> int:
+    """The DCT scale (1, 2, 4 or 8) a JPEG of `size` decodes at under `_draft`: PIL's rule, the largest
+    scale whose reduced size still holds what was asked."""
+    if fit is None:
+        return 1
+    canvas, _, target = _fit_geometry(size, *fit)
+    factor = min(_reducing_factors(canvas, target))
+    if factor <= 1:
+        return 1
+    width, height = size
+    asked = (-(-width // factor), -(-height // factor))
+    return max(s for s in (1, 2, 4, 8) if width // s >= asked[0] and height // s >= asked[1])
+
+
 def _draft(image: Image.Image, fit: tuple[int, str]) -> None:
     """Asks JPEG for the smallest DCT scale that keeps what the fit's resize reduces to; other formats
     ignore it. PIL's draft picks the largest scale s (1, 2, 4, 8) with size // s >= the size asked, so

@@ -93,6 +93,11 @@ class Preprocessor:
             )
         self.background = tuple(spec.get("background") or (0, 0, 0))
 
+    @property
+    def fit(self) -> tuple[int, str] | None:
+        """(fit_size, fit_mode) when prepare fitted the training images, else None."""
+        return (self.spec["fit_size"], self.spec["fit_mode"]) if self.spec.get("fit_size") else None
+
     def deadline(self) -> Deadline:
         """A request's time limit, started now."""
         return Deadline(self.timeout_s)
@@ -100,7 +105,7 @@ class Preprocessor:
     def fitted(self, data: bytes, deadline: Deadline | None = None) -> tuple[Image.Image, tuple[int, int]]:
         """The decoded image fitted as prepare fitted training images, and the upload's own size.
         Raises RejectedImage for bytes that are not a usable image or take longer than the time limit."""
-        fit = (self.spec["fit_size"], self.spec["fit_mode"]) if self.spec.get("fit_size") else None
+        fit = self.fit
         max_square = LETTERBOX_AREAS * self.max_pixels if fit and fit[1] == "pad" else None
         return decode_upload(
             data, self.max_pixels, background=self.background, fit=fit, max_square=max_square,
