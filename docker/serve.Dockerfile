@@ -60,7 +60,7 @@ RUN useradd --no-log-init --create-home --uid 10001 --user-group leafnet \
 
 # Both stages start from PYTHON_IMAGE: the venv's python is a link to that image's /usr/local/bin/python3.11.
 COPY --from=builder /opt/venv /opt/venv
-# PORT: Cloud Run sets it; cloudrun.properties listens on $$PORT$$, which TorchServe fills from it.
+# PORT: Cloud Run sets it; the proxy (config/proxy/cloudrun.Caddyfile) listens on it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PORT=8080

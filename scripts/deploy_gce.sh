@@ -20,11 +20,11 @@
 #   --machine-type TYPE    MACHINE_TYPE    (n2-standard-2: 2 vCPUs with AVX-512 VNNI for the int8 model)
 #   --boot-disk-size SIZE  BOOT_DISK_SIZE  (20GB)
 #   --source-ranges CIDRS  SOURCE_RANGES   who may reach port 8080, e.g. 203.0.113.0/24 (required to create
-#                                          the firewall rule without --domain; 0.0.0.0/0 needs --allow-anywhere)
+#                                          the firewall rule without --domain; wider than /8 needs --allow-anywhere)
 #   --domain NAME          DOMAIN          serve https://NAME through a load balancer with a managed certificate
 #   --token-secret NAME    TOKEN_SECRET    Secret Manager secret holding the bearer token(s), one per line
 #                                          (leafnet-serve-token); the VM's service account reads it
-#   --allow-anywhere                       accept --source-ranges 0.0.0.0/0 (the whole internet, plain HTTP)
+#   --allow-anywhere                       accept --source-ranges wider than a /8, 0.0.0.0/0 included (plain HTTP)
 #   --network NET          NETWORK         VPC network of the VM and the rule (default)
 #   --firewall-rule NAME   FIREWALL_RULE   (leafnet-serve-8080)
 #   --service-account SA   VM_SERVICE_ACCOUNT  identity of the VM (Compute Engine's default if empty); it
@@ -67,11 +67,15 @@ if [ -n "${DOMAIN:-}" ]; then
 elif [ "${UPDATE:-}" != 1 ] && [ "${NO_FIREWALL:-}" != 1 ]; then
   require SOURCE_RANGES --source-ranges
 fi
-case ",${SOURCE_RANGES:-}," in
-  *,0.0.0.0/0,*)
+# A range wider than a /8 (IPv4) or a /32 (IPv6), 0.0.0.0/0 and ::/0 included, is most of the internet.
+for range in ${SOURCE_RANGES:+${SOURCE_RANGES//,/ }}; do
+  prefix=${range##*/}
+  [ "$prefix" != "$range" ] || continue  # a single address
+  if { [[ $range == *:* ]] && [ "$prefix" -lt 32 ]; } || { [[ $range != *:* ]] && [ "$prefix" -lt 8 ]; }; then
     [ "${ALLOW_ANYWHERE:-}" = 1 ] ||
-      die "--source-ranges 0.0.0.0/0 opens plain HTTP to the whole internet: use --domain (HTTPS load balancer) or pass --allow-anywhere" ;;
-esac
+      die "--source-ranges $range opens plain HTTP to a large part of the internet: use --domain (HTTPS load balancer) or pass --allow-anywhere"
+  fi
+done
 require_gcloud
 image=$(serve_image)
 where=(--project "$PROJECT" --zone "$ZONE")
@@ -90,8 +94,10 @@ else
     --network "$NETWORK" --image-family cos-stable --image-project cos-cloud --boot-disk-size "$BOOT_DISK_SIZE"
     --tags "$NETWORK_TAG" --metadata-from-file "user-data=$CLOUD_INIT"
     --metadata "leafnet-image=$image,leafnet-token-secret=$TOKEN_SECRET,google-logging-enabled=true")
-  # An explicit service account gets the cloud-platform scope, so its IAM roles alone decide what it may do.
-  [ -z "${VM_SERVICE_ACCOUNT:-}" ] || create+=(--service-account "$VM_SERVICE_ACCOUNT" --scopes cloud-platform)
+  # The cloud-platform scope, so the account's IAM roles alone decide what it may do: Secret Manager
+  # (the token) is outside the default scopes.
+  [ -z "${VM_SERVICE_ACCOUNT:-}" ] || create+=(--service-account "$VM_SERVICE_ACCOUNT")
+  create+=(--scopes cloud-platform)
   run "${create[@]}"
 fi
 if [ -n "${DOMAIN:-}" ] && [ "${UPDATE:-}" != 1 ]; then

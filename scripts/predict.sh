@@ -11,6 +11,6 @@ image=${1:-}
 case "$image" in /*) ;; *) image="$OLDPWD/$image" ;; esac
 [ -f "$image" ] || { echo "error: $image not found" >&2; exit 2; }
 url=${TS_URL:-$(proxy_url)}
-mapfile -t auth < <(auth_header)
-curl -sS --fail-with-body -X POST "$url/predictions/leafnet" "${auth[@]}" -H "Content-Type: application/octet-stream" --data-binary "@$image"
+curl -sS --fail-with-body -X POST "$url/predictions/leafnet" -H @<(auth_header) \
+  -H "Content-Type: application/octet-stream" --data-binary "@$image"
 echo

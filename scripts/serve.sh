@@ -59,10 +59,11 @@ case "$action" in
     running || { echo "not serving (no live supervisor in $pidfile)"; rm -f "$pidfile"; exit 0; }
     pid=$(cat "$pidfile")
     kill -TERM "$pid"
-    # The proxy drains (grace period 8 s), then TorchServe stops: allow both, then say so.
-    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    # The proxy drains (its grace period, 8 s, plus 5), then TorchServe stops (20 s at most before the
+    # supervisor kills it): allow all of it, then say so.
+    for _ in $(seq 90); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then
-      echo "error: supervisor $pid still running 30 s after SIGTERM; see $LOG_LOCATION/supervisor.log" >&2
+      echo "error: supervisor $pid still running 45 s after SIGTERM; see $LOG_LOCATION/supervisor.log" >&2
       exit 1
     fi
     rm -f "$pidfile"

@@ -417,33 +417,53 @@ def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
     )
 
 
-def test_cloud_init_token_script_writes_the_secret_atomically(tmp_path):
-    """token.sh with fakes of the metadata server and Secret Manager: the secret's payload lands in the
-    token file (the proxy reads it per request)."""
+def run_token_script(tmp_path, secret_answer: str, status: int) -> subprocess.CompletedProcess:
+    """token.sh with fakes of the metadata server and Secret Manager answering `status` and `secret_answer`."""
     files = {entry["path"]: entry["content"] for entry in yaml.safe_load(CLOUD_INIT.read_text())["write_files"]}
     script = files["/etc/leafnet/token.sh"].replace("/run/leafnet", str(tmp_path / "run"))
-    payload = "a" * 64 + "\n" + "b" * 64
-    encoded = base64.b64encode(payload.encode()).decode()
+    (tmp_path / "answer.json").write_text(secret_answer)
     fakes = tmp_path / "bin"
-    fakes.mkdir()
+    fakes.mkdir(exist_ok=True)
     (fakes / "curl").write_text(
         f"#!{BASH}\n"
         'case "$*" in\n'
         "  *leafnet-token-secret*) echo leafnet-serve-token ;;\n"
         "  *project-id*) echo p ;;\n"
         '  *service-accounts/default/token*) echo \'{"access_token": "ya29.x", "expires_in": 3599}\' ;;\n'
-        f"  *secretmanager.googleapis.com/v1/projects/p/secrets/leafnet-serve-token/versions/latest:access*)"
-        f' printf \'{{\\n  "name": "v/1",\\n  "payload": {{\\n    "data": "{encoded}"\\n  }}\\n}}\\n\' ;;\n'
+        "  *secretmanager.googleapis.com/v1/projects/p/secrets/leafnet-serve-token/versions/latest:access*)\n"
+        '    while [ "$1" != -o ]; do shift; done\n'
+        f'    cp {tmp_path / "answer.json"} "$2"; printf {status} ;;\n'
         "  *) exit 22 ;;\n"
         "esac\n"
     )
     (fakes / "curl").chmod(0o755)
     (tmp_path / "token.sh").write_text(script)
     env = {"PATH": f"{fakes}:/usr/bin:/bin"}
-    result = subprocess.run([BASH, str(tmp_path / "token.sh")], env=env, capture_output=True, text=True)
+    return subprocess.run([BASH, str(tmp_path / "token.sh")], env=env, capture_output=True, text=True)
+
+
+def test_cloud_init_token_script_writes_the_secret_atomically(tmp_path):
+    """The secret's payload lands in the token file (the proxy reads it per request); no temp file is left."""
+    payload = "a" * 64 + "\n" + "b" * 64
+    encoded = base64.b64encode(payload.encode()).decode()
+    result = run_token_script(
+        tmp_path, f'{{\n  "name": "v/1",\n  "payload": {{\n    "data": "{encoded}"\n  }}\n}}\n', 200
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "token").read_text() == payload
-    assert [p.name for p in (tmp_path / "run").iterdir()] == ["token"]  # no temp file left
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["token"]
+
+
+@pytest.mark.parametrize(("status", "kept"), [(404, False), (400, False), (403, False), (503, True)])
+def test_cloud_init_token_script_revokes_on_refusal_and_keeps_on_outage(tmp_path, status, kept):
+    """A disabled, destroyed or forbidden secret empties the file (tokens taken away stop working); Secret
+    Manager failing keeps the last good one."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "token").write_text("old" * 20)
+    result = run_token_script(tmp_path, json.dumps({"error": {"code": status}}), status)
+    assert (result.returncode != 0) == kept and str(status) in result.stderr  # a revocation is applied, not failed
+    assert (tmp_path / "run" / "token").read_text() == ("old" * 20 if kept else "")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["token"]
 
 
 def test_docs_show_what_the_dry_runs_print(bare_path):

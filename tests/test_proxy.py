@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +37,14 @@ class Proxied:
 
 
 @contextlib.contextmanager
-def proxied(base: Path, profile: str, model_store: str, models: dict[str, str], **env: str):
+def proxied(base: Path, profile: str, model_store: str, models: dict[str, str], model_api: bool = False, **env: str):
     """The supervisor serving `models` with profile `profile` (config.properties + local.Caddyfile for
-    "local"), stopped with SIGTERM on exit."""
+    "local"), stopped with SIGTERM on exit. model_api=True turns TorchServe's model API on (a test of what
+    allowed_urls still refuses)."""
     ts_profile = "config.properties" if profile == "local" else f"{profile}.properties"
     properties, urls, _ = loopback_properties(ts_profile, model_store, models)
+    if model_api:
+        properties = properties.replace("enable_model_api=false", "enable_model_api=true")
     (base / "ts.properties").write_text(properties)
     port = free_port()
     logs = base / "logs"
@@ -121,6 +126,20 @@ def test_gce_proxy_checks_a_bearer_token_that_rotates_without_a_restart(exported
         assert status == 503 and "no bearer token is configured" in json.loads(body)["message"]
 
 
+def test_hostile_requests_on_gce_include_missing_and_wrong_tokens(exported, tiny_leaves, tmp_path):
+    _, config = exported
+    image = sorted((tiny_leaves / "test").rglob("*.png"))[0]
+    (tmp_path / "token").write_text(TOKEN)
+    with proxied(tmp_path, "gce", config.model_store, {"leafnet": "leafnet-onnx-int8.mar"},
+                 LEAFNET_TOKEN_FILE=str(tmp_path / "token")) as served:  # fmt: skip
+        suite = HostileConfig(url=served.url, image=str(image), token=TOKEN, slow_body_s=4)
+        report = run_hostile(suite, log=print)
+        assert report.ok, [o for o in report.outcomes if not o.ok]
+        by_case = {o.case: o.status for o in report.outcomes}
+        assert by_case["token_missing"] == by_case["token_wrong"] == 401
+        assert by_case["token_skipped_by_dots"] == 401  # the raw path is not /ping: the token is still wanted
+
+
 def test_sigterm_lets_the_requests_in_flight_finish(exported, tiny_leaves, tmp_path):
     """Eight requests wait in TorchServe's batch queue (maxBatchDelay 3 s) when SIGTERM arrives: the proxy
     stops accepting, all eight get their 200, then TorchServe stops and the supervisor exits 0."""
@@ -144,20 +163,37 @@ def test_sigterm_lets_the_requests_in_flight_finish(exported, tiny_leaves, tmp_p
 
 
 def test_torchserve_registers_no_model_and_no_workflow(exported, tmp_path):
-    """Even on its own loopback management port: the model API is off, workflow_store is an empty
-    directory and allowed_urls admits archives of the served model store only."""
+    """On TorchServe's own loopback management port. With the model API off (every profile) nothing can be
+    registered; turned on, allowed_urls (anchored by the supervisor to the served store) admits archives of
+    that store only, and the empty workflow_store and the .mar-only pattern leave no workflow to register."""
     _, config = exported
-    with proxied(tmp_path, "local", config.model_store, {"leafnet": "leafnet.mar"}) as served:
-        management = served.torchserve["management"]
-        store = Path(config.model_store).resolve()
-        for url in (f"file://{store}/leafnet.mar", "http://127.0.0.1:9/x.mar"):
-            assert request(f"{management}/models?url={url}", method="POST")[0] in (400, 404, 405)
-        for url in ("w.war", f"file://{store}/../w.war", "http://127.0.0.1:9/w.war"):
-            status, body = request(f"{management}/workflows?url={url}", method="POST")
-            assert status is not None and status >= 400, body
-        effective = (tmp_path / "state" / "config.properties").read_text()
+    store = Path(config.model_store).resolve()
+    (tmp_path / "off").mkdir()
+    with proxied(tmp_path / "off", "local", config.model_store, {"leafnet": "leafnet.mar"}) as served:
+        status, _ = request(f"{served.torchserve['management']}/models?url=file://{store}/leafnet.mar", method="POST")
+        assert status is not None and status >= 400
+        effective = (tmp_path / "off" / "state" / "config.properties").read_text()
         assert f"allowed_urls=file://\\\\Q{store}/\\\\E[^/]+\\\\.mar" in effective
-        assert list((tmp_path / "state" / "no-workflows").iterdir()) == []
+    (tmp_path / "on").mkdir()
+    with proxied(tmp_path / "on", "local", config.model_store, {"leafnet": "leafnet.mar"}, model_api=True) as served:
+        management = served.torchserve["management"]
+
+        def register(kind: str, url: str) -> str:
+            status, body = request(f"{management}/{kind}?url={url}&model_name=other&initial_workers=0", method="POST")
+            assert status is not None and status >= 400, (url, body)  # never registered
+            return json.loads(body)["message"]
+
+        refused = "does not match any allowed URL(s)"
+        # The served store passes allowed_urls (and stops at the copy TorchServe would make of it).
+        assert "Model file already exists" in register("models", f"file://{store}/leafnet-onnx-int8.mar")
+        for url in (f"file://{store}x/leafnet.mar", "http://127.0.0.1:9/leafnet.mar",
+                    f"file://{store}/leafnet.mar.war", f"file://{store}/sub/leafnet.mar"):  # fmt: skip
+            assert refused in register("models", url), url
+        assert "Relative path is not allowed" in register("models", f"file://{store}/../model_store/leafnet.mar")
+        assert refused in register("workflows", f"file://{store}/w.war")
+        assert refused in register("workflows", "http://127.0.0.1:9/w.war")
+        assert "not found in workflow store" in register("workflows", "w.war")
+        assert list((tmp_path / "on" / "state" / "no-workflows").iterdir()) == []
 
 
 def test_cloud_run_logs_only_to_stdout(exported, tiny_leaves, tmp_path):
@@ -168,6 +204,12 @@ def test_cloud_run_logs_only_to_stdout(exported, tiny_leaves, tmp_path):
     with proxied(tmp_path, "cloudrun", config.model_store, {"leafnet": "leafnet.mar"}) as served:
         status, _ = request(f"{served.url}/predictions/leafnet", **octet(image))
         assert status == 200
+        headers = {"Content-Type": "application/octet-stream"}
+        refused = urllib.request.Request(f"{served.url}/predictions/leafnet", data=b"\0" * 100, headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(refused, timeout=30)
+        request_id = error.value.headers["X-Request-Id"]
+        assert error.value.code == 400 and len(request_id) == 36
         time.sleep(1)
     assert sorted(p.name for p in (tmp_path / "logs").glob("*.log")) == []
     stdout = served.log.read_text()
@@ -175,6 +217,8 @@ def test_cloud_run_logs_only_to_stdout(exported, tiny_leaves, tmp_path):
     access = [json.loads(line) for line in stdout.splitlines() if '"handled request"' in line]
     assert any(line["request"]["uri"] == "/predictions/leafnet" and line["status"] == 200 for line in access)
     assert all(line["resp_headers"].get("X-Request-Id") for line in access)
+    # The handler logs each refusal with the proxy's id: one grep joins the two lines.
+    assert f"refused request {request_id}: 400 not_image" in stdout
 
 
 def test_a_dead_proxy_stops_torchserve_and_the_supervisor_fails(exported, tmp_path):

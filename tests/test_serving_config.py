@@ -39,7 +39,8 @@ def test_torchserve_listens_on_loopback_behind_the_proxy_in_every_profile():
         assert profile["inference_address"] == "http://127.0.0.1:8085"
         assert profile["disable_token_authorization"] == "true"  # the proxy (GCE) or Cloud Run's IAM checks callers
         assert "token_expiration_min" not in profile
-    assert "-Xmx384m" in properties("cloudrun.properties")["vmargs"]  # of a 2 GiB instance
+    cloudrun = properties("cloudrun.properties")["vmargs"]
+    assert "-Xmx384m" in cloudrun and "-XX:MaxDirectMemorySize=256m" in cloudrun  # of a 2 GiB instance
 
 
 def test_every_proxy_profile_routes_through_the_shared_limits_and_bounds_its_logs():

@@ -51,3 +51,9 @@ def test_bad_arguments_fail_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         supervisor.parse(["--ts-config", str(tmp_path / "missing.properties"), "--proxy-config", "x"])
     assert exit_.value.code == 2 and "missing.properties not found" in capsys.readouterr().err
+
+
+def test_grace_period_reads_compound_durations_and_refuses_nonsense():
+    assert supervisor.grace_seconds("1m30s") == 90.0
+    with pytest.raises(SystemExit, match="not a duration"):
+        supervisor.grace_seconds("soon")

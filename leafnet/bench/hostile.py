@@ -184,9 +184,14 @@ def cases(config: HostileConfig) -> list[tuple[str, str, str, Callable[[], tuple
         return b"".join(part % i for i in range(180_000))[: 10 * MB - 1024] + b"--b--\r\n"
 
     side = config.side
+
+    def good_image() -> bytes:
+        return Path(config.image).read_bytes() if config.image else b"x"
+
     grey16 = lambda: png_bytes(np.full((side, side), 30000, np.uint16))  # noqa: E731
     rgba = lambda: png_bytes(np.full((side, side, 4), 200, np.uint8))  # noqa: E731
     multipart = {"Content-Type": "multipart/form-data; boundary=b", **auth}
+    ebcdic = {**multipart, "Content-Type": "multipart/form-data; boundary=b; charset=IBM037"}
     listed = [
         ("form_10mb", "10 MB form body, 1.1 million fields", "415",
          post(form, {"Content-Type": "application/x-www-form-urlencoded", **auth})),
@@ -213,15 +218,28 @@ def cases(config: HostileConfig) -> list[tuple[str, str, str, Callable[[], tuple
         ("other_model", "POST /predictions/other", "404", post(lambda: b"x", octet, f"{config.url}/predictions/other")),
         ("wrong_method", "GET /predictions/leafnet", "405", post(lambda: b"", auth, predict, "GET")),
         ("not_an_image", "1 MB of zeros as an image", "4xx", post(lambda: b"\0" * MB, octet)),
+        # Paths Caddy's own matchers would clean, lower-case or decode, but TorchServe routes as sent.
+        ("dot_segments", "GET /predictions/leafnet/../../ping with an image", "404",
+         post(good_image, octet, f"{config.url}/predictions/leafnet/../../ping", "GET")),
+        ("dot_segments_in", "POST /ping/../predictions/leafnet", "404",
+         post(good_image, octet, f"{config.url}/ping/../predictions/leafnet")),
+        ("encoded_dots", "POST /explanations/leafnet/%2e%2e/%2e%2e/predictions/leafnet", "404",
+         post(good_image, octet, f"{config.url}/explanations/leafnet/%2e%2e/%2e%2e/predictions/leafnet")),
+        ("upper_case", "POST /PREDICTIONS/LEAFNET", "404",
+         post(good_image, octet, f"{config.url}/PREDICTIONS/LEAFNET")),
+        ("query_string", "POST /predictions/leafnet?x=1", "404", post(good_image, octet, f"{predict}?x=1")),
+        ("multipart_charset", "multipart with charset=IBM037 (part headers the count cannot read)", "415",
+         post(lambda: b"--b\r\n\r\n--b--\r\n", ebcdic)),
     ]  # fmt: skip
     if config.token:
         no_auth = {"Content-Type": "application/octet-stream"}
         wrong = {**no_auth, "Authorization": "Bearer " + "x" * len(config.token)}
-        good = Path(config.image).read_bytes() if config.image else b"x"
         listed += [
-            ("token_missing", "a good image without a token", "401", post(lambda: good, no_auth)),
-            ("token_wrong", "a good image with a wrong token", "401", post(lambda: good, wrong)),
-        ]
+            ("token_missing", "a good image without a token", "401", post(good_image, no_auth)),
+            ("token_wrong", "a good image with a wrong token", "401", post(good_image, wrong)),
+            ("token_skipped_by_dots", "no token, /predictions/leafnet/../../ping", "4xx",
+             post(good_image, no_auth, f"{config.url}/predictions/leafnet/../../ping", "GET")),
+        ]  # fmt: skip
     return listed
 
 

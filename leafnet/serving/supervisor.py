@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ import urllib.request
 from pathlib import Path
 
 READY_POLL_S = 0.5
+GO_MEMORY_LIMIT = "128MiB"
 EXIT_ON_CHILD_FAILURE = 1
 
 
@@ -106,6 +108,19 @@ def model_names(models: str | None, config: dict[str, str]) -> list[str]:
     return [entry.split("=", 1)[0] for entry in spec.split(",") if "=" in entry]
 
 
+def group_alive(child: subprocess.Popen) -> bool:
+    """Whether any process of the child's group (its own session: the group id is its pid) still runs,
+    the child itself reaped as soon as it exits."""
+    child.poll()
+    try:
+        os.killpg(child.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of the group we may not signal: still there
+        return True
+    return True
+
+
 class Supervisor:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -113,7 +128,12 @@ class Supervisor:
         self.models = model_names(args.models, self.config)
         if not self.models:
             raise SystemExit(f"error: no model to serve: pass --models or set load_models in {args.ts_config}")
+        for key in ("inference_address", "management_address"):
+            if key not in self.config:
+                raise SystemExit(f"error: {args.ts_config} sets no {key}: the supervisor needs both")
         self.stopping = False
+        # Both found before anything starts: a missing one must not leave the other running.
+        self.torchserve_bin, self.caddy_bin = executable("torchserve"), executable("caddy")
         state = Path(args.state_dir or tempfile.mkdtemp(prefix="leafnet-serve-"))
         self.ts_config = anchored_config(Path(args.ts_config), args.model_store, self.config, state)
         self.torchserve: subprocess.Popen | None = None
@@ -125,7 +145,7 @@ class Supervisor:
         self.stopping = True
 
     def start_torchserve(self) -> None:
-        command = [executable("torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(self.ts_config)]
+        command = [self.torchserve_bin, "--start", "--foreground", "--ncs", "--ts-config", str(self.ts_config)]
         if self.args.model_store:
             command += ["--model-store", self.args.model_store]
         if self.args.models:
@@ -136,7 +156,10 @@ class Supervisor:
 
     def start_proxy(self) -> None:
         env = {**os.environ, "LEAFNET_BACKEND": loopback_address(self.config["inference_address"])}
-        command = [executable("caddy"), "run", "--adapter", "caddyfile", "--config", self.args.proxy_config]
+        # Go's collector otherwise lets the heap double between collections: with a few 10 MB bodies
+        # buffered that is hundreds of MB of an instance the workers need. A soft limit (the caller's wins).
+        env.setdefault("GOMEMLIMIT", GO_MEMORY_LIMIT)
+        command = [self.caddy_bin, "run", "--adapter", "caddyfile", "--config", self.args.proxy_config]
         self.proxy = subprocess.Popen(command, env=env, start_new_session=True)
 
     def wait_for_workers(self) -> bool:
@@ -155,18 +178,21 @@ class Supervisor:
         return False
 
     def stop(self, child: subprocess.Popen | None, name: str, timeout: float) -> None:
-        """SIGTERM to the child's process group, SIGKILL if it is still there after `timeout`."""
-        if child is None or child.poll() is not None:
+        """SIGTERM to the child's process group, then wait for the whole group (TorchServe's launcher exits
+        at once while its JVM and workers are still stopping), SIGKILL to what is left after `timeout`."""
+        if child is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGTERM)
-        try:
-            child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log(f"{name} still running {timeout:.0f} s after SIGTERM: killing it")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+        deadline = time.monotonic() + timeout
+        while group_alive(child):
+            if time.monotonic() > deadline:
+                log(f"{name} still running {timeout:.0f} s after SIGTERM: killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
+        child.wait()
 
     def shutdown(self) -> None:
         # The proxy drains within its grace period (plus a margin for its own exit); only then TorchServe.
@@ -176,34 +202,34 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
+        try:
+            return self._serve()
+        finally:  # whatever happened, nothing is left running
+            self.shutdown()
+            log("stopped")
+
+    def _serve(self) -> int:
         self.start_torchserve()
         if not self.wait_for_workers():
-            self.shutdown()
             return 0 if self.stopping else EXIT_ON_CHILD_FAILURE
         self.start_proxy()
         log(f"serving {', '.join(self.models)}: proxy {self.args.proxy_config} in front of TorchServe")
-        status = 0
         while not self.stopping:
             for child, name in ((self.torchserve, "TorchServe"), (self.proxy, "the proxy")):
                 if child.poll() is not None:
                     log(f"{name} exited ({child.returncode}): stopping the rest")
-                    status = EXIT_ON_CHILD_FAILURE
-                    self.stopping = True
-                    break
-            else:
-                time.sleep(0.2)
-        self.shutdown()
-        log("stopped")
-        return status
+                    return EXIT_ON_CHILD_FAILURE
+            time.sleep(0.2)
+        return 0
 
 
 def grace_seconds(text: str) -> float:
-    """Caddy's duration syntax for the grace period (8s, 500ms, 1m): how long the proxy may drain."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
-    for unit in ("ms", "s", "m"):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * units[unit]
-    return float(text)
+    """Caddy's duration syntax for the grace period (8s, 500ms, 1m30s): how long the proxy may drain."""
+    parts = re.fullmatch(r"((?:\d+(?:\.\d+)?(?:ms|s|m|h))+)", text.strip())
+    if not parts:
+        raise SystemExit(f"error: LEAFNET_GRACE={text!r} is not a duration like 8s, 500ms or 1m30s")
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text))
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,8 @@ proxy_url() {
   echo "http://127.0.0.1:${PORT:-8080}"
 }
 
-# curl arguments for the bearer token in TS_TOKEN (the GCE profile's proxy checks it); none without one.
+# The Authorization header line for the bearer token in TS_TOKEN (the GCE profile's proxy checks it), for
+# curl's -H @file, so the token never appears in a command line that `ps` shows; nothing without one.
 auth_header() {
-  [ -z "${TS_TOKEN:-}" ] || printf '%s\n' -H "Authorization: Bearer $TS_TOKEN"
+  [ -z "${TS_TOKEN:-}" ] || printf 'Authorization: Bearer %s\n' "$TS_TOKEN"
 }
