@@ -42,6 +42,11 @@ def run(main: Callable[[list[str]], int | None], defaults: object, summary: str)
         sys.exit(130)
 
 
+def run_command(module) -> None:
+    """Runs a command module of leafnet.commands (its main, CONFIG and docstring) with sys.argv's options."""
+    run(module.main, module.CONFIG(), module.__doc__)
+
+
 def configure_logging(level: int) -> None:
     """leafnet's loggers to stdout at `level`: plain messages, or with level and logger name at DEBUG."""
     handler = _CurrentStdout()

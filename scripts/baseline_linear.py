@@ -1,13 +1,8 @@
-"""Pixel-level linear baseline (logistic regression on 32x32 grey): `python scripts/baseline_linear.py data=...`."""
+"""`python scripts/baseline_linear.py ...` is `leafnet baseline ...` (leafnet/commands/baseline.py):
+kept for DVC, torchrun and existing habits."""
 
-from leafnet.baseline import BaselineConfig, run_baseline
-from leafnet.cli import run
-from leafnet.config import load_config
-
-
-def main(argv: list[str]) -> None:
-    run_baseline(load_config(BaselineConfig, argv))
-
+from leafnet.cli import run_command
+from leafnet.commands import baseline
 
 if __name__ == "__main__":
-    run(main, BaselineConfig(), __doc__)
+    run_command(baseline)

@@ -1,17 +1,8 @@
-"""Measure whether data loading keeps up with training: `python scripts/benchmark_data.py data=... workers=[0,1,2]`."""
+"""`python scripts/benchmark_data.py ...` is `leafnet bench data ...` (leafnet/commands/bench_data.py):
+kept for DVC, torchrun and existing habits."""
 
-from leafnet.bench.loader import LoaderBenchConfig, run_loader_benchmark
-from leafnet.cli import run
-from leafnet.config import load_config
-from leafnet.fsutil import write_json
-
-
-def main(argv: list[str]) -> None:
-    config = load_config(LoaderBenchConfig, argv)
-    result = run_loader_benchmark(config)
-    write_json(config.output, result)
-    print(f"wrote {config.output}")
-
+from leafnet.cli import run_command
+from leafnet.commands import bench_data
 
 if __name__ == "__main__":
-    run(main, LoaderBenchConfig(), __doc__)
+    run_command(bench_data)

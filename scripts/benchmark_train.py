@@ -1,21 +1,8 @@
-"""Training throughput of config variants side by side:
-`python scripts/benchmark_train.py 'variants={base: [], r18: [model.name=resnet18]}' steps=20`.
+"""`python scripts/benchmark_train.py ...` is `leafnet bench train ...` (leafnet/commands/bench_train.py):
+kept for DVC, torchrun and existing habits."""
 
-Each variant runs the real training step on the real loader and on a batch in memory (pure compute).
-"""
-
-from leafnet.bench.train import TrainBenchConfig, run_train_benchmark
-from leafnet.cli import run
-from leafnet.config import load_config
-from leafnet.fsutil import write_json
-
-
-def main(argv: list[str]) -> None:
-    config = load_config(TrainBenchConfig, argv)
-    result = run_train_benchmark(config)
-    write_json(config.output, result)
-    print(f"wrote {config.output}")
-
+from leafnet.cli import run_command
+from leafnet.commands import bench_train
 
 if __name__ == "__main__":
-    run(main, TrainBenchConfig(), __doc__)
+    run_command(bench_train)

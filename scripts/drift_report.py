@@ -1,23 +1,8 @@
-"""Drift report: `python scripts/drift_report.py logs=runs/torchserve reference=exports/leafnet [fail_on_drift=true]`.
+"""`python scripts/drift_report.py ...` is `leafnet drift ...` (leafnet/commands/drift.py):
+kept for DVC, torchrun and existing habits."""
 
-Compares the last `window` requests the handler logged (LEAFNET_DRIFT lines in TorchServe's
-model_log.log) with the export's drift_reference.json; writes drift.json and drift.png to `output`.
-Exit status: 0 when the report is written (drift or not), 3 on drift with fail_on_drift=true,
-2 when no report can be made (no logs, no drift lines, too few requests, no reference).
-"""
-
-from leafnet.cli import run
-from leafnet.config import load_config
-from leafnet.monitoring.report import DriftConfig, drift_report
-
-EXIT_DRIFT = 3
-
-
-def main(argv: list[str]) -> int:
-    config = load_config(DriftConfig, argv)
-    report = drift_report(config)
-    return EXIT_DRIFT if config.fail_on_drift and report["drift"] else 0
-
+from leafnet.cli import run_command
+from leafnet.commands import drift
 
 if __name__ == "__main__":
-    run(main, DriftConfig(), __doc__)
+    run_command(drift)

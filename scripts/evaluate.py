@@ -1,13 +1,8 @@
-"""Evaluate a checkpoint: `python scripts/evaluate.py checkpoint=runs/leafnet/checkpoints/best.pt split=test`."""
+"""`python scripts/evaluate.py ...` is `leafnet evaluate ...` (leafnet/commands/evaluate.py):
+kept for DVC, torchrun and existing habits."""
 
-from leafnet.cli import run
-from leafnet.config import load_config
-from leafnet.evaluation import EvalConfig, evaluate_checkpoint
-
-
-def main(argv: list[str]) -> None:
-    evaluate_checkpoint(load_config(EvalConfig, argv))
-
+from leafnet.cli import run_command
+from leafnet.commands import evaluate
 
 if __name__ == "__main__":
-    run(main, EvalConfig(), __doc__)
+    run_command(evaluate)

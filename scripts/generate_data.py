@@ -1,23 +1,8 @@
-"""Generate the raw synthetic leaves: `python scripts/generate_data.py [output=...] [synthetic.per_species=16]`.
+"""`python scripts/generate_data.py ...` is `leafnet generate ...` (leafnet/commands/generate.py):
+kept for DVC, torchrun and existing habits."""
 
-Writes the Kaggle layout (`images/<id>.png`, `train.csv`, `generator.json`) and nothing else; an identical
-set already there is kept. `prepare_data.py source=kaggle input=<output>` prepares it like any Kaggle copy.
-"""
-
-from leafnet.cli import run
-from leafnet.config import load_config
-from leafnet.data.species import SPECIES
-from leafnet.data.synthetic import GenerateConfig, generate_leaf_set
-from leafnet.progress import progress_bar
-
-
-def main(argv: list[str]) -> None:
-    config = load_config(GenerateConfig, argv)
-    print(f"synthetic leaves: {len(SPECIES)} species x {config.synthetic.per_species} images -> {config.output}")
-    generate_leaf_set(
-        config.output, config.synthetic, progress=lambda items: progress_bar(items, desc="generate", unit="img")
-    )
-
+from leafnet.cli import run_command
+from leafnet.commands import generate
 
 if __name__ == "__main__":
-    run(main, GenerateConfig(), __doc__)
+    run_command(generate)

@@ -1,13 +1,8 @@
-"""Prepare a data set: `python scripts/prepare_data.py source=synthetic|kaggle|imagefolder input=... output=...`."""
+"""`python scripts/prepare_data.py ...` is `leafnet prepare ...` (leafnet/commands/prepare.py):
+kept for DVC, torchrun and existing habits."""
 
-from leafnet.cli import run
-from leafnet.config import load_config
-from leafnet.data.prepare import PrepareConfig, prepare
-
-
-def main(argv: list[str]) -> None:
-    prepare(load_config(PrepareConfig, argv))
-
+from leafnet.cli import run_command
+from leafnet.commands import prepare
 
 if __name__ == "__main__":
-    run(main, PrepareConfig(), __doc__)
+    run_command(prepare)

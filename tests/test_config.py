@@ -1,8 +1,11 @@
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import pytest
 import yaml
 
+from leafnet.commands import COMMANDS
 from leafnet.config import load_config, to_yaml
 from leafnet.data.prepare import PrepareConfig
 from leafnet.errors import LeafnetError
@@ -61,18 +64,22 @@ def test_config_files_are_the_dataclasses_defaults_rendered():
         assert load_config(schema, files=[REPO / name]) == schema()
 
 
-SCRIPTS_WITH_OPTIONS = sorted(p.name for p in (REPO / "scripts").glob("*.py") if "run(main, " in p.read_text())
+def alias_of(module: str) -> str:
+    """The scripts/*.py alias of a leafnet command module."""
+    (alias,) = [
+        p.name for p in (REPO / "scripts").glob("*.py") if f"from leafnet.commands import {module}\n" in p.read_text()
+    ]
+    return alias
 
 
-@pytest.mark.parametrize("script", SCRIPTS_WITH_OPTIONS)
-def test_help_shows_every_option_with_the_default_a_plain_run_uses_and_a_description(script, run_script):
-    import re
-    import runpy
+@pytest.mark.parametrize("module", sorted(COMMANDS.values()))
+def test_help_shows_every_option_with_the_default_a_plain_run_uses_and_a_description(module, run_script):
+    import importlib
 
     from leafnet.config import describe
 
-    schema = re.search(r"run\(main, (\w+)\(\)", (REPO / "scripts" / script).read_text()).group(1)
-    defaults = runpy.run_path(str(REPO / "scripts" / script), run_name="help_test")[schema]
+    defaults = importlib.import_module(f"leafnet.commands.{module}").CONFIG
+    script = alias_of(module)
     shown = run_script(script, "--help")
     assert shown.returncode == 0
     listed, sections = {}, []  # dotted key -> (value, description), read back from the indented listing
@@ -142,3 +149,37 @@ def test_scripts_report_through_logging_quiet_with_q_and_detailed_with_v(tmp_pat
     assert quiet.returncode == 0 and quiet.stdout == "" and (tmp_path / "quiet" / "manifest.csv").is_file()
     verbose = run_script("prepare_data.py", "--verbose", *args, f"output={tmp_path / 'verbose'}")
     assert "INFO leafnet.data.prepare: prepare: wrote" in verbose.stdout
+
+
+def test_every_script_with_options_is_an_alias_of_a_command():
+    aliases = [p for p in (REPO / "scripts").glob("*.py") if "run_command(" in p.read_text()]
+    assert sorted(alias_of(module) for module in COMMANDS.values()) == sorted(p.name for p in aliases)
+
+
+def test_leafnet_lists_every_command_in_one_line_each(capsys):
+    from leafnet.commands import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    listing = capsys.readouterr().out
+    assert done.value.code == 0
+    for words in COMMANDS:
+        (line,) = [line for line in listing.splitlines() if line.startswith(f"  {' '.join(words)}  ")]
+        assert len(line.split(None, len(words))[-1]) > 10  # a summary, not just the name
+    with pytest.raises(SystemExit) as done:
+        main(["bench"])
+    assert done.value.code == 2 and "bench data, bench train, bench onnx, bench serving" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["tain"])
+    assert done.value.code == 2 and "unknown command 'tain'" in capsys.readouterr().err
+
+
+def test_the_command_runs_a_stage_with_overrides_as_its_script_does(tmp_path, capsys):
+    """`leafnet bench onnx` (here: its refusal of a missing export) and `python -m leafnet` in a real process."""
+    from leafnet.commands import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "onnx", str(tmp_path / "missing")])
+    assert done.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+    shown = subprocess.run([sys.executable, "-m", "leafnet", "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "bench serving" in shown.stdout

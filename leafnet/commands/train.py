@@ -1,0 +1,16 @@
+"""Train a classifier: `leafnet train key=value ...`, or under DDP `torchrun --nproc_per_node=N -m leafnet train ...`.
+
+Defaults are leafnet.train_config's (config/train.yaml lists them), then `--config FILE` and `key=value`
+overrides, e.g. model.name=resnet34 schedule.epochs=50.
+"""
+
+from leafnet.config import load_config
+from leafnet.train import main as train
+from leafnet.train_config import TrainConfig
+
+
+def main(argv: list[str]) -> None:
+    train(load_config(TrainConfig, argv))
+
+
+CONFIG = TrainConfig  # the options and their defaults (`leafnet train --help` lists them)
