@@ -13,7 +13,6 @@ import contextlib
 import io
 import logging
 import socket
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from leafnet.bench.worst_case import TreeMemory
 from leafnet.errors import LeafnetError
 from leafnet.fsutil import atomic_write_bytes, write_json
 
@@ -49,7 +49,7 @@ class Outcome:
     status: int | None  # HTTP status; None when the server closed the connection without one
     expected: str  # "4xx", an exact code, or "cut" (a 4xx or no answer at all: the proxy stopped reading)
     seconds: float
-    peak_mb: float | None  # the server's peak RSS during the case, above its RSS just before it
+    peak_mb: float | None  # the server's peak memory (PSS) during the case, above its memory just before it
     alive: bool  # a good image still gets a 200 afterwards
     detail: str = ""
 
@@ -97,47 +97,6 @@ def read_answer(sock: socket.socket) -> tuple[int | None, str]:
         return None, ""
     head, _, rest = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), rest[:300].decode("utf-8", "replace")
-
-
-class MemoryWatch:
-    """Peak RSS of a process and its descendants, sampled every 50 ms while a case runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = 0
-        self.stop = threading.Event()
-
-    def rss(self) -> int:
-        import psutil
-
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
-        total = 0
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += proc.memory_info().rss
-        return total
-
-    def __enter__(self) -> MemoryWatch:
-        self.base = self.rss()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.stop.wait(0.05):
-            self.peak = max(self.peak, self.rss())
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
-
-    @property
-    def peak_mb(self) -> float:
-        return max(self.peak - self.base, 0) / MB
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -261,15 +220,14 @@ def run_hostile(config: HostileConfig, log: Callable[[str], None] = logger.info)
         raise LeafnetError(f"{config.url} does not serve a good image before any hostile request: start it first")
     report = Report()
     for name, what, expected, send_case in cases(config):
-        watch = MemoryWatch(config.pid) if config.pid else None
+        # The server's memory (PSS of the supervisor's tree) from just before the case to its peak during it.
+        watch = TreeMemory(config.pid) if config.pid else contextlib.nullcontext()
         start = time.perf_counter()
-        if watch:
-            with watch:
-                status, detail = send_case()
-        else:
+        with watch:
             status, detail = send_case()
         seconds = time.perf_counter() - start
-        outcome = Outcome(name, what, status, expected, seconds, watch.peak_mb if watch else None,
+        peak = watch.peak_mb - watch.idle_mb if config.pid else None
+        outcome = Outcome(name, what, status, expected, seconds, peak,
                           still_serves(config), detail.strip()[:160])  # fmt: skip
         report.outcomes.append(outcome)
         memory = f"  +{outcome.peak_mb:.0f} MB" if outcome.peak_mb is not None else ""

@@ -17,7 +17,7 @@ import time
 import warnings
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: any phone photo, far below what would exhaust memory (prepare's cap)
 DEFAULT_MIN_SIDE = 16
@@ -26,21 +26,6 @@ DEFAULT_MIN_SIDE = 16
 REDUCING_GAP = 3.0
 _BAND_PIXELS = 1 << 18  # canvas pixels built at once: about 1 MB buffers, whatever the image's size
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_ORIENTATIONS = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}  # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose)
-_SWAPS_SIDES = {
-    Image.Transpose.TRANSPOSE,
-    Image.Transpose.TRANSVERSE,
-    Image.Transpose.ROTATE_90,
-    Image.Transpose.ROTATE_270,
-}
 
 
 class RejectedImage(Exception):  # noqa: N818 (public name: handlers and archives import it)
@@ -105,10 +90,13 @@ def decode_upload(
     deadline = deadline or Deadline(None)
     image, upload_size = _loaded(data, max_pixels, min_side, fit, max_square)
     deadline.check("decoding")
-    transpose = _exif_transpose(image)
-    if transpose is not None:  # on the decoded pixels, before any fitting, as prepare does
-        image = image.transpose(transpose)
-        upload_size = upload_size[::-1] if transpose in _SWAPS_SIDES else upload_size
+    decoded_size = image.size
+    # Upright per EXIF, on the decoded pixels, before any fitting, as prepare does (in place: no copy of an
+    # image without an orientation). A broken EXIF block only loses the hint.
+    with contextlib.suppress(OSError, ValueError, SyntaxError):
+        ImageOps.exif_transpose(image, in_place=True)
+    if image.size != decoded_size:  # a quarter turn: the upload's sides swap too
+        upload_size = upload_size[::-1]
     if image.mode == "F":
         raise RejectedImage("unsupported mode F (floating-point pixels have no standard range)", "unsupported")
     if fit is None:
@@ -173,26 +161,31 @@ def _check_size(size: tuple[int, int], max_pixels: int, min_side: int, max_squar
 def jpeg_draft_scale(size: tuple[int, int], fit: tuple[int, str] | None) -> int:
     """The DCT scale (1, 2, 4 or 8) a JPEG of `size` decodes at under `_draft`: PIL's rule, the largest
     scale whose reduced size still holds what was asked."""
-    if fit is None:
+    asked = _draft_size(size, fit)
+    if asked is None:
         return 1
-    canvas, _, target = _fit_geometry(size, *fit)
-    factor = min(_reducing_factors(canvas, target))
-    if factor <= 1:
-        return 1
-    width, height = size
-    asked = (-(-width // factor), -(-height // factor))
-    return max(s for s in (1, 2, 4, 8) if width // s >= asked[0] and height // s >= asked[1])
+    return max(s for s in (1, 2, 4, 8) if size[0] // s >= asked[0] and size[1] // s >= asked[1])
 
 
 def _draft(image: Image.Image, fit: tuple[int, str]) -> None:
     """Asks JPEG for the smallest DCT scale that keeps what the fit's resize reduces to; other formats
-    ignore it. PIL's draft picks the largest scale s (1, 2, 4, 8) with size // s >= the size asked, so
-    asking for the size over the smaller reducing factor, rounded up, keeps s within both factors."""
-    canvas, _, target = _fit_geometry(image.size, *fit)
+    ignore it."""
+    asked = _draft_size(image.size, fit)
+    if asked is not None:
+        image.draft(None, asked)
+
+
+def _draft_size(size: tuple[int, int], fit: tuple[int, str] | None) -> tuple[int, int] | None:
+    """The size to ask PIL's draft for, None when the fit needs the image whole. PIL picks the largest scale
+    s (1, 2, 4, 8) with size // s >= the size asked, so asking for the size over the smaller reducing factor,
+    rounded up, keeps s within both factors."""
+    if fit is None:
+        return None
+    canvas, _, target = _fit_geometry(size, *fit)
     factor = min(_reducing_factors(canvas, target))
-    if factor > 1:
-        width, height = image.size
-        image.draft(None, (-(-width // factor), -(-height // factor)))
+    if factor <= 1:
+        return None
+    return -(-size[0] // factor), -(-size[1] // factor)
 
 
 def _fit_geometry(
@@ -260,13 +253,6 @@ def _canvas(
         reduced.paste(band, (x0 // factor_x, band_top // factor_y))
         deadline.check("fitting")
     return reduced
-
-
-def _exif_transpose(image: Image.Image) -> Image.Transpose | None:
-    """The transpose that makes the image upright per its EXIF orientation."""
-    with contextlib.suppress(OSError, ValueError, SyntaxError):  # a broken EXIF block only loses the hint
-        return _ORIENTATIONS.get(image.getexif().get(ExifTags.Base.Orientation, 1))
-    return None
 
 
 def _band_to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
