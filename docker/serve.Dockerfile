@@ -60,16 +60,16 @@ RUN useradd --no-log-init --create-home --uid 10001 --user-group leafnet \
 
 # Both stages start from PYTHON_IMAGE: the venv's python is a link to that image's /usr/local/bin/python3.11.
 COPY --from=builder /opt/venv /opt/venv
-# PORT: Cloud Run sets it; the proxy (config/proxy/cloudrun.Caddyfile) listens on it.
+# PORT: Cloud Run sets it; the proxy (profiles/proxy/cloudrun.Caddyfile) listens on it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PORT=8080
 # TorchServe writes logs/ (and, with token authorization on, key_file.json) into its working directory,
-# so /app belongs to the user; the files below stay root's and read-only to it. The profiles name
-# config/torchserve/metrics.yaml and log4j2.xml relative to the working directory.
+# so /app belongs to the user; the files below stay root's and read-only to it. The profiles (leafnet/profiles,
+# its two folders as they are) name their own files relative to themselves, which the supervisor resolves.
 WORKDIR /app
-COPY config/torchserve/ config/torchserve/
-COPY config/proxy/ config/proxy/
+COPY leafnet/profiles/torchserve/ profiles/torchserve/
+COPY leafnet/profiles/proxy/ profiles/proxy/
 # Standard library only: the image has no leafnet package, the handler comes inside the archive.
 COPY leafnet/serving/supervisor.py supervisor.py
 # Last: a new model rebuilds only this layer.
@@ -83,6 +83,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/ping' % os.environ.get('PORT', '8080'), timeout=4)"]
 # The supervisor runs TorchServe and the proxy and lives as long as both do. CMD picks the profile, e.g.
-#   --ts-config config/torchserve/gce.properties --proxy-config config/proxy/gce.Caddyfile
+#   --ts-config profiles/torchserve/gce.properties --proxy-config profiles/proxy/gce.Caddyfile
 ENTRYPOINT ["tini", "--", "python", "supervisor.py", "--model-store", "model_store", "--models", "leafnet=leafnet.mar"]
-CMD ["--ts-config", "config/torchserve/cloudrun.properties", "--proxy-config", "config/proxy/cloudrun.Caddyfile"]
+CMD ["--ts-config", "profiles/torchserve/cloudrun.properties", "--proxy-config", "profiles/proxy/cloudrun.Caddyfile"]

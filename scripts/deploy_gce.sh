@@ -2,11 +2,12 @@
 # usage: scripts/deploy_gce.sh [--dry-run] [--update] [options]
 #
 # Creates a Container-Optimized OS VM that runs the leafnet serve image with the GCE profile: the proxy on
-# port 8080 (config/proxy/gce.Caddyfile) checks a bearer token the VM reads from Secret Manager, TorchServe
-# (config/torchserve/gce.properties) listens on loopback behind it. With --domain, an HTTPS load balancer with
-# a Google-managed certificate fronts the VM and the firewall admits Google's load balancers only; without,
-# a firewall rule opens port 8080 to SOURCE_RANGES (plain HTTP: for private networks). --update points an
-# existing VM at another image and restarts the server instead. docs/security.md explains the choices.
+# port 8080 (leafnet/profiles/proxy/gce.Caddyfile) checks a bearer token the VM reads from Secret Manager,
+# TorchServe (leafnet/profiles/torchserve/gce.properties) listens on loopback behind it. With --domain, an
+# HTTPS load balancer with a Google-managed certificate fronts the VM and the firewall admits Google's load
+# balancers only; without, a firewall rule opens port 8080 to SOURCE_RANGES (plain HTTP: for private
+# networks). --update points an existing VM at another image and restarts the server instead.
+# docs/security.md explains the choices.
 # Every option can come from the environment variable beside it; an option beats the variable.
 #
 #   --project P            PROJECT         Google Cloud project (required)

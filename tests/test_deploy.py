@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from leafnet.profiles import PROXY, TORCHSERVE
 from tests.conftest import REPO
 
 CLOUDRUN = REPO / "scripts" / "deploy_cloudrun.sh"
@@ -406,15 +407,15 @@ def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
     assert "max-size=10m" in run and "max-file=5" in run  # the container's stdout rolls too
     # The arguments after the image replace the serve image's CMD, which is where it picks its profile.
     assert run[run.index(image) + 1 :] == [
-        "--ts-config", "config/torchserve/gce.properties", "--proxy-config", "config/proxy/gce.Caddyfile",
+        "--ts-config", "profiles/torchserve/gce.properties", "--proxy-config", "profiles/proxy/gce.Caddyfile",
     ]  # fmt: skip
-    assert (REPO / "config" / "torchserve" / "gce.properties").is_file()
+    # ... paths in the image: the package's profile folders, where the serve image copies them
+    assert (TORCHSERVE / "gce.properties").is_file() and (PROXY / "gce.Caddyfile").is_file()
     dockerfile = (REPO / "docker" / "serve.Dockerfile").read_text()
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))
     assert cmd[0] == "--ts-config"
-    assert (
-        "COPY config/torchserve/ config/torchserve/" in dockerfile and "COPY config/proxy/ config/proxy/" in dockerfile
-    )
+    assert "COPY leafnet/profiles/torchserve/ profiles/torchserve/" in dockerfile
+    assert "COPY leafnet/profiles/proxy/ profiles/proxy/" in dockerfile
 
 
 def run_token_script(tmp_path, secret_answer: str, status: int) -> subprocess.CompletedProcess:

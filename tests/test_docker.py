@@ -34,6 +34,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from leafnet.checkpoint import load_checkpoint
+from leafnet.profiles import TORCHSERVE
 from tests.conftest import REPO, SERVER_READY_TIMEOUT_S, SPECIES_USED, free_port, offline_top1
 from tests.test_serving import loopback_properties, ready_workers, request, served_top1
 
@@ -45,7 +46,6 @@ SERVE_REQUIREMENTS = REPO / "docker" / "serve-requirements.txt"
 REQUIRED_LABELS = ["title:text", "description:text", "licenses:spdx", "version:text", "revision:text"]
 TINI = ["tini", "--"]  # the serve image's PID 1: forwards SIGTERM to the supervisor, which orders the stop
 STOP_TIMEOUT_S = 60
-METRICS_CONFIG = "=config/torchserve/metrics.yaml"  # relative to the image's WORKDIR, as the profiles say
 
 
 # ---------------------------------------------------------------- hadolint
@@ -285,7 +285,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_context():
     ]  # fmt: skip
     let_in = [
         "pyproject.toml", "requirements.lock", "README.md", "leafnet/train.py", "scripts/train.py",
-        "config/train.yaml", "config/torchserve/cloudrun.properties", "docker/serve-requirements.txt",
+        "config/train.yaml", "leafnet/profiles/torchserve/cloudrun.properties", "docker/serve-requirements.txt",
         "model_store/leafnet-onnx-int8.mar", "model_store/leafnet.mar",
     ]  # fmt: skip
     assert [path for path in left_out if not context.ignored(path)] == []
@@ -482,16 +482,15 @@ def serve_venv(tmp_path_factory) -> Path:
 
 def serve_profile_on_free_ports(image: Image, profile: Path) -> str:
     """Rewrites the image's TorchServe profile to free loopback ports, as tests/test_serving.py does for its
-    servers, keeping the image's relative paths. Returns the management URL."""
+    servers, keeping the profile's relative paths: the supervisor finds the image's own metrics.yaml and
+    log4j2-stdout.xml beside it. Returns the management URL."""
     name = profile.name
-    assert profile.read_text() == (REPO / "config" / "torchserve" / name).read_text()
-    properties, urls, _ = loopback_properties(name, "model_store", {"leafnet": "leafnet.mar"})
-    # loopback_properties points metrics.yaml and log4j2.xml at the repository; the image reads its own copies
-    properties = properties.replace(f"={REPO / 'config' / 'torchserve'}/", "=config/torchserve/")
+    assert profile.read_text() == (TORCHSERVE / name).read_text()
+    properties, urls, _ = loopback_properties(name, "model_store", {"leafnet": "leafnet.mar"}, anchored=False)
     fixed = re.findall(r"(?m)^.*(?::8081|:8082|:8085|port=707[01])$", properties)
     assert not fixed, f"fixed ports left in the test copy of {name}: {fixed}"
-    assert f"metrics_config{METRICS_CONFIG}" in properties
-    assert "-Dlog4j.configurationFile=config/torchserve/" in properties
+    assert "\nmetrics_config=metrics.yaml\n" in properties
+    assert "-Dlog4j.configurationFile=log4j2-stdout.xml" in properties
     profile.write_text(properties)
     return urls["management"]
 
@@ -530,7 +529,7 @@ def test_serve_image_serves_its_archive_passes_its_healthcheck_and_stops_on_sigt
     assert stage.entrypoint[: len(TINI)] == TINI, "the serve image's PID 1 should be tini"
     command = stage.entrypoint[len(TINI) :] + stage.cmd
     assert command[:2] == ["python", "supervisor.py"], command
-    assert command[command.index("--proxy-config") + 1] == "config/proxy/cloudrun.Caddyfile"
+    assert command[command.index("--proxy-config") + 1] == "profiles/proxy/cloudrun.Caddyfile"
     management = serve_profile_on_free_ports(image, image.workdir / command[command.index("--ts-config") + 1])
     port = free_port()
     # Cloud Run sets PORT; tests bind loopback, never 0.0.0.0

@@ -25,6 +25,7 @@ from leafnet.monitoring.drift import MIN_EXPECTED, class_bins, class_test, compa
 from leafnet.monitoring.records import Record, log_files, parse_time, read_records, select_window
 from leafnet.monitoring.reference import REFERENCE_FILE, load_reference
 from leafnet.monitoring.report import DriftConfig, drift_report
+from leafnet.profiles import TORCHSERVE
 from leafnet.serving.harness import ArchivedHandler
 from leafnet.serving.image_io import fit_square
 from leafnet.serving.image_stats import DRIFT_LOG_PREFIX, STATS_FEATURES, STATS_VERSION, image_stats
@@ -479,7 +480,8 @@ def test_drift_lines_reach_torchserves_model_log(exported, tiny_leaves, tmp_path
     _, config = exported
     models = {"leafnet": "leafnet-onnx-int8.mar"}
     properties, urls, _ = loopback_properties("config.properties", config.model_store, models)
-    assert f"-Dlog4j.configurationFile={REPO / 'config' / 'torchserve' / 'log4j2.xml'}" in properties
+    # the profile's own log4j2.xml, by a file: URI (what the supervisor hands TorchServe)
+    assert f"-Dlog4j.configurationFile={(TORCHSERVE / 'log4j2.xml').as_uri()}" in properties
     images = sorted((tiny_leaves.parent / "raw").rglob("*.png"))[:3]
     with torchserve(tmp_path, properties, urls, list(models)):
         answers = []

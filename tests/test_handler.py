@@ -27,6 +27,7 @@ from leafnet.bench.serving import ServingBenchConfig, run_serving_benchmark
 from leafnet.checkpoint import load_checkpoint
 from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.models import model_from_checkpoint
+from leafnet.profiles import TORCHSERVE
 from leafnet.serving.harness import ArchivedHandler
 from leafnet.serving.image_io import decode_image, fit_square
 from leafnet.serving.metrics import METRICS, declaration
@@ -65,7 +66,7 @@ def assert_answer_or_refusal(answer, context, position: int = 0) -> None:
 def int8(exported, tmp_path_factory):
     """(handler, context) of the int8 archive served as "leafnet", with TorchServe's metrics cache."""
     _, config = exported
-    metrics = MetricsCacheYamlImpl(str(REPO / "config" / "torchserve" / "metrics.yaml"))
+    metrics = MetricsCacheYamlImpl(str(TORCHSERVE / "metrics.yaml"))
     metrics.initialize_cache()
     mar = Path(config.model_store) / "leafnet-onnx-int8.mar"
     served = ArchivedHandler(unpack(mar, tmp_path_factory.mktemp("int8"))[0], "leafnet", metrics)
@@ -205,7 +206,7 @@ def test_metrics_report_latency_batch_size_confidence_and_refusals(int8, tiny_le
 
 
 def test_every_handler_metric_is_declared_for_the_prometheus_endpoint():
-    declared = yaml.safe_load((REPO / "config" / "torchserve" / "metrics.yaml").read_text())["model_metrics"]
+    declared = yaml.safe_load((TORCHSERVE / "metrics.yaml").read_text())["model_metrics"]
     for kind, metrics in declaration().items():
         for metric in metrics:
             assert metric in declared[kind], metric["name"]

@@ -1,5 +1,5 @@
-"""The deployed topology for real: leafnet/serving/supervisor.py running the Caddy proxy (config/proxy) in
-front of TorchServe (config/torchserve), both on free loopback ports: hostile requests, the GCE bearer
+"""The deployed topology for real: leafnet/serving/supervisor.py running the Caddy proxy (leafnet/profiles/proxy)
+in front of TorchServe (leafnet/profiles/torchserve), both on free loopback ports: hostile requests, the GCE bearer
 token, draining on SIGTERM, TorchServe's locked surface, Cloud Run's stdout logging."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from leafnet.bench.hostile import HostileConfig, run_hostile
+from leafnet.profiles import PROXY
 from tests.conftest import REPO, SERVER_READY_TIMEOUT_S, free_port
 from tests.test_serving import loopback_properties, rebatched_archive, request
 
@@ -55,7 +56,7 @@ def proxied(base: Path, profile: str, model_store: str, models: dict[str, str], 
     command = [
         sys.executable, str(REPO / "leafnet" / "serving" / "supervisor.py"),
         "--ts-config", str(base / "ts.properties"),
-        "--proxy-config", str(REPO / "config" / "proxy" / f"{profile}.Caddyfile"),
+        "--proxy-config", str(PROXY / f"{profile}.Caddyfile"),
         "--model-store", model_store, "--models", ",".join(f"{k}={v}" for k, v in models.items()),
         "--state-dir", str(base / "state"), "--ready-timeout", str(SERVER_READY_TIMEOUT_S),
     ]  # fmt: skip

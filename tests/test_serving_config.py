@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from tests.conftest import REPO
+from leafnet.profiles import PROXY, TORCHSERVE
 
-PROFILES = REPO / "config" / "torchserve"
+PROFILES = TORCHSERVE
 
 
 def properties(name: str) -> dict[str, str]:
@@ -29,7 +29,8 @@ def test_every_profile_locks_down_what_no_client_needs(name):
     assert profile["disable_system_metrics"] == "true"
     assert re.search(r"(^| )-Xmx\d+[mg] ", profile["vmargs"]), "an explicit heap"
     assert int(profile["max_request_size"]) == 10 * 1024 * 1024
-    assert profile["metrics_mode"] == "prometheus" and (REPO / profile["metrics_config"]).is_file()
+    # named relative to the profile's own folder (the supervisor resolves it there)
+    assert profile["metrics_mode"] == "prometheus" and (PROFILES / profile["metrics_config"]).is_file()
     assert profile["load_models"] == "leafnet=leafnet.mar"
 
 
@@ -45,7 +46,7 @@ def test_torchserve_listens_on_loopback_behind_the_proxy_in_every_profile():
 
 def test_every_proxy_profile_routes_through_the_shared_limits_and_bounds_its_logs():
     for name in ("local", "gce", "cloudrun"):
-        text = (REPO / "config" / "proxy" / f"{name}.Caddyfile").read_text()
+        text = (PROXY / f"{name}.Caddyfile").read_text()
         assert "import server-options.caddy" in text and "import leafnet_routes" in text
         if "output file" in text:
             assert text.count("output file") == text.count("roll_keep 5") == text.count("roll_size 20MiB")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
+from urllib.parse import unquote, urlparse
 
 import pytest
 
+from leafnet.profiles import TORCHSERVE
 from leafnet.serving import supervisor
-from tests.conftest import REPO
 
 
 def test_properties_fill_variables_from_the_environment_as_torchserve_does(tmp_path, monkeypatch):
@@ -20,7 +22,7 @@ def test_properties_fill_variables_from_the_environment_as_torchserve_does(tmp_p
 
 @pytest.mark.parametrize("profile", ["config.properties", "gce.properties", "cloudrun.properties"])
 def test_the_effective_config_pins_allowed_urls_to_the_store_and_workflows_to_an_empty_dir(tmp_path, profile):
-    source = REPO / "config" / "torchserve" / profile
+    source = TORCHSERVE / profile
     store = tmp_path / "odd.store (1)"  # regex characters in the path stay literal
     store.mkdir()
     config = supervisor.properties(source)
@@ -36,9 +38,48 @@ def test_the_effective_config_pins_allowed_urls_to_the_store_and_workflows_to_an
     for url in (f"file://{store}/../x.mar", f"file://{store}/sub/x.mar", f"file://{store}/x.war", "http://h/x.mar"):
         assert not re.fullmatch(regex, url), url
     assert list((tmp_path / "state" / "no-workflows").iterdir()) == []
-    # everything else is the profile's own
-    rest = {k: v for k, v in config.items() if k not in ("allowed_urls", "workflow_store")}
+    # the files the profile ships with, by absolute path; everything else is the profile's own
+    assert pinned["metrics_config"] == str(TORCHSERVE / "metrics.yaml")
+    assert f"-Dlog4j.configurationFile={TORCHSERVE.as_uri()}/log4j2" in pinned["vmargs"]
+    rest = {k: v for k, v in config.items() if k not in ("allowed_urls", "workflow_store", "metrics_config")}
+    rest["vmargs"] = rest["vmargs"].replace("configurationFile=", f"configurationFile={TORCHSERVE.as_uri()}/")
     assert {k: v for k, v in pinned.items() if k in rest} == rest
+
+
+def test_the_profiles_own_files_are_found_beside_it_whatever_the_current_directory(tmp_path, monkeypatch):
+    """A profile copied elsewhere (a folder name with a space and a '#') names its metrics.yaml and
+    log4j2.xml relative to itself: the effective copy has them by absolute path, the log4j file as a file:
+    URI that stays one word when TorchServe splits vmargs at white space."""
+    profile_dir = tmp_path / "my profiles #2"
+    shutil.copytree(TORCHSERVE, profile_dir)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    profile = profile_dir / "config.properties"
+    effective = supervisor.anchored_config(profile, str(tmp_path), supervisor.properties(profile), tmp_path / "s")
+    pinned = supervisor.properties(effective)
+    assert pinned["metrics_config"] == str(profile_dir / "metrics.yaml")
+    (option,) = [word for word in pinned["vmargs"].split() if word.startswith("-Dlog4j.configurationFile=")]
+    uri = urlparse(option.split("=", 1)[1])
+    assert uri.scheme == "file" and unquote(uri.path) == str(profile_dir / "log4j2.xml")
+
+
+def test_absolute_paths_uris_and_torchserves_variables_are_left_as_written(tmp_path):
+    metrics = tmp_path / "m.yaml"
+    metrics.write_text("{}")
+    profile = tmp_path / "p.properties"
+    text = (
+        f"metrics_config={metrics}\n"
+        "vmargs=-Xmx1g -Dlog4j2.configurationFile=classpath:log4j2.xml,$$LOG_CONFIG$$ -XX:+UseSerialGC\n"
+        "# metrics_config=not/there.yaml\n"
+    )
+    assert supervisor.profile_files_anchored(text, profile) == text
+
+
+def test_a_file_the_profile_names_that_is_not_there_fails_in_one_line(tmp_path):
+    profile = tmp_path / "p.properties"
+    for text in ("metrics_config=gone.yaml\n", "vmargs=-Xmx1g -Dlog4j.configurationFile=gone.xml\n"):
+        with pytest.raises(SystemExit, match=r"^error: .*p\.properties names gone\.\w+, not found at /"):
+            supervisor.profile_files_anchored(text, profile)
 
 
 def test_grace_period_reads_caddys_durations():

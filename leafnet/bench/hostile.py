@@ -32,9 +32,9 @@ MB = 1024 * 1024
 
 @dataclass
 class HostileConfig:
-    url: str = "http://127.0.0.1:8080"  # the proxy's address (scripts/serve.sh start)
+    url: str = "http://127.0.0.1:8080"  # the proxy's address (leafnet serve start)
     image: str = ""  # a good image: sent after each case to check the server still answers
-    pid: int = 0  # the supervisor's pid (scripts/serve.sh writes it): peak memory of its process tree; 0 = none
+    pid: int = 0  # the supervisor's pid (leafnet serve writes it): peak memory of its process tree; 0 = none
     token: str = ""  # the bearer token, for a profile that wants one (GCE): adds the missing/wrong token cases
     side: int = 6300  # width and height of the large PNG cases (the 6300 x 6300)
     slow_body_s: float = 12.0  # how long the slow-body case trickles before giving up (past the proxy's timeout)

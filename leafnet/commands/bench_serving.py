@@ -2,7 +2,7 @@
 [archive=model_store/leafnet-onnx-int8.mar] [concurrency=[1,2,4,8,16]] [duration_s=10]`.
 
 Closed-loop HTTP clients at each concurrency level: requests/s, p50/p90/p99 latency, errors, and the ratio
-to the same archive's handler run in-process. Start the server first (scripts/serve.sh start onnx-int8).
+to the same archive's handler run in-process. Start the server first (leafnet serve start variant=onnx-int8).
 worst_case=cost measures what the most expensive accepted images cost a worker (no server needed);
 worst_case=load adds a level that sends them beside ordinary requests (docs/serving.md, Bounded cost per
 request). Writes serving_benchmark.json and .md under output= (runs/benchmark_serving).

@@ -3,7 +3,7 @@
 
 Form bodies, very large PNGs, many-part and chunked multipart, oversized bodies and headers, a slow body,
 management and unknown paths through the proxy, and (with token=) missing and wrong tokens. Each gets its
-status, time, the server's peak memory (with pid=: scripts/serve.sh writes runs/torchserve/supervisor.pid)
+status, time, the server's peak memory (with pid=: leafnet serve writes runs/torchserve/supervisor.pid)
 and whether a good image still gets a 200 afterwards. Writes report.json and report.md under out=
 (runs/hostile); exits 1 if any request was not refused or the server stopped serving. Loopback only.
 """

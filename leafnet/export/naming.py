@@ -1,5 +1,5 @@
 """The one rule that names archives: <archive_name>.mar holds the first served variant, and
-<archive_name>-<variant>.mar each other one. Export writes by it; scripts/serve.sh and the serving
+<archive_name>-<variant>.mar each other one. Export writes by it; leafnet serve and the serving
 benchmark find archives by it: `python -m leafnet.export.naming onnx-int8 [key=value ...]` prints the
 file name under the export defaults and the overrides (archive_name=..., served=[...])."""
 

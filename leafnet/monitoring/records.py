@@ -52,7 +52,7 @@ def log_files(logs: str) -> list[Path]:
     if not files:
         raise LeafnetError(
             f"no log files at {logs}: pass logs= a model_log.log, the folder TorchServe logs into "
-            "(LOG_LOCATION, runs/torchserve for scripts/serve.sh) or a glob"
+            "(LOG_LOCATION, runs/torchserve for leafnet serve) or a glob"
         )
     return files
 

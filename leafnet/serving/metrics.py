@@ -1,5 +1,5 @@
-"""The handler's metrics: what it reports to TorchServe, which config/torchserve/metrics.yaml declares
-for the Prometheus endpoint (a test keeps the two equal)."""
+"""The handler's metrics: what it reports to TorchServe, which leafnet/profiles/torchserve/metrics.yaml
+declares for the Prometheus endpoint (a test keeps the two equal)."""
 
 from __future__ import annotations
 

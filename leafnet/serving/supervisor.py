@@ -1,10 +1,15 @@
 """One init for the served model: TorchServe on loopback, the Caddy proxy in front of it, one shutdown order.
 
-    python leafnet/serving/supervisor.py --ts-config config/torchserve/cloudrun.properties \
-        --proxy-config config/proxy/cloudrun.Caddyfile --model-store model_store --models leafnet=leafnet.mar
+    python leafnet/serving/supervisor.py --ts-config leafnet/profiles/torchserve/cloudrun.properties \
+        --proxy-config leafnet/profiles/proxy/cloudrun.Caddyfile --model-store model_store --models leafnet=leafnet.mar
 
-It is the serve image's command (under tini), what scripts/serve.sh runs locally, and what the tests run:
-the same start and stop order everywhere.
+It is the serve image's command (under tini), what `leafnet serve start` runs locally (leafnet/server.py), and
+what the tests run: the same start and stop order everywhere.
+
+- The profile's own files (metrics_config, the log4j configurationFile in vmargs) are named relative to the
+  properties file, wherever that lies (a checkout, an installed wheel, the image): the effective copy
+  TorchServe gets names them by absolute path, so the current directory does not matter. Paths that are
+  the user's (the model store) come as arguments.
 
 - Start: TorchServe first; the proxy only once every worker has loaded the model, so the public port opens
   when the server can answer (Cloud Run's TCP startup probe and the load balancer's health check see a
@@ -85,18 +90,63 @@ def workers_ready(management: str, models: list[str]) -> bool:
     return True
 
 
+# The files a profile ships with (leafnet/profiles/torchserve): named relative to the properties file.
+LOG4J_OPTION = re.compile(r"(-Dlog4j2?\.configurationFile=)(\S+)")
+URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def beside(value: str, profile: Path) -> Path | None:
+    """The file `profile` names as `value`: relative to the profile's folder unless absolute. None for what
+    is no local path: a URI (classpath:, file:) or a $$NAME$$ that TorchServe fills in itself. A file that
+    is not there fails here, in one line: TorchServe would stop on a missing metrics file, and log4j would
+    fall back to logging everything to stdout without a word."""
+    if "$$" in value or URI_SCHEME.match(value):
+        return None
+    path = (profile.resolve().parent / value).resolve()
+    if not path.is_file():
+        raise SystemExit(f"error: {profile} names {value}, not found at {path}")
+    return path
+
+
+def profile_files_anchored(text: str, profile: Path) -> str:
+    """The properties `text` (profile's, or an edited copy of it) with the files it names (metrics_config,
+    vmargs' log4j configurationFile) resolved against the profile's folder: the metrics file as an absolute
+    path, the log4j file as a file: URI, since TorchServe splits vmargs at white space and a URI has none,
+    whatever the folder is called. Everything else as written."""
+
+    def log4j(option: re.Match) -> str:
+        entries = []
+        for entry in option.group(2).split(","):  # log4j takes a comma-separated list
+            path = beside(entry, profile)
+            entries.append(path.as_uri() if path else entry)
+        return option.group(1) + ",".join(entries)
+
+    lines = []
+    for line in text.splitlines():
+        key, separator, value = line.partition("=")
+        if separator and key.strip() == "metrics_config":
+            path = beside(value.strip(), profile)
+            line = f"metrics_config={path}" if path else line
+        elif separator and key.strip() == "vmargs":
+            line = LOG4J_OPTION.sub(log4j, line)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def anchored_config(profile: Path, model_store: str | None, config: dict[str, str], state: Path) -> Path:
-    """The profile as TorchServe gets it: allowed_urls anchored to the model store actually served (the
-    profile cannot know its absolute path) and workflow_store an empty directory of the supervisor's own.
-    With the model API off neither is reachable; should it be turned on, nothing but an archive of this
-    store can be registered, and no workflow (.war) at all."""
+    """The profile as TorchServe gets it: its own files by absolute path (profile_files_anchored), allowed_urls
+    anchored to the model store actually served (the profile cannot know its absolute path) and
+    workflow_store an empty directory of the supervisor's own. With the model API off neither is reachable;
+    should it be turned on, nothing but an archive of this store can be registered, and no workflow (.war)
+    at all."""
     store = Path(model_store or config.get("model_store", "model_store")).resolve()
     workflows = state / "no-workflows"
     workflows.mkdir(parents=True, exist_ok=True)
     # \\Q...\\E: the path is literal, whatever regex characters it holds; Matcher.matches() anchors both ends.
     # Each backslash is doubled: a .properties file drops a lone one.
     pinned = {"allowed_urls": f"file://\\\\Q{store}/\\\\E[^/]+\\\\.mar", "workflow_store": str(workflows)}
-    lines = [line for line in profile.read_text().splitlines() if line.split("=", 1)[0].strip() not in pinned]
+    text = profile_files_anchored(profile.read_text(), profile)
+    lines = [line for line in text.splitlines() if line.split("=", 1)[0].strip() not in pinned]
     lines += [f"{key}={value}" for key, value in pinned.items()]
     effective = state / "config.properties"
     effective.write_text("\n".join(lines) + "\n")
@@ -234,8 +284,8 @@ def grace_seconds(text: str) -> float:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ts-config", required=True, help="TorchServe config.properties (config/torchserve/)")
-    parser.add_argument("--proxy-config", required=True, help="the Caddyfile of the profile (config/proxy/)")
+    parser.add_argument("--ts-config", required=True, help="TorchServe properties (leafnet/profiles/torchserve/)")
+    parser.add_argument("--proxy-config", required=True, help="the profile's Caddyfile (leafnet/profiles/proxy/)")
     parser.add_argument("--model-store", help="TorchServe's model store (default: the config's model_store)")
     parser.add_argument("--models", help="NAME=ARCHIVE.mar to serve (default: the config's load_models)")
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for every worker to load")

@@ -1,6 +1,7 @@
-# Sourced by serve.sh and predict.sh: where clients reach the local server, and how they authenticate.
+# Sourced by predict.sh: where clients reach the local server (leafnet serve, scripts/serve.sh), and how they
+# authenticate.
 
-# The URL clients use: the proxy in front of TorchServe (config/proxy/*.Caddyfile), on loopback at $PORT.
+# The URL clients use: the proxy in front of TorchServe (leafnet/profiles/proxy), on loopback at $PORT.
 # TorchServe itself listens on 127.0.0.1:8085 and is never called directly.
 proxy_url() {
   echo "http://127.0.0.1:${PORT:-8080}"
