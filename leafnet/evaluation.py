@@ -57,6 +57,13 @@ def per_class_metrics(confusion: torch.Tensor, class_names: list[str]) -> dict[s
     }
 
 
+def macro_average(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Precision, recall and F1 averaged over the classes, each class counting once."""
+    return {
+        key: round(sum(c[key] for c in per_class.values()) / len(per_class), 4) for key in ("precision", "recall", "f1")
+    }
+
+
 def evaluate_checkpoint(config: EvalConfig, log=logger.info) -> dict:
     checkpoint = load_checkpoint(config.checkpoint)
     classes = checkpoint["class_names"]
@@ -73,9 +80,7 @@ def evaluate_checkpoint(config: EvalConfig, log=logger.info) -> dict:
     )
     result = evaluate(model, loader, device, len(classes))
     per_class = per_class_metrics(result.confusion, classes)
-    macro = {
-        key: round(sum(c[key] for c in per_class.values()) / len(per_class), 4) for key in ("precision", "recall", "f1")
-    }
+    macro = macro_average(per_class)
     report = {
         "checkpoint": str(config.checkpoint),
         "epoch": checkpoint["epoch"],

@@ -88,7 +88,7 @@ def test_specs_from_older_checkpoints_take_defaults_and_unknown_keys_are_refused
 
 def test_export_completes_an_older_checkpoints_spec_from_its_data(tiny_leaves):
     older = {"input_size": 32, "crop_pct": 1.0, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.2] * 3}
-    spec = exporter._checkpoint_spec({"preprocess": older}, tiny_leaves)
+    spec = PreprocessSpec.from_checkpoint({"preprocess": older}, tiny_leaves)
     assert (spec.fit_size, spec.fit_mode, spec.background, spec.mean) == (32, "pad", [0, 0, 0], [0.5] * 3)
 
 

@@ -1,4 +1,4 @@
-"""A real TorchServe (Java 17) serving the exported archives with config/torchserve/config.properties,
+"""A real TorchServe (Java 17) serving the exported archives with leafnet/profiles/torchserve/config.properties,
 on free loopback ports in a temp dir: health, predictions equal to the offline model, bad input, lockdown."""
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ import yaml
 from leafnet.bench.serving import ServingBenchConfig, render_markdown, run_serving_benchmark
 from leafnet.errors import LeafnetError
 from leafnet.export.archive import build_archive
+from leafnet.profiles import TORCHSERVE
+from leafnet.serving.supervisor import profile_files_anchored
 from tests.conftest import REPO, SERVER_READY_TIMEOUT_S, free_port, offline_top1, png_claiming, unpack
+from tests.test_predict import COMMAND as PREDICT
+from tests.test_predict import assert_same_answers
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 MODELS = {"leafnet": "leafnet.mar", "leafnet-onnx-int8": "leafnet-onnx-int8.mar"}
@@ -96,11 +100,14 @@ def wait_until_ready(management: str, models: list[str], base: Path) -> None:
     raise AssertionError(f"TorchServe {state}:\n{tail}")
 
 
-def loopback_properties(profile: str, model_store: str, models: dict[str, str]):
-    """A profile from config/torchserve on free loopback ports, serving `models` from `model_store`:
+def loopback_properties(profile: str, model_store: str, models: dict[str, str], anchored: bool = True):
+    """A profile from leafnet/profiles/torchserve on free loopback ports, serving `models` from `model_store`:
     tests never bind 0.0.0.0. Returns the properties text, the three HTTP URLs (TorchServe's own, which
-    the proxy sits in front of) and the environment it needs (none since the proxy owns $PORT)."""
-    properties = (REPO / "config" / "torchserve" / profile).read_text().replace("0.0.0.0", "127.0.0.1")
+    the proxy sits in front of) and the environment it needs (none since the proxy owns $PORT).
+    anchored: the files the profile names (metrics.yaml, log4j2.xml) by absolute path, as the supervisor
+    hands them to TorchServe, so the copy runs from anywhere; otherwise relative, as the profile has them."""
+    source = TORCHSERVE / profile
+    properties = source.read_text().replace("0.0.0.0", "127.0.0.1")
     urls = {}
     for name, default in (("inference", 8085), ("management", 8081), ("metrics", 8082)):
         port = free_port()
@@ -110,8 +117,8 @@ def loopback_properties(profile: str, model_store: str, models: dict[str, str]):
     # Workers talk to the frontend over /tmp/.ts.sock.<port> whatever TMPDIR says, from 9000 up: two servers
     # at once must number their workers apart.
     properties += f"\ninitial_worker_port={free_port()}\n"
-    # The profiles name metrics.yaml and log4j2.xml relative to the repository; servers run elsewhere.
-    properties = properties.replace("=config/torchserve/", f"={REPO / 'config' / 'torchserve'}/")
+    if anchored:
+        properties = profile_files_anchored(properties, source)
     load = ",".join(f"{name}={archive}" for name, archive in models.items())
     properties = re.sub(r"(?m)^load_models=.*$", f"load_models={load}", properties)
     properties = re.sub(r"(?m)^model_store=.*$", f"model_store={model_store}", properties)
@@ -199,6 +206,26 @@ def test_every_served_model_predicts_like_the_offline_model(server, exported, ti
 
 def curl(*args: str) -> dict:
     return json.loads(subprocess.run(["curl", "-s", "-X", "POST", *args], capture_output=True, check=True).stdout)
+
+
+def test_leafnet_predict_answers_as_the_server(server, exported, tiny_leaves, tmp_path, run_script):
+    """`leafnet predict` on each served archive, offline: the server's answers for the same files."""
+    _, config = exported
+    images = sorted((tiny_leaves / "test").rglob("*.png"))
+    for model, archive in MODELS.items():
+        served = []
+        for image in images:
+            status, body = request(f"{server['inference']}/predictions/{model}", data=image.read_bytes())
+            assert status == 200, body
+            served.append(json.loads(body))
+        output = tmp_path / f"{model}.jsonl"
+        done = run_script(
+            PREDICT, "predict", str(Path(config.model_store) / archive), *map(str, images), "--output", str(output)
+        )
+        assert done.returncode == 0, done.stderr
+        offline = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [record["path"] for record in offline] == [str(image) for image in images]
+        assert_same_answers(offline, served)
 
 
 def test_every_accepted_input_form_gives_the_same_answer(server, tiny_leaves):
@@ -428,7 +455,7 @@ def test_serving_benchmark_names_what_is_missing(exported, tiny_leaves, tmp_path
     _, config = exported
     archive = str(Path(config.model_store) / "leafnet-onnx-int8.mar")
     nobody = ServingBenchConfig(url=f"http://127.0.0.1:{free_port()}", archive=archive, images=str(tiny_leaves))
-    with pytest.raises(LeafnetError, match=r"no TorchServe answers at .*serve\.sh start"):
+    with pytest.raises(LeafnetError, match=r"no TorchServe answers at .*leafnet serve start"):
         run_serving_benchmark(nobody, log=lambda _: None)
     with pytest.raises(LeafnetError, match=r"archive .*nothing\.mar not found"):
         run_serving_benchmark(replace(nobody, archive=str(tmp_path / "nothing.mar")), log=lambda _: None)

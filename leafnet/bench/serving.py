@@ -43,12 +43,11 @@ from leafnet.export import packaged
 from leafnet.export.archive import unpack_archive
 from leafnet.export.naming import default_archive
 from leafnet.fsutil import atomic_write_bytes, sha256_file, write_json
+from leafnet.predict_inputs import IMAGE_SUFFIXES
 from leafnet.serving.harness import ArchivedHandler
 from leafnet.serving.preprocess import DEFAULT_PREPARE_TIMEOUT_S, Preprocessor
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -72,8 +71,8 @@ class ServingBenchConfig:
     worst_case_clients: int = 8  # clients sending the most expensive accepted images at once, closed loop
     worst_case_good_clients: int = 8  # clients of ordinary images, timed alone and then beside those
     worst_case_max_requests: int = 200  # the worst-case level ends after this many of them (or duration_s)
-    # on the server's machine, its top process (the serve.sh supervisor, TorchServe's java, a container's init):
-    # the worst-case level samples the memory (PSS) of it and its descendants; 0: not measured
+    # on the server's machine, its top process (the supervisor `leafnet serve` starts, TorchServe's java, a
+    # container's init): the worst-case level samples the memory (PSS) of it and its descendants; 0: not measured
     server_pid: int = 0
     # worst_case=cost without an archive: this preprocess.json, with the packaged model-config.yaml's options
     preprocess: str | None = None
@@ -275,7 +274,7 @@ def check_server(config: ServingBenchConfig, image: bytes, version: str) -> None
         status, body = client.post(image)
     except (OSError, ValueError) as error:
         raise LeafnetError(
-            f"no TorchServe answers at {config.url} ({error}): start one with scripts/serve.sh start onnx-int8"
+            f"no TorchServe answers at {config.url} ({error}): start one with leafnet serve start variant=onnx-int8"
         ) from None
     finally:
         client.close()

@@ -102,6 +102,21 @@ def _utf8(name: str) -> bool:
     return True
 
 
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a UTF-8 CSV file whose header names `columns` (among others); a missing column or a file
+    that is not UTF-8 CSV is one LeafnetError line naming the file."""
+    expected = ",".join(columns)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = set(columns) - set(reader.fieldnames or [])
+            if missing:
+                raise LeafnetError(f"{path} lacks column(s) {sorted(missing)}; expected a header with {expected}")
+            return list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise LeafnetError(f"cannot read {path}: {error} (expected UTF-8 CSV with {expected})") from None
+
+
 def kaggle_candidates(root: Path) -> list[Candidate]:
     """The Kaggle leaf-classification layout: `images/<id>.<ext>` and `train.csv` with id,species."""
     _require_dir(root, "input directory")
@@ -109,15 +124,9 @@ def kaggle_candidates(root: Path) -> list[Candidate]:
     _require_dir(images_dir, "images directory of the kaggle source")
     if not labels_csv.is_file():
         raise LeafnetError(f"labels file not found: {labels_csv} (the kaggle source needs train.csv with id,species)")
-    try:
-        with open(labels_csv, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            missing = {"id", "species"} - set(reader.fieldnames or [])
-            if missing:
-                raise LeafnetError(f"{labels_csv} lacks column(s) {sorted(missing)}; expected a header with id,species")
-            rows = [((row["id"] or "").strip(), (row["species"] or "").strip()) for row in reader]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise LeafnetError(f"cannot read {labels_csv}: {error} (expected UTF-8 CSV with id,species)") from None
+    rows = [
+        ((row["id"] or "").strip(), (row["species"] or "").strip()) for row in read_csv(labels_csv, ("id", "species"))
+    ]
     rows = [(image_id, species) for image_id, species in rows if image_id]
     if not rows:
         raise LeafnetError(f"{labels_csv} has no rows")

@@ -6,7 +6,7 @@ handler carry it (as preprocess.json), so what the server does to an image is wh
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from timm.data import create_transform
@@ -51,6 +51,17 @@ class PreprocessSpec:
             "fit_mode": stats.get("resize"),
         }
         return cls(input_size=input_size or stats["image_size"], **{**data_part, **overrides})
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict, data_root: str | Path) -> PreprocessSpec:
+        """A checkpoint's spec. Checkpoints written before the spec held the fit step and the background lack
+        both: they come from the data the run was trained on (`data_root`), as export always took them."""
+        stored = checkpoint["preprocess"]
+        spec = cls.from_dict(stored)
+        if "fit_mode" not in stored and PreparedData(data_root).is_prepared():
+            data = cls.from_prepared(data_root)
+            spec = replace(spec, fit_size=data.fit_size, fit_mode=data.fit_mode, background=data.background)
+        return spec
 
     @classmethod
     def from_dict(cls, values: dict) -> PreprocessSpec:

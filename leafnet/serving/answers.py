@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+DEFAULT_TOPK = 5  # classes per answer when model-config.yaml's handler section sets no topk
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities along the last axis (any leading shape), computed stably in float64."""

@@ -27,7 +27,7 @@ import numpy as np
 from ts.torch_handler.base_handler import BaseHandler
 
 from .admission import DEFAULT_LARGE_IMAGE_PIXELS, RETRY_AFTER_S, LargeImageGate, decoded_pixels
-from .answers import top_k
+from .answers import DEFAULT_TOPK, top_k
 from .drift import DriftSampler, drift_line
 from .image_io import RejectedImage
 from .image_stats import image_stats
@@ -38,7 +38,6 @@ from .runtime import Runtime, available_cpus
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOPK = 5
 DEFAULT_DRIFT_MAX_PER_S = 10.0  # lines per second per server, shared by its workers
 
 

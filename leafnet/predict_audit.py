@@ -1,0 +1,67 @@
+"""How the answers of `leafnet predict` compare with the truth: top-1, top-5, per-class precision, recall
+and F1 and the confusion matrix, with evaluation's own metrics (leafnet.evaluation) and figure
+(leafnet.tracking), so an audit of served answers reads like `leafnet evaluate`'s eval.json.
+
+Refused images have no answer and are counted apart; the metrics are over the answered ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from leafnet.evaluation import macro_average, per_class_metrics
+from leafnet.fsutil import write_json
+from leafnet.predict import Outcome
+from leafnet.tracking import confusion_figure, save_figure
+
+TOP5 = 5
+
+
+def audit(outcomes: list[Outcome], truth: list[str], classes: list[str]) -> tuple[dict, torch.Tensor]:
+    """(the report, the [true, predicted] count matrix) of the answered outcomes."""
+    index = {name: i for i, name in enumerate(classes)}
+    pairs = [(o.answer["predictions"], index[label]) for o, label in zip(outcomes, truth, strict=True) if o.answer]
+    count = len(pairs)
+    top1 = sum(predictions[0]["index"] == true for predictions, true in pairs)
+    top5 = sum(true in [p["index"] for p in predictions[:TOP5]] for predictions, true in pairs)
+    true = torch.tensor([t for _, t in pairs], dtype=torch.int64)
+    predicted = torch.tensor([predictions[0]["index"] for predictions, _ in pairs], dtype=torch.int64)
+    n = len(classes)
+    confusion = torch.bincount(true * n + predicted, minlength=n * n).view(n, n)  # as engine.evaluate counts
+    per_class = per_class_metrics(confusion, classes)
+    # A few images need not hold every class: the macro average is over the classes they hold or were
+    # answered with (as sklearn's), not diluted by zeros of absent ones. Over a whole split it is evaluate's.
+    present = [name for i, name in enumerate(classes) if confusion[i].sum() + confusion[:, i].sum() > 0]
+    report = {
+        "count": count,
+        "refused": len(outcomes) - count,
+        "top1": round(top1 / max(count, 1), 4),
+        "top5": round(top5 / max(count, 1), 4),
+        "macro": macro_average({name: per_class[name] for name in present}),
+        "macro_classes": len(present),
+        "per_class": per_class,
+    }
+    return report, confusion
+
+
+def write_audit(report: dict, confusion: torch.Tensor, classes: list[str], json_path: Path, figure_path: Path) -> None:
+    write_json(json_path, report)
+    title = f"confusion matrix ({report['count']} images)"
+    save_figure(confusion_figure(confusion, classes, title), figure_path)
+
+
+def per_class_table(report: dict, confusion: torch.Tensor) -> str:
+    """Per-class precision, recall, F1 and support as text, for a run without --output: the classes the
+    images hold or were answered with."""
+    per_class = {
+        name: c for i, (name, c) in enumerate(report["per_class"].items()) if confusion[i].sum() + confusion[:, i].sum()
+    }
+    width = max(len("class"), *(len(name) for name in per_class))
+    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+    lines += [
+        f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:5.4f}  {c['support']:7d}"
+        for name, c in per_class.items()
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,81 @@
+"""Where `leafnet predict` puts its answers: a table on stdout (path, top-1 label, probability), or with
+--output a CSV or JSON Lines file chosen by its extension (path, top-k labels and probabilities, model
+version, the truth when known, and the reason of each refused image), written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from leafnet.errors import LeafnetError
+from leafnet.fsutil import atomic_write_bytes
+from leafnet.predict import Outcome
+
+FORMATS = (".csv", ".jsonl")
+
+
+def checked_output(output: str | None) -> Path | None:
+    """The --output path, refused before any work when its extension names no format."""
+    if output is None:
+        return None
+    path = Path(output)
+    if path.suffix.lower() not in FORMATS:
+        raise LeafnetError(f"--output {path}: the extension picks the format, one of {', '.join(FORMATS)}")
+    if path.is_dir():
+        raise LeafnetError(f"--output {path} is a folder; name a file")
+    return path
+
+
+def beside(output: Path, suffix: str) -> Path:
+    """A file next to the output, e.g. preds.csv -> preds.audit.json."""
+    return output.with_name(output.stem + suffix)
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """The answered images, one line each: path, top-1 label, its probability."""
+    rows = [(o.name, o.answer["predictions"][0]) for o in outcomes if o.answer is not None]
+    width = max([len("path"), *(len(name) for name, _ in rows)])
+    label_width = max([len("label"), *(len(top["label"]) for _, top in rows)])
+    lines = [f"{'path':<{width}}  {'label':<{label_width}}  probability"]
+    lines += [f"{name:<{width}}  {top['label']:<{label_width}}  {top['probability']:.6f}" for name, top in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_output(path: Path, outcomes: list[Outcome], top_k: int, truth: list[str | None] | None) -> None:
+    """Every outcome, answered or refused, in input order; `truth`: each one's true label, when known."""
+    truth = truth or [None] * len(outcomes)
+    text = _jsonl(outcomes, top_k, truth) if path.suffix.lower() == ".jsonl" else _csv(outcomes, top_k, truth)
+    atomic_write_bytes(path, text.encode())
+
+
+def _csv(outcomes: list[Outcome], top_k: int, truth: list[str | None]) -> str:
+    ranks = [f"{column}_{rank}" for rank in range(1, top_k + 1) for column in ("label", "probability")]
+    known = any(label is not None for label in truth)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", *ranks, "model_version", *(["truth"] if known else []), "error"])
+    for outcome, label in zip(outcomes, truth, strict=True):
+        predictions = outcome.answer["predictions"][:top_k] if outcome.answer else []
+        cells = [value for p in predictions for value in (p["label"], p["probability"])]
+        cells += [""] * (2 * top_k - len(cells))
+        version = outcome.answer["model_version"] if outcome.answer else ""
+        writer.writerow([outcome.name, *cells, version, *([label or ""] if known else []), outcome.error or ""])
+    return buffer.getvalue()
+
+
+def _jsonl(outcomes: list[Outcome], top_k: int, truth: list[str | None]) -> str:
+    lines = []
+    for outcome, label in zip(outcomes, truth, strict=True):
+        record: dict = {"path": outcome.name}
+        answer = outcome.answer
+        if answer is not None:
+            record.update(predictions=answer["predictions"][:top_k], model_version=answer["model_version"])
+        else:
+            record.update(error=outcome.error, kind=outcome.kind)
+        if label is not None:
+            record["truth"] = label
+        lines.append(json.dumps(record))
+    return "".join(line + "\n" for line in lines)
