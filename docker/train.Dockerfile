@@ -35,8 +35,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -c requirements.lock -r /tmp/dependencies.txt \
     && python -c "import sys, torch; v = torch.__version__; sys.exit(None if v.endswith('+' + sys.argv[1]) else f'torch {v} is not the +{sys.argv[1]} build: check TORCH_INDEX_URL')" "${TORCH_VARIANT}"
 # The library itself, a regular (not editable) install: the runtime stage needs no source tree for it.
-# README.md because pyproject.toml names it as the package's readme.
-COPY README.md ./
+# README.md and LICENSE because pyproject.toml names them (readme, license-files); setup.cfg holds the
+# package discovery and data. The base install: training needs neither the serve nor the pipeline extra.
+COPY README.md LICENSE setup.cfg ./
 COPY leafnet/ leafnet/
 RUN pip install --no-cache-dir --no-deps .
 

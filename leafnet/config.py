@@ -56,14 +56,54 @@ def _describe(error: OmegaConfBaseException) -> str:
 def load_config(schema: type[T], argv: list[str] | None = None, files: list[str | Path] = ()) -> T:
     """Builds a `schema` instance from its defaults, YAML files, then `key=value` overrides."""
     arg_files, overrides = split_args(list(argv or []))
-    config = OmegaConf.structured(schema)
-    try:
+
+    def merge(config):
         for file in [*files, *arg_files]:
             path = Path(file)
             if not path.is_file():
                 raise LeafnetError(f"config file not found: {path}")
             config = OmegaConf.merge(config, OmegaConf.load(path))
-        config = OmegaConf.merge(config, OmegaConf.from_dotlist(overrides))
+        return OmegaConf.merge(config, OmegaConf.from_dotlist(overrides))
+
+    return _built(schema, merge)
+
+
+def build_config(schema: type[T], config: T | dict | str | Path | None = None, **overrides: Any) -> T:
+    """The Python API's twin of load_config: `schema`'s defaults, then `config` (an instance of it, a dict
+    or a YAML file), then keyword overrides, each a field or a dotted path (`**{"optim.lr": 0.01}`), a
+    section's value a dict of its fields. Unknown keys and mistyped values fail as on the command line."""
+
+    def merge(merged):
+        if isinstance(config, str | Path):
+            if not Path(config).is_file():
+                raise LeafnetError(f"config file not found: {config}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(config))
+        elif isinstance(config, dict):
+            merged = OmegaConf.merge(merged, OmegaConf.create(config))
+        elif config is not None:
+            if not isinstance(config, schema):
+                raise LeafnetError(f"expected a {schema.__name__}, a dict or a YAML file, got {type(config).__name__}")
+            merged = OmegaConf.structured(config)
+        for key, value in overrides.items():
+            if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
+                raise LeafnetError(f"unknown option {key!r} for {schema.__name__}")
+            nested = value
+            for part in reversed(key.split(".")):
+                nested = {part: nested}
+            merged = OmegaConf.merge(merged, nested)  # a merge, not an update: some sections are frozen
+        return merged
+
+    return _built(schema, merge)
+
+
+_MISSING = object()
+
+
+def _built(schema: type[T], merge) -> T:
+    """`merge(schema's structured defaults)` resolved into a schema instance; OmegaConf's and YAML's errors
+    as one line each."""
+    try:
+        config = merge(OmegaConf.structured(schema))
         OmegaConf.resolve(config)
         return OmegaConf.to_object(config)
     except OmegaConfBaseException as error:

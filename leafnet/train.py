@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from leafnet import distributed
+from leafnet.callable_stage import callable_module
 from leafnet.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, build_loader
@@ -466,3 +467,6 @@ def _epoch_line(metrics: dict, epochs: int) -> str:
         f"  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.0f} img/s  data wait {metrics['data_wait_fraction']:.1%}"
         f"  {metrics['epoch_seconds']:.1f}s"
     )
+
+
+callable_module(__name__)  # leafnet.train(...) is the stage (leafnet/callable_stage.py says why)

@@ -3,7 +3,7 @@
 
     leafnet --help                 every command, one line each
     leafnet train --help           every option of one command, with its default and meaning
-    leafnet bench onnx key=value   subcommands of a group: bench {data,train,onnx,serving}
+    leafnet bench onnx key=value   subcommands of a group: bench {data,train,onnx,predict,serving}
 
 `python -m leafnet` is the same command (so `torchrun -m leafnet train ...` runs it under DDP), and
 `scripts/*.py` are thin aliases (`python scripts/train.py` = `leafnet train`). A command's module is
@@ -24,11 +24,14 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("train",): "train",
     ("evaluate",): "evaluate",
     ("export",): "export",
+    ("predict",): "predict",
+    ("serve",): "serve",  # start, stop, status: one module, one set of options (leafnet/commands/serve.py)
     ("drift",): "drift",
     ("baseline",): "baseline",
     ("bench", "data"): "bench_data",
     ("bench", "train"): "bench_train",
     ("bench", "onnx"): "bench_onnx",
+    ("bench", "predict"): "bench_predict",
     ("bench", "serving"): "bench_serving",
     ("hostile",): "hostile",
 }

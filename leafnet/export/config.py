@@ -35,7 +35,8 @@ class ExportConfig:
     model_store: str = "model_store"  # where the .mar archives go
     archive_name: str = "leafnet"  # <name>.mar holds the first served variant, <name>-<variant>.mar the others
     version: str | None = None  # model version in the archives; default: first 12 hex digits of the checkpoint's sha256
-    # variants packed as TorchServe archives (leafnet.export.naming names them)
+    # variants packed as TorchServe archives (leafnet.export.naming names them; [] for none, and then
+    # export needs no leafnet[serve])
     served: list[str] = field(default_factory=lambda: ["torchscript", "onnx-int8"])
     handler: str | None = None  # default: leafnet/serving/leafnet_handler.py, the installed package's
     model_config: str | None = None  # default: leafnet/serving/model-config.yaml, the installed package's

@@ -12,7 +12,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader, Subset
 
 from leafnet.checkpoint import load_checkpoint, versions
 from leafnet.data.dataset import ManifestDataset
-from leafnet.data.prepared import PreparedData
 from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
 from leafnet.export import packaged
@@ -41,6 +40,7 @@ from leafnet.export.quantize import (
 )
 from leafnet.export.runtime import load_predictor, torch_predictor
 from leafnet.export.torchscript import export_dynamic_quantized_torchscript, export_torchscript
+from leafnet.extras import require
 from leafnet.fsutil import atomic_directory, is_replaceable, sha256_file, write_json
 from leafnet.models import model_from_checkpoint
 from leafnet.monitoring.reference import REFERENCE_FILE, build_reference, top1_probability
@@ -91,8 +91,9 @@ def _validate(config: ExportConfig) -> None:
     unknown = [name for name in config.served if name not in VARIANT_BY_NAME]
     if unknown:
         raise LeafnetError(f"unknown served variant {unknown[0]!r}; choose from {', '.join(VARIANT_BY_NAME)}")
-    if not config.served:
-        raise LeafnetError("served is empty: name at least one variant to pack as a .mar")
+    if config.served:  # packing archives needs torch-model-archiver; the model files alone do not
+        purpose = f"packing served={config.served} as .mar archives (served=[] exports the model files alone)"
+        require("serve", purpose, parts=("model_archiver",))
     for key in ("parity_images", "trace_batch", "batch_size", "drift_reference_images"):
         if getattr(config, key) < 1:
             raise LeafnetError(f"{key} must be at least 1, got {getattr(config, key)}")
@@ -105,17 +106,6 @@ def _validate(config: ExportConfig) -> None:
     if config.opset < 18:
         raise LeafnetError(f"opset {config.opset} is too old: the dynamo exporter needs opset >= 18")
     check_int8_config(config.int8)
-
-
-def _checkpoint_spec(checkpoint: dict, data_root: Path) -> PreprocessSpec:
-    """The checkpoint's preprocessing spec. Checkpoints written before the spec held the fit step and the
-    background lack both: they come from the data the run was trained on, as export always took them."""
-    stored = checkpoint["preprocess"]
-    spec = PreprocessSpec.from_dict(stored)
-    if "fit_mode" not in stored and PreparedData(data_root).is_prepared():
-        data = PreprocessSpec.from_prepared(data_root)
-        spec = replace(spec, fit_size=data.fit_size, fit_mode=data.fit_mode, background=data.background)
-    return spec
 
 
 @dataclass
@@ -139,7 +129,7 @@ def _read_inputs(config: ExportConfig) -> _Inputs:
     try:
         run_name = checkpoint["config"]["train"]["name"]
         data_root = Path(config.data or checkpoint["config"]["data"]["root"])
-        spec = _checkpoint_spec(checkpoint, data_root)
+        spec = PreprocessSpec.from_checkpoint(checkpoint, data_root)
         classes = checkpoint["class_names"]
     except (KeyError, TypeError) as error:
         raise LeafnetError(f"{config.checkpoint} lacks {error} that export needs; re-train with this leafnet") from None
@@ -282,8 +272,10 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
         # The export directory is now in place; the archives follow it into the store.
         for name in report["archives"]:
             os.replace(Path(archive_stage) / name, model_store / name)
-    archives = ", ".join(report["archives"])
-    log(f"export: done in {report['seconds']:.0f}s -> {inputs.output}; {archives} in {model_store}")
+    archives = (
+        f"; {', '.join(report['archives'])} in {model_store}" if report["archives"] else " (no archives: served=[])"
+    )
+    log(f"export: done in {report['seconds']:.0f}s -> {inputs.output}; {archives}")
     return report
 
 
