@@ -166,8 +166,8 @@ def _venv_over_the_project_dependencies(venv: Path) -> Path:
 @pytest.mark.integration
 def test_the_wheel_installed_elsewhere_runs_the_whole_path(tmp_path):
     source = _copy_sources(tmp_path / "src")
-    checked([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", "dist", "./src"],
-            cwd=tmp_path)  # fmt: skip
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", "dist"]
+    checked([*build, "./src"], cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("leafnet-*.whl"))
     bin_dir = _venv_over_the_project_dependencies(tmp_path / "venv")
     checked([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "--quiet", "--no-deps",
