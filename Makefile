@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 # Reinstall only when the dependency spec or the lock changes. torch==2.14.1 resolves to whatever build the
 # indexes pip sees offer (this machine: a local wheel; CI adds PyTorch's CPU index, see ci.yml).
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml setup.cfg requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | { grep -v "is ignored" || true; }

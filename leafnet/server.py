@@ -15,6 +15,7 @@ Not in leafnet/serving: every module there is packed into each model archive.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 from leafnet.errors import LeafnetError
-from leafnet.export.naming import default_archive
+from leafnet.export.naming import VARIANT_BY_NAME, default_archive
 from leafnet.extras import require
 from leafnet.profiles import profile_files
 
@@ -132,9 +133,8 @@ def start(config: ServeConfig) -> None:
         raise LeafnetError(f"port={config.port}: a TCP port is 1-65535")
     if config.ready_timeout_s <= 0:
         raise LeafnetError(f"ready_timeout_s={config.ready_timeout_s:g}: give the workers some seconds to load")
-    pid = running_pid(config)
-    if pid is not None:
-        raise LeafnetError(f"already serving (supervisor pid {pid}, {pid_file(config)}): leafnet serve stop first")
+    if config.variant not in VARIANT_BY_NAME:
+        raise LeafnetError(f"unknown variant {config.variant!r}; choose from {', '.join(VARIANT_BY_NAME)}")
     properties, caddyfile = served_files(config)
     archive = default_archive(config.variant)
     store = Path(config.model_store).resolve()
@@ -143,10 +143,29 @@ def start(config: ServeConfig) -> None:
             f"{Path(config.model_store) / archive} not found: export it first (leafnet export checkpoint=... "
             f"writes an archive per served variant; in a checkout: make export)"
         )
+    refuse_if_serving(config)
     if ping(url(config)) is not None:
         raise LeafnetError(f"something already answers at {url(config)}: stop it, or serve on another port=")
     log_dir = Path(config.log_dir).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
+    # One start at a time per log_dir: two would share the pid file and the log, and the loser's cleanup
+    # would remove the winner's pid file. The lock goes with this process (and its file descriptor).
+    with open(log_dir / "start.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LeafnetError(f"another leafnet serve start is running for {config.log_dir}") from None
+        refuse_if_serving(config)  # again, now that no other start can get in between
+        _start_locked(config, log_dir, properties, caddyfile, archive, store)
+
+
+def refuse_if_serving(config: ServeConfig) -> None:
+    pid = running_pid(config)
+    if pid is not None:
+        raise LeafnetError(f"already serving (supervisor pid {pid}, {pid_file(config)}): leafnet serve stop first")
+
+
+def _start_locked(config: ServeConfig, log_dir: Path, properties: Path, caddyfile: Path, archive: str, store: Path):
     command = [
         sys.executable, str(SUPERVISOR), "--ts-config", str(properties), "--proxy-config", str(caddyfile),
         "--model-store", str(store), "--models", f"leafnet={archive}", "--ready-timeout", str(config.ready_timeout_s),
@@ -163,7 +182,8 @@ def start(config: ServeConfig) -> None:
         )
     pid_file(config).write_text(f"{process.pid}\n")
     wait_until_serving(config, process)
-    predict = f"curl -X POST {url(config)}/predictions/leafnet --data-binary @leaf.png"
+    raw_body = "-H 'Content-Type: application/octet-stream' --data-binary @leaf.png"  # not a form: the proxy's 415
+    predict = f"curl -X POST {url(config)}/predictions/leafnet {raw_body}"
     log.info(f"serving {archive} behind the proxy: {predict}")
 
 
@@ -171,7 +191,8 @@ def wait_until_serving(config: ServeConfig, process: subprocess.Popen) -> None:
     """Until /ping through the proxy says Healthy; a supervisor that exits or a deadline that passes stops
     what is left and fails with the log's last lines."""
     deadline = time.monotonic() + config.ready_timeout_s + PROXY_START_S
-    while not healthy(ping(url(config))):
+    # Healthy while our supervisor lives: a dying one's port may already answer for another server.
+    while not (healthy(ping(url(config))) and process.poll() is None):
         if process.poll() is not None:
             reason = f"the supervisor exited ({process.returncode}) before serving"
         elif time.monotonic() > deadline:
@@ -179,8 +200,9 @@ def wait_until_serving(config: ServeConfig, process: subprocess.Popen) -> None:
         else:
             time.sleep(POLL_S)
             continue
-        if process.poll() is None:
-            terminate(process.pid)
+        if process.poll() is None and not terminate(process.pid):
+            with contextlib.suppress(ProcessLookupError):  # its session: the supervisor and what it started
+                os.killpg(process.pid, signal.SIGKILL)
         pid_file(config).unlink(missing_ok=True)
         logs = supervisor_log(config)
         tail = logs.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if logs.is_file() else []

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from leafnet.extras import PROVIDES, MissingExtraError, require
 from leafnet.train_config import TrainConfig
 
 from .conftest import REPO, free_port
+from .test_serving import loopback_properties
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -127,8 +129,8 @@ def test_the_stages_are_top_level_functions_and_run_as_the_commands(tmp_path):
     import leafnet.train as training_module
 
     assert callable(leafnet.train) and leafnet.train is training_module and callable(leafnet.export)
-    for stage in ("generate", "prepare", "evaluate", "Predictor"):
-        assert getattr(leafnet, stage) is not None
+    assert callable(leafnet.generate) and callable(leafnet.prepare) and callable(leafnet.evaluate)
+    assert leafnet.Predictor.__name__ == "Predictor"
     with pytest.raises(LeafnetError, match="unknown option 'epochs' for TrainConfig"):
         leafnet.train(epochs=3)
     out = leafnet.generate(output=str(tmp_path / "raw"), synthetic={"per_species": 1, "seed": 1})
@@ -140,6 +142,17 @@ def checked(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
     assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     return result
+
+
+def request_status(url: str) -> int | None:
+    """The HTTP status of GET `url`, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
 
 
 def _copy_sources(into: Path) -> Path:
@@ -186,11 +199,10 @@ def test_the_wheel_installed_elsewhere_runs_the_whole_path(tmp_path):
         assert result.returncode == 0, f"leafnet {' '.join(args)}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         return result
 
-    where = subprocess.run(
-        [str(bin_dir / "python"), "-c", "import leafnet; print(leafnet.__file__)"],
-        cwd=work, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert Path(where.stdout.strip()).is_relative_to(tmp_path / "venv"), where.stdout
+    def leafnet_python(code: str) -> str:
+        return checked([str(bin_dir / "python"), "-c", code], cwd=work, env=env).stdout.strip()
+
+    assert Path(leafnet_python("import leafnet; print(leafnet.__file__)")).is_relative_to(tmp_path / "venv")
     leafnet_cmd("generate", "output=raw", "synthetic.per_species=4", "synthetic.seed=3")
     leafnet_cmd("prepare", "source=kaggle", "input=raw", "output=data", "size=32", "val_fraction=0.25",
                 "test_fraction=0.25", "workers=1")  # fmt: skip
@@ -202,8 +214,21 @@ def test_the_wheel_installed_elsewhere_runs_the_whole_path(tmp_path):
     assert "images/s" in predicted.stdout + predicted.stderr
     rows = (work / "preds.csv").read_text().splitlines()
     assert len(rows) == 1 + len(list((work / "data" / "test").rglob("*.png")))
+    # TorchServe's own ports moved to free ones (a copy of the installed package's local profile, which the
+    # supervisor resolves relative to the copy) and its pid file to a TMPDIR of its own: apart from any
+    # server already running on this machine.
+    installed = leafnet_python("from leafnet.profiles import TORCHSERVE; print(TORCHSERVE)")
+    assert Path(installed).is_relative_to(tmp_path / "venv")
+    properties, urls, _ = loopback_properties("config.properties", "unused", {"leafnet": "leafnet.mar"}, anchored=False)
+    (work / "profile").mkdir()
+    (work / "profile" / "config.properties").write_text(properties)
+    for name in ("metrics.yaml", "log4j2.xml"):
+        shutil.copy(Path(installed) / name, work / "profile" / name)
+    (tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(tmp_path / "tmp")
     port = free_port()
-    leafnet_cmd("serve", "start", f"port={port}", timeout=200)
+    options = [f"port={port}", "ts_config=profile/config.properties"]
+    leafnet_cmd("serve", "start", *options, timeout=200)
     try:
         image = next((work / "data" / "test").rglob("*.png")).read_bytes()
         request = urllib.request.Request(
@@ -213,31 +238,7 @@ def test_the_wheel_installed_elsewhere_runs_the_whole_path(tmp_path):
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read())
         assert len(answer["predictions"]) == 5 and answer["model_version"]
-        leafnet_cmd("serve", "status", f"port={port}")
+        leafnet_cmd("serve", "status", *options)
     finally:
-        leafnet_cmd("serve", "stop", timeout=120)
-
-
-def test_every_leafnet_command_in_the_readme_names_real_options():
-    """The README's command lines parse: the command exists and each key=value is one of its options."""
-    import importlib
-    import re
-    import shlex
-
-    from leafnet.commands import resolve
-
-    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
-    checked = 0
-    for line in lines:
-        if not re.match(r"(\.venv/bin/)?leafnet ", line):
-            continue
-        words = shlex.split(line.replace("...", ""))
-        module, rest = resolve(words[1:])
-        if words[1:2] in (["--help"], []):
-            continue
-        assert module is not None, f"README: {line}: no such command"
-        schema = importlib.import_module(f"leafnet.commands.{module}").CONFIG
-        load_config(schema, [word for word in rest if re.match(r"[\w.]+=", word)])
-        checked += 1
-    assert checked >= 6
+        leafnet_cmd("serve", "stop", *options, timeout=120)
+    assert request_status(f"{urls['inference']}/ping") is None

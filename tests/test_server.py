@@ -119,7 +119,7 @@ def test_leafnet_serve_starts_answers_and_stops_from_a_directory_outside_the_che
     try:
         started = serve("start", timeout=SERVER_READY_TIMEOUT_S + 60)
         assert started.returncode == 0, started.stderr
-        assert f"serving leafnet.mar behind the proxy: curl -X POST {url}/predictions/leafnet" in started.stdout
+        assert f"serving leafnet.mar behind the proxy: curl -X POST {url}/predictions/leafnet -H" in started.stdout
         answered, body = request(f"{url}/predictions/leafnet", data=image.read_bytes())
         assert answered == 200, body
         assert json.loads(body)["predictions"][0]["label"] == image.parent.name

@@ -29,7 +29,7 @@ from leafnet.errors import LeafnetError
 from leafnet.export import packaged
 from leafnet.export.archive import build_archive
 from leafnet.export.config import ExportConfig
-from leafnet.export.naming import archive_names
+from leafnet.export.naming import VARIANT_BY_NAME, VARIANTS, archive_names
 from leafnet.export.onnx_export import export_onnx
 from leafnet.export.parity import TopK, compare_logits, gate_failures
 from leafnet.export.quantize import (
@@ -48,23 +48,6 @@ from leafnet.monitoring.reference import REFERENCE_FILE, build_reference, top1_p
 logger = logging.getLogger(__name__)
 
 MARKER = "export.json"
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    file: str
-    quantized: bool
-
-
-VARIANTS = (
-    Variant("torchscript", "model.ts.pt", quantized=False),
-    Variant("torchscript-dynq", "model.dynq.ts.pt", quantized=True),
-    Variant("onnx", "model.onnx", quantized=False),
-    Variant("onnx-dynq", "model.dynq.onnx", quantized=True),
-    Variant("onnx-int8", "model.int8.onnx", quantized=True),
-)
-VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 
 
 def _spread(dataset: ManifestDataset, count: int) -> Subset:
