@@ -60,9 +60,19 @@ def configure_logging(level: int) -> None:
     root.propagate = False
 
 
+def logs_to_stderr() -> None:
+    """leafnet's log lines to stderr from now on: for a command whose stdout carries data to pipe (a table)."""
+    for handler in logging.getLogger("leafnet").handlers:
+        if isinstance(handler, _CurrentStdout):
+            handler.to_stderr = True
+
+
 class _CurrentStdout(logging.StreamHandler):
-    """Writes to whatever sys.stdout is when a record arrives (a test's capture may have replaced it)."""
+    """Writes to whatever sys.stdout (or, after logs_to_stderr, sys.stderr) is when a record arrives (a test's
+    capture may have replaced it)."""
+
+    to_stderr = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stdout
+        self.stream = sys.stderr if self.to_stderr else sys.stdout
         super().emit(record)

@@ -2,6 +2,9 @@
 
 Needs nothing but the checkpoint: model name, class names and the eval preprocessing travel in it.
 Writes `eval.json` (`eval_<split>.json` unless it is the test split) and `confusion_matrix.png`.
+With tta=flip (leafnet.tta) a second pass answers each image with the mean of its and its mirror's
+probabilities; its metrics go beside the plain ones (eval.json's "tta" block), which stay those of the one
+pass the server makes, so runs with and without TTA compare. The confusion matrix is the plain pass's.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from leafnet.errors import LeafnetError
 from leafnet.fsutil import write_json
 from leafnet.models import model_from_checkpoint
 from leafnet.tracking import confusion_figure, save_figure
+from leafnet.tta import checked_mode, mean_of_probabilities, mirrored
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,21 @@ class EvalConfig:
     batch_size: int = 128  # images per forward pass
     workers: int = 2  # DataLoader worker processes
     device: str = "auto"  # auto | cpu | cuda
+    # test-time augmentation, reported beside the plain metrics: none, or flip (the mean of the image's and
+    # its mirror's softmax probabilities; a second pass)
+    tta: str = "none"
+
+
+class FlipAveraged(torch.nn.Module):
+    """A classifier answering with the mean of its probabilities over each image and its mirror, as logits
+    (log-probabilities: leafnet.tta)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return mean_of_probabilities(self.model(images), self.model(mirrored(images)))
 
 
 def per_class_metrics(confusion: torch.Tensor, class_names: list[str]) -> dict[str, dict[str, float]]:
@@ -65,6 +84,7 @@ def macro_average(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def evaluate_checkpoint(config: EvalConfig, log=logger.info) -> dict:
+    checked_mode(config.tta)
     checkpoint = load_checkpoint(config.checkpoint)
     classes = checkpoint["class_names"]
     data = config.data or checkpoint["config"]["data"]["root"]
@@ -79,28 +99,35 @@ def evaluate_checkpoint(config: EvalConfig, log=logger.info) -> dict:
         dataset, LoaderConfig(batch_size=config.batch_size, workers=config.workers), train=False, device=device
     )
     result = evaluate(model, loader, device, len(classes))
-    per_class = per_class_metrics(result.confusion, classes)
-    macro = macro_average(per_class)
-    report = {
-        "checkpoint": str(config.checkpoint),
-        "epoch": checkpoint["epoch"],
-        "data": str(data),
-        "split": config.split,
-        "count": result.count,
-        "top1": round(result.top1, 4),
-        "top5": round(result.top5, 4),
-        "loss": round(result.loss, 4),
-        "macro": macro,
-        "per_class": per_class,
-    }
+    facts = {"checkpoint": str(config.checkpoint), "epoch": checkpoint["epoch"], "data": str(data)}
+    report = {**facts, "split": config.split, **_metrics(result, classes)}
+    summary = _summary(result, report)
+    if config.tta != "none":
+        augmented = evaluate(FlipAveraged(model), loader, device, len(classes))
+        report["tta"] = {"mode": config.tta, **_metrics(augmented, classes)}
+        summary += f"; tta={config.tta}: {_summary(augmented, report['tta'])}"
     out_dir = Path(config.output) if config.output else Path(config.checkpoint).resolve().parent.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if config.split == "test" else f"_{config.split}"
     write_json(out_dir / f"eval{suffix}.json", report)
     figure = confusion_figure(result.confusion, classes, f"{config.split} confusion matrix ({result.count} images)")
     save_figure(figure, out_dir / f"confusion_matrix{suffix}.png")
-    log(
-        f"{config.split}: top-1 {result.top1:.2%}  top-5 {result.top5:.2%}  macro F1 {macro['f1']:.3f}  "
-        f"({result.count} images) -> {out_dir / f'eval{suffix}.json'}"
-    )
+    log(f"{config.split}: {summary}  ({result.count} images) -> {out_dir / f'eval{suffix}.json'}")
     return report
+
+
+def _metrics(result, classes: list[str]) -> dict:
+    """eval.json's metrics of one evaluation pass (engine.EvalResult)."""
+    per_class = per_class_metrics(result.confusion, classes)
+    return {
+        "count": result.count,
+        "top1": round(result.top1, 4),
+        "top5": round(result.top5, 4),
+        "loss": round(result.loss, 4),
+        "macro": macro_average(per_class),
+        "per_class": per_class,
+    }
+
+
+def _summary(result, metrics: dict) -> str:
+    return f"top-1 {result.top1:.2%}  top-5 {result.top5:.2%}  macro F1 {metrics['macro']['f1']:.3f}"

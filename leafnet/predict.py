@@ -16,6 +16,10 @@ Refusals: `predict()` raises LeafnetError naming the first input that is not a u
 `outcomes()` yields an `Outcome` per input instead, answer or reason, so a caller can go on past bad ones
 (`leafnet predict` lists them).
 
+Test-time augmentation (`tta="flip"`, leafnet.tta): each batch runs twice, as it is and mirrored, and the
+answer holds the mean of the two passes' probabilities, marked `"tta": "flip"`; the Outcome keeps the
+single-pass answer, the server's, beside it. The server makes one pass: TTA is offline only.
+
 Throughput: images are read, decoded and preprocessed by a thread pool (PIL and numpy release the GIL)
 while the model runs on the batch before, a few batches ahead at most, so memory stays bounded.
 """
@@ -41,6 +45,7 @@ from leafnet.serving import answers
 from leafnet.serving.image_io import RejectedImage
 from leafnet.serving.preprocess import Preprocessor
 from leafnet.serving.runtime import available_cpus
+from leafnet.tta import checked_mode, mean_of_probabilities, mirrored
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,7 @@ class Outcome:
     answer: dict | None = None  # {"predictions": [{"label", "index", "probability"}, ...], "model_version"}
     error: str | None = None  # why it was refused
     kind: str | None = None  # the refusal's kind: image_io.RejectedImage's kinds, unreadable or internal
+    plain: dict | None = None  # with test-time augmentation: the single-pass answer, the server's
 
 
 class Predictor:
@@ -83,7 +89,9 @@ class Predictor:
         decode_threads: int = 0,
         max_image_pixels: int | None = None,
         prepare_timeout_s: float | None = None,
+        tta: str = "none",
     ) -> None:
+        self.tta = checked_mode(tta)
         options = model.options
         k = int(options.get("topk", answers.DEFAULT_TOPK)) if top_k is None else top_k
         if k < 1 or batch_size < 1 or decode_threads < 0:
@@ -109,6 +117,7 @@ class Predictor:
         decode_threads: int = 0,
         max_image_pixels: int | None = None,
         prepare_timeout_s: float | None = None,
+        tta: str = "none",
     ) -> Predictor:
         """A predictor for an export directory (`variant`: one of export.json's, or auto: the fastest here), a
         TorchServe .mar or a training checkpoint .pt.
@@ -118,13 +127,17 @@ class Predictor:
         core but one).
         device: auto | cpu | cuda[:N], for TorchScript and checkpoints (ONNX runs on the CPU).
         max_image_pixels: the pixel cap (None: the archive's, else derived from the preprocessing, as served).
-        prepare_timeout_s: seconds one image may take to decode and fit (None: no limit)."""
+        prepare_timeout_s: seconds one image may take to decode and fit (None: no limit).
+        tta: test-time augmentation, none (one pass, as served) or flip (the mean of the image's and its
+        mirror's probabilities: two passes)."""
+        checked_mode(tta)
         loaded = load_model(model, variant, threads, device, batch_size)
-        predictor = cls(loaded, top_k, batch_size, decode_threads, max_image_pixels, prepare_timeout_s)
+        predictor = cls(loaded, top_k, batch_size, decode_threads, max_image_pixels, prepare_timeout_s, tta)
+        augmented = "" if tta == "none" else f", tta={tta} (two passes an image; the server makes one)"
         logger.info(
-            "predict: %s, %d classes, version %s, on %s with %d threads, decoding on %d, batches of %d",
+            "predict: %s, %d classes, version %s, on %s with %d threads, decoding on %d, batches of %d%s",
             loaded.name, len(loaded.labels), loaded.version or "-", loaded.runtime.device, loaded.runtime.threads,
-            predictor.decode_threads, batch_size,
+            predictor.decode_threads, batch_size, augmented,
         )  # fmt: skip
         return predictor
 
@@ -137,7 +150,8 @@ class Predictor:
         return self.model.version
 
     def predict(self, inputs: Iterable[Input]) -> list[dict]:
-        """One answer per input, in order. Raises LeafnetError naming the first input that is refused."""
+        """One answer per input, in order (a single path, bytes or image counts as a list of one). Raises
+        LeafnetError naming the first input that is refused."""
         answered = []
         for outcome in self.outcomes(inputs):
             if outcome.error is not None:
@@ -149,6 +163,8 @@ class Predictor:
         """An Outcome per input, in order, as the batches finish; refused inputs do not stop the others."""
         pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="leafnet-decode")
         pending: deque[list[tuple[Input, str, Future]]] = deque()
+        if isinstance(inputs, str | os.PathLike | bytes | bytearray | Image.Image):  # one input, not a sequence
+            inputs = [inputs]
         try:
             numbered = enumerate(inputs)
             while chunk := list(islice(numbered, self.batch_size)):
@@ -185,12 +201,27 @@ class Predictor:
     def _answer(self, chunk: list[tuple[Input, str, Future]]) -> Iterator[Outcome]:
         prepared = [future.result() for _, _, future in chunk]
         good = [tensor for tensor in prepared if isinstance(tensor, np.ndarray)]
-        rows = iter(self.model.runtime.logits(np.stack(good)) if good else ())
+        rows = iter(self._answers(np.stack(good)) if good else ())
         for (source, name, _), result in zip(chunk, prepared, strict=True):
             if isinstance(result, np.ndarray):
-                yield Outcome(source, name, answer=answers.top_k(next(rows), self.labels, self.top_k, self.version))
+                answer, plain = next(rows)
+                yield Outcome(source, name, answer=answer, plain=plain)
             else:
                 yield Outcome(source, name, error=result[0], kind=result[1])
+
+    def _answers(self, batch: np.ndarray) -> list[tuple[dict, dict | None]]:
+        """(the answer, the single-pass answer when test-time augmentation made the answer) per image."""
+        logits = self.model.runtime.logits(batch)
+        if self.tta == "none":
+            return [(self._top_k(row), None) for row in logits]
+        augmented = mean_of_probabilities(logits, self.model.runtime.logits(mirrored(batch)))
+        return [
+            ({**self._top_k(row), "tta": self.tta}, self._top_k(one))
+            for row, one in zip(augmented, logits, strict=True)
+        ]
+
+    def _top_k(self, logits: np.ndarray) -> dict:
+        return answers.top_k(logits, self.labels, self.top_k, self.version)
 
 
 def encoded(image: Image.Image) -> bytes:

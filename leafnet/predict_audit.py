@@ -2,7 +2,10 @@
 and F1 and the confusion matrix, with evaluation's own metrics (leafnet.evaluation) and figure
 (leafnet.tracking), so an audit of served answers reads like `leafnet evaluate`'s eval.json.
 
-Refused images have no answer and are counted apart; the metrics are over the answered ones.
+Refused images have no answer and are counted apart; the metrics are over the answered ones. With test-time
+augmentation, as in eval.json, the figures are the single-pass answers' (the server's) and a "tta" block
+beside them holds the augmented answers' (those the output file holds); the confusion matrix is the
+single pass's.
 """
 
 from __future__ import annotations
@@ -14,15 +17,27 @@ import torch
 from leafnet.evaluation import macro_average, per_class_metrics
 from leafnet.fsutil import write_json
 from leafnet.predict import Outcome
+from leafnet.predict_output import tta_mode
 from leafnet.tracking import confusion_figure, save_figure
 
 TOP5 = 5
 
 
 def audit(outcomes: list[Outcome], truth: list[str], classes: list[str]) -> tuple[dict, torch.Tensor]:
-    """(the report, the [true, predicted] count matrix) of the answered outcomes."""
+    """(the report, the [true, predicted] count matrix) of the answered outcomes: the single-pass answers',
+    and with test-time augmentation a "tta" block of the augmented answers'."""
+    report, confusion = _figures([o.plain or o.answer for o in outcomes], truth, classes)
+    report = {"count": report["count"], "refused": len(outcomes) - report["count"], **report}
+    mode = tta_mode(outcomes)
+    if mode:
+        report["tta"] = {"mode": mode, **_figures([o.answer for o in outcomes], truth, classes)[0]}
+    return report, confusion
+
+
+def _figures(answers: list[dict | None], truth: list[str], classes: list[str]) -> tuple[dict, torch.Tensor]:
+    """The metrics of the answers (None: refused) and their [true, predicted] count matrix."""
     index = {name: i for i, name in enumerate(classes)}
-    pairs = [(o.answer["predictions"], index[label]) for o, label in zip(outcomes, truth, strict=True) if o.answer]
+    pairs = [(a["predictions"], index[label]) for a, label in zip(answers, truth, strict=True) if a is not None]
     count = len(pairs)
     top1 = sum(predictions[0]["index"] == true for predictions, true in pairs)
     top5 = sum(true in [p["index"] for p in predictions[:TOP5]] for predictions, true in pairs)
@@ -36,7 +51,6 @@ def audit(outcomes: list[Outcome], truth: list[str], classes: list[str]) -> tupl
     present = [name for i, name in enumerate(classes) if confusion[i].sum() + confusion[:, i].sum() > 0]
     report = {
         "count": count,
-        "refused": len(outcomes) - count,
         "top1": round(top1 / max(count, 1), 4),
         "top5": round(top5 / max(count, 1), 4),
         "macro": macro_average({name: per_class[name] for name in present}),

@@ -103,7 +103,10 @@ def _torch_device(device: str) -> str:
 def _runtime(model_file: Path, threads: int, device: str) -> Runtime:
     """A model file behind one call. Idle intra-op threads sleep (spinning off): the decoding threads share
     these cores, and spinning ones would take their time."""
-    torch_device = "cpu" if model_file.suffix == ".onnx" else _torch_device(device)
+    # ONNX runs on the CPU here, and so do dynamically quantized TorchScript models: their quantized
+    # operators have no CUDA kernels.
+    on_cpu = model_file.suffix == ".onnx" or ".dynq." in model_file.name
+    torch_device = "cpu" if on_cpu else _torch_device(device)
     try:
         return Runtime(model_file, threads, torch_device, spinning=False)
     except Exception as error:  # a damaged file, or one written by a newer exporter
@@ -155,10 +158,19 @@ def fastest_variant(loaders: dict[str, Callable[[], object]], shape: tuple, wher
     variant's fastest call counts. At least one round, more while CHOICE_BUDGET_S lasts."""
     batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     started = time.perf_counter()
-    runtimes = {name: load() for name, load in loaders.items()}
-    for runtime in runtimes.values():
-        for _ in range(WARMUP_CALLS):
-            runtime.logits(batch)
+    runtimes, failed = {}, {}
+    for name, load in loaders.items():  # a variant that cannot run here is left out, and said so
+        try:
+            runtime = load()
+            for _ in range(WARMUP_CALLS):
+                runtime.logits(batch)
+            runtimes[name] = runtime
+        except Exception as error:
+            failed[name] = _first_line(error)
+    for name, reason in failed.items():
+        logger.warning("predict: variant %s of %s left out: it does not run here: %s", name, where, reason)
+    if not runtimes:
+        raise LeafnetError(f"no variant of {where} runs here: {'; '.join(f'{n}: {r}' for n, r in failed.items())}")
     seconds = dict.fromkeys(runtimes, float("inf"))
     for _ in range(MAX_ROUNDS):
         for name, runtime in runtimes.items():

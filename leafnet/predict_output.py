@@ -1,6 +1,8 @@
 """Where `leafnet predict` puts its answers: a table on stdout (path, top-1 label, probability), or with
 --output a CSV or JSON Lines file chosen by its extension (path, top-k labels and probabilities, model
 version, the truth when known, and the reason of each refused image), written atomically at the end.
+Answers made with test-time augmentation name its mode: a `tta` column in the table and the CSV, a "tta"
+field in JSON Lines; without it, nothing is added.
 """
 
 from __future__ import annotations
@@ -34,13 +36,20 @@ def beside(output: Path, suffix: str) -> Path:
     return output.with_name(output.stem + suffix)
 
 
+def tta_mode(outcomes: list[Outcome]) -> str | None:
+    """The test-time augmentation the answers were made with, None when none (one pass, as served)."""
+    return next((o.answer.get("tta") for o in outcomes if o.answer is not None), None)
+
+
 def table(outcomes: list[Outcome]) -> str:
-    """The answered images, one line each: path, top-1 label, its probability."""
+    """The answered images, one line each: path, top-1 label, its probability (and the tta mode, if any)."""
     rows = [(o.name, o.answer["predictions"][0]) for o in outcomes if o.answer is not None]
     width = max([len("path"), *(len(name) for name, _ in rows)])
     label_width = max([len("label"), *(len(top["label"]) for _, top in rows)])
-    lines = [f"{'path':<{width}}  {'label':<{label_width}}  probability"]
-    lines += [f"{name:<{width}}  {top['label']:<{label_width}}  {top['probability']:.6f}" for name, top in rows]
+    mode = tta_mode(outcomes)
+    tail = f"  {mode}" if mode else ""
+    lines = [f"{'path':<{width}}  {'label':<{label_width}}  probability{'  tta' if mode else ''}"]
+    lines += [f"{name:<{width}}  {top['label']:<{label_width}}  {top['probability']:.6f}{tail}" for name, top in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -48,21 +57,23 @@ def write_output(path: Path, outcomes: list[Outcome], top_k: int, truth: list[st
     """Every outcome, answered or refused, in input order; `truth`: each one's true label, when known."""
     truth = truth or [None] * len(outcomes)
     text = _jsonl(outcomes, top_k, truth) if path.suffix.lower() == ".jsonl" else _csv(outcomes, top_k, truth)
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode(errors="surrogateescape"))  # file names as the system gave them
 
 
 def _csv(outcomes: list[Outcome], top_k: int, truth: list[str | None]) -> str:
     ranks = [f"{column}_{rank}" for rank in range(1, top_k + 1) for column in ("label", "probability")]
     known = any(label is not None for label in truth)
+    tta = ["tta"] if tta_mode(outcomes) else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", *ranks, "model_version", *(["truth"] if known else []), "error"])
+    writer.writerow(["path", *ranks, "model_version", *tta, *(["truth"] if known else []), "error"])
     for outcome, label in zip(outcomes, truth, strict=True):
-        predictions = outcome.answer["predictions"][:top_k] if outcome.answer else []
+        answer = outcome.answer or {}
+        predictions = answer.get("predictions", [])[:top_k]
         cells = [value for p in predictions for value in (p["label"], p["probability"])]
         cells += [""] * (2 * top_k - len(cells))
-        version = outcome.answer["model_version"] if outcome.answer else ""
-        writer.writerow([outcome.name, *cells, version, *([label or ""] if known else []), outcome.error or ""])
+        cells += [answer.get("model_version", ""), *(answer.get(key, "") for key in tta)]
+        writer.writerow([outcome.name, *cells, *([label or ""] if known else []), outcome.error or ""])
     return buffer.getvalue()
 
 
@@ -73,6 +84,8 @@ def _jsonl(outcomes: list[Outcome], top_k: int, truth: list[str | None]) -> str:
         answer = outcome.answer
         if answer is not None:
             record.update(predictions=answer["predictions"][:top_k], model_version=answer["model_version"])
+            if "tta" in answer:
+                record["tta"] = answer["tta"]
         else:
             record.update(error=outcome.error, kind=outcome.kind)
         if label is not None:

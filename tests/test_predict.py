@@ -98,6 +98,20 @@ def test_every_input_form_gets_the_answer_of_its_file(archives, images, tmp_path
     assert predictor.predict([rgba.convert("CMYK")]) == predictor.predict([_saved(rgba.convert("CMYK"), tmp_path)])
     with pytest.raises(LeafnetError, match=r"input 0: expected a path, a PIL image or bytes, got int"):
         predictor.predict([3])
+    # one input on its own is a list of one, not a sequence of characters or bytes
+    assert (
+        predictor.predict(str(path)) == predictor.predict(path) == predictor.predict(path.read_bytes()) == [answers[0]]
+    )
+
+
+def test_file_names_that_are_not_utf8_reach_the_output_as_the_system_gave_them(archives, images, tmp_path, run_script):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name: not UTF-8, so Python holds it with a surrogate
+    (folder / odd).write_bytes(images[0].read_bytes())
+    done = predict(run_script, str(archives["onnx-int8"]), str(folder), "--output", str(tmp_path / "p.csv"))
+    assert done.returncode == 0, done.stderr
+    assert b"caf\xe9.png" in (tmp_path / "p.csv").read_bytes()
 
 
 def _saved(image: Image.Image, folder: Path) -> Path:
@@ -296,7 +310,8 @@ def test_truth_from_a_manifest(archives, images, run_script, tmp_path):
     done = predict(run_script, mar, flat, "--truth", tmp_path / "manifest.csv")
     assert (
         done.returncode == 2
-        and done.stderr == f"error: --truth {tmp_path / 'manifest.csv'} does not list {flat / '7.png'}\n"
+        # the error is the last line; log lines before it go to stderr too (stdout is for the table)
+        and done.stderr.endswith(f"\nerror: --truth {tmp_path / 'manifest.csv'} does not list {flat / '7.png'}\n")
     )
 
 

@@ -401,8 +401,10 @@ def test_serve_and_predict_scripts(server, exported, tiny_leaves, tmp_path):
         stopped = subprocess.run([*serve, "stop"], env=env, capture_output=True, text=True, timeout=60)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert request(f"{proxy}/ping")[0] is None and request(f"{urls['inference']}/ping")[0] is None  # both gone
-    missing = subprocess.run([*serve, "start", "onnx-fp16"], env=env, capture_output=True, text=True)
-    assert missing.returncode == 2 and "leafnet-onnx-fp16.mar not found" in missing.stderr
+    missing = subprocess.run([*serve, "start", "onnx-dynq"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "leafnet-onnx-dynq.mar not found" in missing.stderr
+    unknown = subprocess.run([*serve, "start", "onnx-fp16"], env=env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown variant 'onnx-fp16'; choose from torchscript," in unknown.stderr
     assert subprocess.run([*serve, "status"], env=env, capture_output=True).returncode == 1
 
 

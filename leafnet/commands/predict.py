@@ -12,6 +12,9 @@ probabilities and the model version as CSV or JSON Lines (by the extension). Ima
 is known (every input in a folder named like a class, or --truth with prepare's path,label columns), also
 top-1/top-5 and per-class precision/recall/F1; with --output, beside it: <name>.audit.json and
 <name>.confusion.png.
+
+tta=flip answers each image with the mean of its and its mirror's probabilities (two passes; the server
+makes one): the outputs name the mode, and the audit gives its figures beside the single pass's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from leafnet.cli import logs_to_stderr
 from leafnet.config import load_config
 from leafnet.errors import LeafnetError
 from leafnet.predict import DEFAULT_BATCH_SIZE, Outcome, Predictor
@@ -51,6 +55,9 @@ class PredictConfig:
     # preprocessing: 12.2 MP for any model today)
     max_image_pixels: int = 0
     prepare_timeout_s: float = 0.0  # seconds one image may take to decode and fit; 0: no limit (a server's guard)
+    # test-time augmentation: none (one pass, the server's answers) or flip (the mean of the image's and its
+    # mirror's probabilities: two passes; offline only, the server makes one)
+    tta: str = "none"
 
 
 @dataclass
@@ -96,6 +103,8 @@ def main(argv: list[str]) -> None:
     args = parse(argv)
     config = load_config(PredictConfig, args.overrides)
     output = checked_output(args.output)
+    if output is None:  # stdout carries the predictions: `leafnet predict M dir > preds.txt` gets only them
+        logs_to_stderr()
     files = collect_inputs(args.inputs, sys.stdin)  # every path checked before the model loads
     if not files:
         raise LeafnetError(f"no images in {' '.join(args.inputs)} (image files: .png, .jpg, .webp, ...)")
@@ -103,7 +112,7 @@ def main(argv: list[str]) -> None:
         raise LeafnetError(f"--truth {args.truth} not found")
     predictor = Predictor.load(
         args.model, config.variant, args.top_k, config.threads, config.device, config.batch_size,
-        config.decode_threads, config.max_image_pixels or None, config.prepare_timeout_s or None,
+        config.decode_threads, config.max_image_pixels or None, config.prepare_timeout_s or None, config.tta,
     )  # fmt: skip
     truth = (
         truth_from_manifest(Path(args.truth), files, predictor.labels)
@@ -131,9 +140,11 @@ def main(argv: list[str]) -> None:
     _list_refused(refused)
     why = " (the reasons: stderr)" if refused else ""
     where = f" -> {output}" if output else ""
+    augmented = "" if config.tta == "none" else f" (tta={config.tta})"
     logger.info(
-        "predict: %d images, %d answered, %d refused%s, in %.1f s: %.0f images/s%s",
-        len(outcomes), len(outcomes) - len(refused), len(refused), why, seconds, len(outcomes) / seconds, where,
+        "predict: %d images, %d answered%s, %d refused%s, in %.1f s: %.0f images/s%s",
+        len(outcomes), len(outcomes) - len(refused), augmented, len(refused), why, seconds, len(outcomes) / seconds,
+        where,
     )  # fmt: skip
     if truth is not None:
         _report_audit(predictor, outcomes, truth, output, args.truth or "the folders' names")
@@ -158,10 +169,16 @@ def _report_audit(predictor: Predictor, outcomes: list[Outcome], truth: list[str
         json_path, figure_path = beside(output, ".audit.json"), beside(output, ".confusion.png")
         write_audit(report, confusion, classes, json_path, figure_path)
         where = f" -> {json_path}, {figure_path}"
+    augmented = report.get("tta")
+    if augmented:
+        where = f"; tta={augmented['mode']}: {_figures(augmented)}{where}"
     logger.info(
-        "predict: truth from %s: top-1 %.2f%%, top-5 %.2f%%, macro F1 %.3f over %d answered images%s",
-        source, 100 * report["top1"], 100 * report["top5"], report["macro"]["f1"], report["count"], where,
-    )  # fmt: skip
+        "predict: truth from %s: %s over %d answered images%s", source, _figures(report), report["count"], where
+    )
+
+
+def _figures(report: dict) -> str:
+    return f"top-1 {100 * report['top1']:.2f}%, top-5 {100 * report['top5']:.2f}%, macro F1 {report['macro']['f1']:.3f}"
 
 
 CONFIG = PredictConfig  # the options and their defaults (`leafnet predict --help` lists them)
