@@ -60,6 +60,22 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def top_checkpoint_name(epoch: int, top1: float) -> str:
+    """The file name of a kept top checkpoint (`checkpoint.keep_top`), under <run>/checkpoints/top/;
+    `epoch` is the index metrics.csv and the checkpoint's "epoch" use."""
+    return f"epoch{epoch:03d}_top1_{top1:.4f}.pt"
+
+
+def rank_top(kept: list[dict], epoch: int, top1: float, keep: int) -> tuple[list[dict], dict | None, list[dict]]:
+    """The `keep` best of `kept` and this epoch by val top-1 (on a tie the earlier epoch stays, as for
+    best.pt): the new list (best first), this epoch's entry if it made it (else None), and the entries
+    it pushed out. An entry is {"epoch", "top1", "file"}."""
+    entry = {"epoch": epoch, "top1": top1, "file": top_checkpoint_name(epoch, top1)}
+    ranked = sorted([*kept, entry], key=lambda e: (-e["top1"], e["epoch"]))
+    kept = ranked[:keep]
+    return kept, entry if entry in kept else None, [e for e in ranked[keep:] if e is not entry]
+
+
 def _load_failure(error: Exception) -> str:
     """One readable line out of torch.load's multi-paragraph errors."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()

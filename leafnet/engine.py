@@ -5,6 +5,12 @@ are exact under DDP and cost no host sync per step. `train_one_epoch` checks the
 every `check_every` steps and at the end, and raises `NonFiniteLossError` before the caller saves.
 An epoch can stop early at an optimizer-step boundary (`should_stop`, e.g. on SIGTERM) and be resumed
 later from the `EpochProgress` it returns; the resumed epoch's metrics are the whole epoch's.
+
+Fine-tuning hooks (leafnet/finetune.py): `mix` turns a batch into mixed images and soft targets
+(mixup/cutmix); the loss is then the criterion against the soft targets, and train top-1 counts a hit
+when the prediction is the class with the largest share of the image's mixed target (its own label for
+an unmixed image), the one honest hard label a blend has. `frozen` keeps the frozen part's normalisation
+statistics in eval mode while the rest trains.
 """
 
 from __future__ import annotations
@@ -13,12 +19,24 @@ import contextlib
 import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 from torch.profiler import record_function
 
 from leafnet.distributed import all_reduce_sum
+
+# (images, labels, epoch, batch index in the epoch) -> (mixed images, soft targets)
+Mix = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Frozen(Protocol):
+    """What the epoch needs of a partly frozen model (`finetune.Freeze`)."""
+
+    def eval_norms(self) -> None:
+        """Called after `model.train()`: puts the frozen part's running-statistics layers in eval mode."""
+
 
 AMP_DTYPES = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -94,15 +112,20 @@ def train_one_epoch(
     on_step: Callable[[int], None] | None = None,
     resume: EpochProgress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    mix: Mix | None = None,
+    frozen: Frozen | None = None,
 ) -> EpochResult:
     """Trains over `loader` once (or `max_steps` micro-batches) and returns exact global metrics.
 
     `resume`: the epoch already got this far; `loader` yields only the batches after it. Pass its sums
     on one rank only (they are global). `should_stop` is asked before each optimizer step's first
     micro-batch; True ends the epoch there, with the sums reduced over ranks into `stopped`. Under DDP
-    it must answer the same on every rank, or the ranks' collectives no longer pair up.
+    it must answer the same on every rank, or the ranks' collectives no longer pair up. `mix`: see the
+    module's docstring; `frozen`: a `finetune.Freeze` whose frozen part keeps its statistics.
     """
     model.train()
+    if frozen is not None:
+        frozen.eval_norms()
     resume = resume or EpochProgress()
     sums = torch.tensor(resume.sums, dtype=torch.float64, device=device)  # loss·n, correct, n
     data_seconds, steps, stopped = 0.0, resume.batches, False
@@ -121,6 +144,10 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True).contiguous(memory_format=step.memory_format)
         targets = targets.to(device, non_blocking=True)
         data_seconds += time.perf_counter() - tick
+        labels = targets  # what top-1 counts against
+        if mix is not None:
+            images, targets = mix(images, targets, epoch, steps)
+            labels = targets.argmax(dim=1)
         steps += 1
         boundary = steps % step.accumulate == 0 or steps == total  # the last micro-batch always steps
         # DDP all-reduces gradients on every backward unless told not to: skip it between boundaries.
@@ -141,7 +168,7 @@ def train_one_epoch(
         with torch.no_grad():
             n = targets.shape[0]
             sums += torch.stack(
-                [loss.detach().double() * n, topk_correct(logits, targets, (1,))[0].double(), sums.new_tensor(n)]
+                [loss.detach().double() * n, topk_correct(logits, labels, (1,))[0].double(), sums.new_tensor(n)]
             )
         if steps % step.check_every == 0 and not torch.isfinite(sums[0]):
             raise NonFiniteLossError(epoch, steps)

@@ -1,25 +1,29 @@
-"""timm model factory: any architecture by name, a local weights file, no downloads."""
+"""timm model factory: any architecture by name, a local pretrained weights file, no downloads."""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-from leafnet.checkpoint import safe_torch_load
 from leafnet.errors import LeafnetError
+from leafnet.pretrained import load_pretrained, preprocess_overrides
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet10t"  # any timm architecture
-    weights: str | None = None  # a local file (state dict or checkpoint); never a download
+    name: str = "resnet10t"  # any timm architecture; a tag (resnet50.a1_in1k) picks that release's preprocessing
+    # a local weights file to start from: model.safetensors, pytorch_model.bin, .pth, .pth.tar or a leafnet
+    # checkpoint (docs/finetune.md); never a download; a classifier for other classes is re-initialised
+    pretrained: str | None = None
+    pretrained_strict: bool = True  # fail when tensors besides the classifier do not fit; false = load what fits
+    weights: str | None = None  # the former name of model.pretrained (same meaning)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor-core GPUs
     drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth (timm's drop_path_rate), e.g. 0.1 to fine-tune a large model
     compile: bool = False  # torch.compile the model
 
 
@@ -29,39 +33,38 @@ def _unknown_model(name: str) -> LeafnetError:
     return LeafnetError(f"unknown model {name!r}{hint}")
 
 
-def load_local_weights(model: nn.Module, path: str | Path) -> list[str]:
-    """Loads a state dict (or a leafnet/timm checkpoint holding one) with weights_only=True.
+def pretrained_file(config: ModelConfig) -> str | None:
+    """model.pretrained, or the same file under its former name model.weights."""
+    if config.pretrained and config.weights and config.pretrained != config.weights:
+        raise LeafnetError("model.weights is the former name of model.pretrained: set one of them")
+    return config.pretrained or config.weights or None
 
-    Tensors whose shape does not match (a classifier head trained for other classes) are left at
-    their fresh initialisation; the names of those are returned. Any other missing or unexpected key
-    is an error: it means the file is for another architecture.
-    """
-    state = safe_torch_load(path, "model weights file")
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = model.state_dict()
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    for key in skipped:
-        del state[key]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in skipped]
-    if missing or unexpected:
-        raise LeafnetError(
-            f"{path} does not fit this architecture: {len(missing)} missing key(s) (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
-    return skipped
+
+def model_preprocessing(
+    config: ModelConfig, normalize: str = "auto", interpolation: str | None = None, crop_pct: float | None = None
+) -> dict:
+    """The model's part of the preprocessing spec (leafnet.pretrained.preprocess_overrides): the backbone's
+    mean, std, interpolation and crop_pct when normalising as it was trained, else only what the user set."""
+    if not timm.is_model(config.name):
+        raise _unknown_model(config.name)
+    return preprocess_overrides(config.name, pretrained_file(config), normalize, interpolation, crop_pct)
 
 
 def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
     if not timm.is_model(config.name):
         raise _unknown_model(config.name)
-    model = timm.create_model(config.name, pretrained=False, num_classes=num_classes, drop_rate=config.drop_rate)
-    if config.weights:
-        load_local_weights(model, config.weights)
+    kwargs = {"drop_path_rate": config.drop_path_rate} if config.drop_path_rate else {}
+    try:
+        model = timm.create_model(
+            config.name, pretrained=False, num_classes=num_classes, drop_rate=config.drop_rate, **kwargs
+        )
+    except TypeError as error:  # an architecture without stochastic depth
+        if not kwargs:
+            raise
+        raise LeafnetError(f"{config.name} does not take model.drop_path_rate: {error}") from None
+    weights = pretrained_file(config)
+    if weights:
+        load_pretrained(model, weights, strict=config.pretrained_strict, name=config.name)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

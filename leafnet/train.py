@@ -7,6 +7,11 @@ Every rank computes; rank 0 alone writes the run directory: `config.yaml`, `metr
 SIGTERM (a Spot VM's preemption, `docker stop`, Kubernetes, Slurm) stops the run at the next
 optimizer-step boundary: `last.pt` gets the epoch's position and the process exits with 143.
 `train.resume=auto` continues from that batch and ends as an uninterrupted run would.
+
+Fine-tuning controls (docs/finetune.md, leafnet/finetune.py): layer-wise lr decay and the classifier's lr
+scale in the optimizer's groups, `train.freeze_epochs` (the classifier alone first; the DDP wrapper is
+rebuilt when the rest thaws), mixup/cutmix with soft targets, class-balanced sampling, early stopping
+and the N best checkpoints kept under `checkpoints/top/`.
 """
 
 from __future__ import annotations
@@ -26,21 +31,22 @@ from typing import NoReturn
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from timm.optim import create_optimizer_v2
+from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from leafnet import distributed
 from leafnet.callable_stage import callable_module
-from leafnet.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from leafnet.checkpoint import load_checkpoint, rank_top, restore_rng_state, rng_state, save_checkpoint
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, build_loader
 from leafnet.data.prepared import PreparedData
 from leafnet.data.transforms import PreprocessSpec, eval_transform, train_transform
 from leafnet.engine import AMP_DTYPES, EpochProgress, NonFiniteLossError, StepConfig, evaluate, train_one_epoch
 from leafnet.errors import LeafnetError
-from leafnet.models import create_model
+from leafnet.finetune import Freeze, Mixer, build_optimizer, mixing_enabled
+from leafnet.models import create_model, model_preprocessing
 from leafnet.profiling import StepProfiler
 from leafnet.progress import progress_bar
 from leafnet.tracking import Tracker, confusion_figure, denormalised_grid, save_figure
@@ -123,11 +129,30 @@ def validate_config(cfg: TrainConfig) -> None:
         raise LeafnetError(f"optim.name must be adamw or sgd, got {cfg.optim.name!r}")
     if cfg.schedule.epochs < 1 or cfg.optim.accumulate < 1 or cfg.data.batch_size < 1:
         raise LeafnetError("schedule.epochs, optim.accumulate and data.batch_size must be at least 1")
+    _validate_finetune(cfg)
     if cfg.train.device not in ("auto", "cpu", "cuda"):
         raise LeafnetError(f"train.device must be auto, cpu or cuda, got {cfg.train.device!r}")
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise LeafnetError("train.device=cuda but no CUDA device is available")
     PreparedData(cfg.data.root).require("data.root")
+
+
+def _validate_finetune(cfg: TrainConfig) -> None:
+    optim, mixup = cfg.optim, cfg.mixup
+    if not 0 <= optim.layer_decay <= 1 or optim.head_lr_scale <= 0:
+        raise LeafnetError("optim.layer_decay must be in [0, 1] (0 = off) and optim.head_lr_scale above 0")
+    counts = {
+        "train.freeze_epochs": cfg.train.freeze_epochs,
+        "train.early_stop_patience": cfg.train.early_stop_patience,
+        "checkpoint.keep_top": cfg.checkpoint.keep_top,
+        "mixup.mixup_alpha": mixup.mixup_alpha,
+        "mixup.cutmix_alpha": mixup.cutmix_alpha,
+    }
+    for key, value in counts.items():
+        if value < 0:
+            raise LeafnetError(f"{key} must be at least 0, got {value}")
+    if not (0 <= mixup.prob <= 1 and 0 <= mixup.switch_prob <= 1):
+        raise LeafnetError("mixup.prob and mixup.switch_prob must be in [0, 1]")
 
 
 def seed_everything(seed: int) -> None:
@@ -174,14 +199,17 @@ class Trainer:
         seed_everything(cfg.train.seed)
         data = cfg.data
         self.spec = PreprocessSpec.from_prepared(
-            data.root, input_size=data.input_size or None, crop_pct=data.crop_pct, interpolation=data.interpolation
+            data.root,
+            input_size=data.input_size or None,
+            **model_preprocessing(cfg.model, data.normalize, data.interpolation, data.crop_pct),
         )
         self.train_set = ManifestDataset(data.root, "train", train_transform(self.spec, data.augment))
         self.val_set = ManifestDataset(data.root, "val", eval_transform(self.spec))
         if len(self.train_set) == 0 or len(self.val_set) == 0:
             raise LeafnetError(f"{data.root} has an empty train or val split; prepare it with val_fraction > 0")
         self.classes = self.train_set.classes
-        loader = LoaderConfig(batch_size=data.batch_size, workers=data.workers, seed=cfg.train.seed)
+        balanced = cfg.train.balanced_sampling
+        loader = LoaderConfig(batch_size=data.batch_size, workers=data.workers, seed=cfg.train.seed, balanced=balanced)
         rank, world = info.rank, info.world_size
         self.train_loader = build_loader(self.train_set, loader, True, rank, world, device)
         eval_loader = LoaderConfig(batch_size=data.eval_batch_size, workers=data.workers, seed=cfg.train.seed)
@@ -190,16 +218,11 @@ class Trainer:
         model = create_model(cfg.model, len(self.classes)).to(device)
         self.memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
         self.ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
-        if info.enabled:
-            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.model = torch.compile(model) if cfg.model.compile else model
-        self.optimizer = create_optimizer_v2(
-            unwrap(self.model),
-            cfg.optim.name,
-            lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay,
-            momentum=cfg.optim.momentum,
-        )
+        # Every parameter goes into the optimizer before any is frozen; the DDP and compile wrappers come
+        # after the resume, once the first epoch's freeze is known (`_wrap`).
+        self.model = model
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.freeze = Freeze(model) if cfg.train.freeze_epochs else None
         batches = len(self.train_loader)
         if cfg.train.max_steps_per_epoch:
             batches = min(batches, cfg.train.max_steps_per_epoch)
@@ -207,21 +230,41 @@ class Trainer:
         steps_per_epoch = math.ceil(batches / cfg.optim.accumulate)
         total = steps_per_epoch * cfg.schedule.epochs
         warmup = min(total, round(steps_per_epoch * cfg.schedule.warmup_epochs))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(total, max(warmup, 1), cfg.schedule.min_lr_ratio)
-        )
+        # Each group's lr is its initial lr (optim.lr x its lr_scale) x this factor: one schedule for all.
+        self.lr_factor = warmup_cosine(total, max(warmup, 1), cfg.schedule.min_lr_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.amp_dtype = AMP_DTYPES[cfg.amp.dtype]
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype is torch.float16 else None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.mix = None
+        if mixing_enabled(cfg.mixup):  # label smoothing moves into the mixed soft targets
+            self.mix = Mixer(cfg.mixup, cfg.optim.label_smoothing, len(self.classes), cfg.train.seed, info.rank)
+        self.criterion = (
+            SoftTargetCrossEntropy() if self.mix else nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        )
         self.step_config = StepConfig(
             self.amp_dtype, cfg.optim.clip_grad_norm, cfg.optim.accumulate, self.memory_format
         )
         self.start_epoch, self.best_top1 = 0, -1.0
+        self.stale = 0  # validations since val top-1 last improved (train.early_stop_patience)
+        self.top: list[dict] = []  # the kept top checkpoints, best first (checkpoint.keep_top)
         self.last_metrics: dict = {}  # the last finished epoch's row, kept in a mid-epoch checkpoint
         self.resume_progress: EpochProgress | None = None  # how far the first epoch got before a SIGTERM
         self.resumed_from = resolve_resume(cfg, self.run_dir)
         if self.resumed_from:
             self._resume(self.resumed_from)
+        if self.freeze is not None:
+            self.freeze.set(self.start_epoch < cfg.train.freeze_epochs)
+        self._wrap()
+
+    def _wrap(self) -> None:
+        """(Re)builds the DDP and compile wrappers around the model. DDP reduces the gradients of the
+        parameters that require grad when it is built, so a thaw needs a new wrapper; the old one is
+        dropped with its hooks (torch.compile compiles the new one again)."""
+        model = unwrap(self.model)
+        if self.info.enabled:
+            device = self.device
+            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = torch.compile(model) if self.cfg.model.compile else model
 
     def _resume(self, path: Path) -> None:
         checkpoint = load_checkpoint(path)
@@ -236,6 +279,12 @@ class Trainer:
         unwrap(self.model).load_state_dict(checkpoint["train_model"] or checkpoint["model"])
         if self.ema is not None:
             self.ema.module.load_state_dict(checkpoint["model"])
+        groups = [len(group["params"]) for group in checkpoint["optimizer"]["param_groups"]]
+        if groups != [len(group["params"]) for group in self.optimizer.param_groups]:
+            raise LeafnetError(
+                f"cannot resume from {path}: its optimizer groups the parameters otherwise; use the same "
+                "optim.name, optim.weight_decay, optim.layer_decay and optim.head_lr_scale"
+            )
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler and checkpoint.get("scaler"):
@@ -243,6 +292,7 @@ class Trainer:
         restore_rng_state(checkpoint["rng"])
         self.start_epoch, self.best_top1 = checkpoint["epoch"] + 1, checkpoint["best_top1"]
         self.last_metrics = checkpoint["metrics"]
+        self.stale, self.top = checkpoint.get("stale_validations", 0), checkpoint.get("top_checkpoints", [])
         if checkpoint.get("interrupted"):
             self.resume_progress = self._interrupted_progress(path, checkpoint["interrupted"])
 
@@ -282,6 +332,8 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "epoch": epoch,
             "best_top1": self.best_top1,
+            "stale_validations": self.stale,
+            "top_checkpoints": self.top,
             "metrics": metrics,
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
             "rng": rng_state(),
@@ -314,9 +366,17 @@ class Trainer:
             f"{len(self.val_set)} val images at {self.spec.input_size}px, {self.info.world_size} process(es) "
             f"on {self.device}, {torch.get_num_threads()} thread(s) each -> {self.run_dir}"
         )
-        val, started = None, time.perf_counter()
-        for epoch in range(self.start_epoch, cfg.schedule.epochs):
+        val, val_epoch, stopped_early, started = None, cfg.schedule.epochs - 1, None, time.perf_counter()
+        epochs = range(self.start_epoch, cfg.schedule.epochs)
+        if self._early_stop_due() and epochs:
+            stopped_early, epochs = self.start_epoch - 1, range(0)
+            self._log(
+                f"{self.resumed_from} stopped early after epoch {self.start_epoch} (no better val top-1 in "
+                f"{self.stale} validations): nothing to train; a larger train.early_stop_patience continues it"
+            )
+        for epoch in epochs:
             resume, self.resume_progress = self.resume_progress, None
+            self._freeze_for(epoch)
             # The epoch's full order, minus what this rank already trained on: skipped as indices, unread.
             skip = resume.batches * self.train_loader.batch_size if resume else 0
             self.train_loader.sampler.set_epoch(epoch, skip)
@@ -326,7 +386,7 @@ class Trainer:
             last_epoch = epoch == cfg.schedule.epochs - 1
             metrics = {
                 "epoch": epoch,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": cfg.optim.lr * self.lr_factor(self.scheduler.last_epoch),  # x each group's lr_scale
                 "train_loss": train.loss,
                 "train_top1": train.top1,
             }
@@ -337,18 +397,27 @@ class Trainer:
                     self.eval_model, self.val_loader, self.device, len(self.classes), self.amp_dtype, self.memory_format
                 )
                 metrics |= {"val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5}
+                val_epoch = epoch
             metrics["epoch_seconds"] = train.seconds
             improved = "val_top1" in metrics and metrics["val_top1"] > self.best_top1
             if improved:
                 self.best_top1 = metrics["val_top1"]
+            top = self._track_validation(epoch, metrics, improved)
             self.last_metrics = metrics
             if main:
                 tracker.log_epoch(metrics)
-                self._save(epoch, metrics, improved)
+                self._save(epoch, metrics, improved, top)
                 if profiler is not None:
                     profiler.report(self._log)
                 if epoch % cfg.logging.print_every == 0 or last_epoch:
                     self._log(_epoch_line(metrics, cfg.schedule.epochs))
+            if self._early_stop_due() and not last_epoch:
+                stopped_early = epoch
+                self._log(
+                    f"early stop after epoch {epoch + 1}/{cfg.schedule.epochs}: val top-1 has not beaten "
+                    f"{self.best_top1:.2%} in {self.stale} validations (train.early_stop_patience)"
+                )
+                break
             if epoch == cfg.train.stop_after_epoch and not last_epoch:
                 self._log(
                     f"stopping after epoch {epoch + 1} as asked (train.stop_after_epoch); resume with train.resume=auto"
@@ -356,6 +425,8 @@ class Trainer:
                 break
         summary = {"run_dir": str(self.run_dir), "best_val_top1": self.best_top1}
         summary["seconds"] = round(time.perf_counter() - started, 1)
+        if stopped_early is not None:
+            summary["early_stopped_after_epoch"] = stopped_early  # an index, as metrics.csv's epoch column
         self._log(
             f"done in {summary['seconds']:.0f}s: best val top-1 {self.best_top1:.2%}, checkpoints in {self.run_dir}"
         )
@@ -363,7 +434,7 @@ class Trainer:
             summary |= {"val_top1": val.top1, "val_top5": val.top5, "val_loss": val.loss}
             if main and cfg.logging.confusion_matrix:
                 figure = confusion_figure(val.confusion, self.classes, "validation confusion matrix (last epoch)")
-                tracker.log_figure("val/confusion_matrix", figure, cfg.schedule.epochs - 1)
+                tracker.log_figure("val/confusion_matrix", figure, val_epoch)
                 save_figure(figure, self.run_dir / "val_confusion_matrix.png")
         if main:
             hparams = {
@@ -376,6 +447,39 @@ class Trainer:
             tracker.log_hparams(hparams, {"hparam/best_val_top1": self.best_top1})
             tracker.close()
         return summary
+
+    def _freeze_for(self, epoch: int) -> None:
+        """Freezes everything but the classifier for the first train.freeze_epochs epochs, then thaws it
+        (a new DDP wrapper then takes every parameter). The schedule runs on through both."""
+        if self.freeze is None:
+            return
+        frozen = epoch < self.cfg.train.freeze_epochs
+        if self.freeze.set(frozen):
+            self._wrap()
+        if frozen and epoch == self.start_epoch:
+            end = min(self.cfg.train.freeze_epochs, self.cfg.schedule.epochs)
+            self._log(
+                f"{f'epochs {epoch + 1}-{end}' if end > epoch + 1 else f'epoch {end}'}: the classifier alone trains "
+                f"({self.freeze.trainable:,} of {self.freeze.total:,} parameters, train.freeze_epochs)"
+            )
+        elif epoch == self.cfg.train.freeze_epochs:
+            self._log(f"epoch {epoch + 1}: every parameter trains from here")
+
+    def _track_validation(self, epoch: int, metrics: dict, improved: bool) -> tuple[dict | None, list[dict]]:
+        """Counts validations without a better val top-1 (early stopping) and ranks the epoch among the
+        kept top checkpoints: (its entry if it is kept, the entries it pushed out). Every rank runs it
+        on the same reduced metrics, so every rank stops at the same epoch."""
+        if "val_top1" not in metrics:
+            return None, []
+        self.stale = 0 if improved else self.stale + 1
+        if not self.cfg.checkpoint.keep_top:
+            return None, []
+        self.top, added, dropped = rank_top(self.top, epoch, metrics["val_top1"], self.cfg.checkpoint.keep_top)
+        return added, dropped
+
+    def _early_stop_due(self) -> bool:
+        patience = self.cfg.train.early_stop_patience
+        return bool(patience) and self.stale >= patience
 
     def _train_epoch(
         self, epoch: int, resume: EpochProgress | None = None, should_stop: Callable[[], bool] | None = None
@@ -413,6 +517,8 @@ class Trainer:
                     on_step,
                     resume=resume,
                     should_stop=should_stop,
+                    mix=self.mix,
+                    frozen=self.freeze,
                 )
         except NonFiniteLossError as error:
             last = self.run_dir / "checkpoints" / "last.pt"
@@ -447,11 +553,18 @@ class Trainer:
         )
         raise TrainingStopped()
 
-    def _save(self, epoch: int, metrics: dict, improved: bool) -> None:
+    def _save(self, epoch: int, metrics: dict, improved: bool, top: tuple[dict | None, list] = (None, [])) -> None:
         checkpoints = self.run_dir / "checkpoints"
-        if not (self.cfg.checkpoint.save_last or (improved and self.cfg.checkpoint.save_best)):
+        added, dropped = top
+        if not (self.cfg.checkpoint.save_last or (improved and self.cfg.checkpoint.save_best) or added):
             return
         payload = self._payload(epoch, metrics)
+        # The top file first, then the pruning, then last.pt (which lists the kept ones): a crash between
+        # them leaves a last.pt whose epoch re-runs on resume and makes the same choices again.
+        if added is not None:
+            save_checkpoint(checkpoints / "top" / added["file"], payload)
+        for entry in dropped:
+            (checkpoints / "top" / entry["file"]).unlink(missing_ok=True)
         if self.cfg.checkpoint.save_last:
             save_checkpoint(checkpoints / "last.pt", payload)
         if improved and self.cfg.checkpoint.save_best:

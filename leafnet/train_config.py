@@ -19,8 +19,13 @@ from leafnet.models import ModelConfig
 class DataSection:
     root: str = "data/processed/synthetic"  # a directory written by scripts/prepare_data.py
     input_size: int = 56  # model input side in pixels; 0 = the prepared image size
-    crop_pct: float = 1.0  # eval: resize the shorter side to input_size / crop_pct, then centre-crop
-    interpolation: str = "bilinear"  # bilinear | bicubic | nearest | lanczos
+    # mean/std (and crop_pct, interpolation unless set): pretrained = the backbone's (docs/finetune.md), data =
+    # the train split's; auto = pretrained when model.pretrained is set, else data
+    normalize: str = "auto"
+    # eval: resize the shorter side to input_size / crop_pct, then centre-crop; null = the backbone's
+    # (normalize=pretrained), else 1.0
+    crop_pct: float | None = None
+    interpolation: str | None = None  # bilinear | bicubic | nearest | lanczos; null = the backbone's, else bilinear
     batch_size: int = 64  # per process; the global batch is batch_size x processes x accumulate
     eval_batch_size: int = 128  # validation batch per process
     workers: int = 2  # DataLoader worker processes per training process
@@ -36,6 +41,16 @@ class OptimSection:
     label_smoothing: float = 0.1  # share of the target spread over the other classes
     clip_grad_norm: float = 5.0  # 0 = off
     accumulate: int = 1  # micro-batches per optimizer step
+    layer_decay: float = 0.0  # layer-wise lr decay: the k-th layer below the top gets lr x layer_decay^k; 0 = off
+    head_lr_scale: float = 1.0  # the classifier's lr x this, on top of layer_decay; 1 = off
+
+
+@dataclass
+class MixupSection:
+    mixup_alpha: float = 0.0  # mixup's Beta(alpha, alpha) blend of image pairs; 0 = off
+    cutmix_alpha: float = 0.0  # cutmix's Beta(alpha, alpha) pasted box; 0 = off
+    prob: float = 1.0  # share of batches mixed (when mixup_alpha or cutmix_alpha > 0)
+    switch_prob: float = 0.5  # share of mixed batches that use cutmix when both are on
 
 
 @dataclass
@@ -56,6 +71,9 @@ class TrainSection:
     max_steps_per_epoch: int = 0  # 0 = whole epoch; small values make smoke runs
     eval_every: int = 1  # epochs between validations (the last epoch is always validated)
     stop_after_epoch: int = -1  # end this invocation after that epoch index (preemptible jobs); resume later
+    freeze_epochs: int = 0  # train only the classifier for this many epochs, then everything; 0 = off
+    balanced_sampling: bool = False  # draw each epoch's training samples evenly across classes (with repeats)
+    early_stop_patience: int = 0  # stop after this many validations without a better val top-1; 0 = off
 
 
 @dataclass
@@ -98,6 +116,7 @@ class ProfileSection:
 class CheckpointSection:
     save_last: bool = True  # <run>/checkpoints/last.pt every epoch (resume reads it); SIGTERM writes it anyway
     save_best: bool = True  # <run>/checkpoints/best.pt, the epoch with the highest val top-1
+    keep_top: int = 0  # also keep the N best epochs as <run>/checkpoints/top/epoch<k>_top1_<x>.pt; 0 = off
 
 
 @dataclass
@@ -105,6 +124,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimSection = field(default_factory=OptimSection)
+    mixup: MixupSection = field(default_factory=MixupSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
     amp: AmpSection = field(default_factory=AmpSection)

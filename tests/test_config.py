@@ -171,7 +171,7 @@ def test_leafnet_lists_every_command_in_one_line_each(capsys):
         assert len(line.split(None, len(words))[-1]) > 10  # a summary, not just the name
     with pytest.raises(SystemExit) as done:
         main(["bench"])
-    groups = "bench data, bench train, bench onnx, bench predict, bench serving"
+    groups = "bench data, bench train, bench finetune, bench onnx, bench predict, bench serving"
     assert done.value.code == 2 and groups in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:
         main(["tain"])

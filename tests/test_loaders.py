@@ -4,9 +4,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils.data import Dataset
 
 from leafnet.data.dataset import ManifestDataset
-from leafnet.data.loaders import EvalShardSampler, LoaderConfig, build_loader
+from leafnet.data.loaders import BalancedSampler, EvalShardSampler, LoaderConfig, build_loader
 from leafnet.data.transforms import PreprocessSpec, eval_transform, train_transform
 from leafnet.errors import LeafnetError
 
@@ -111,3 +112,67 @@ def test_a_resumed_epoch_skips_consumed_samples_without_reading_them(prepared_sy
     assert len(list(loader.sampler)) == len(whole)  # the skip was for that epoch only
     with pytest.raises(ValueError, match="cannot start epoch 4 at sample"):
         loader.sampler.set_epoch(4, start=len(whole) + 1)
+
+
+@given(
+    counts=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    world=st.integers(1, 4),
+    epoch=st.integers(0, 3),
+)
+def test_balanced_draws_shard_disjointly_and_cover_classes_evenly(counts, world, epoch):
+    targets = [label for label, count in enumerate(counts) for _ in range(count)]
+    samplers = [BalancedSampler(targets, world, rank, seed=3) for rank in range(world)]
+    for sampler in samplers:
+        sampler.set_epoch(epoch)
+    indices, repeats = samplers[0].draw()
+    shards = [sampler.shard() for sampler in samplers]
+    per_rank = -(-len(targets) // world)
+    assert [len(shard) for shard in shards] == [len(sampler) for sampler in samplers] == [per_rank] * world
+    # rank r holds positions r, r + world, ... of the one draw: disjoint shares that make it up
+    assert [shards[p % world][p // world] for p in range(len(indices))] == list(zip(indices, repeats, strict=True))
+    per_class = Counter(targets[i] for i in indices)
+    assert set(per_class) == set(range(len(counts))) and max(per_class.values()) - min(per_class.values()) <= 1
+    for label in range(len(counts)):  # within a class, an image repeats only once all of them were drawn
+        drawn = Counter(i for i in indices if targets[i] == label)
+        members = [i for i, t in enumerate(targets) if t == label]
+        assert max(drawn[i] for i in members) - min(drawn[i] for i in members) <= 1
+    seen = Counter()
+    for index, repeat in zip(indices, repeats, strict=True):  # the repeat number counts earlier draws
+        assert repeat == seen[index]
+        seen[index] += 1
+    again = BalancedSampler(targets, world, 0, seed=3)
+    again.set_epoch(epoch)
+    assert again.shard() == shards[0]  # a function of (seed, epoch) alone
+
+
+class Labels(Dataset):
+    """Yields (index, augmentation seed) as the image: what a batch would be made of."""
+
+    def __init__(self, targets: list[int]) -> None:
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, key):
+        index, seed = key
+        return torch.tensor([index, seed % 2**62]), self.targets[index]
+
+
+def test_balanced_loader_shards_over_ranks_resumes_mid_epoch_and_seeds_each_copy_apart():
+    dataset = Labels([0] * 20 + [1] * 4)  # 5:1
+    config = LoaderConfig(batch_size=4, workers=0, seed=1, balanced=True)
+    loaders = [build_loader(dataset, config, train=True, rank=r, world_size=2) for r in range(2)]
+    drawn = []
+    for loader in loaders:
+        loader.sampler.set_epoch(2)
+        drawn += [tuple(row) for images, _ in loader for row in images.tolist()]
+    assert len(drawn) == 24 and Counter(dataset.targets[i] for i, _ in drawn) == {0: 12, 1: 12}
+    copies = Counter(i for i, _ in drawn)
+    assert max(copies.values()) == 3 and len(set(drawn)) == 24  # every copy of an image has its own seed
+    loaders[1].sampler.set_epoch(2)
+    whole = list(loaders[1].sampler)
+    loaders[1].sampler.set_epoch(2, start=4)  # one batch of this rank's shard done
+    assert list(loaders[1].sampler) == whole[4:] and len(loaders[1]) == 2
+    loaders[1].sampler.set_epoch(3)
+    assert list(loaders[1].sampler) != whole

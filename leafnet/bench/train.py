@@ -56,6 +56,8 @@ def _timed(trainer: Trainer, loader, steps: int, warmup: int):
             scaler=trainer.scaler,
             ema=trainer.ema,
             max_steps=count,
+            mix=trainer.mix,
+            frozen=trainer.freeze,
         )
 
     run(warmup)

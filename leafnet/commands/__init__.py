@@ -3,7 +3,7 @@
 
     leafnet --help                 every command, one line each
     leafnet train --help           every option of one command, with its default and meaning
-    leafnet bench onnx key=value   subcommands of a group: bench {data,train,onnx,predict,serving}
+    leafnet bench onnx key=value   subcommands of a group: bench {data,train,finetune,onnx,predict,serving}
 
 `python -m leafnet` is the same command (so `torchrun -m leafnet train ...` runs it under DDP), and
 `scripts/*.py` are thin aliases (`python scripts/train.py` = `leafnet train`). A command's module is
@@ -30,6 +30,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("baseline",): "baseline",
     ("bench", "data"): "bench_data",
     ("bench", "train"): "bench_train",
+    ("bench", "finetune"): "bench_finetune",
     ("bench", "onnx"): "bench_onnx",
     ("bench", "predict"): "bench_predict",
     ("bench", "serving"): "bench_serving",

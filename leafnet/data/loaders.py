@@ -7,7 +7,8 @@ number of workers, nor whether the run was resumed; persistent workers would oth
 random state from epoch to epoch. An epoch resumed mid-way skips its consumed samples in the sampler,
 so they are never decoded. Evaluation shards with `EvalShardSampler`, which pads nothing, so every
 sample is counted exactly once when metrics are summed across ranks. Memory is pinned only when
-batches go to CUDA.
+batches go to CUDA. `BalancedSampler` replaces DistributedSampler for class-balanced training
+(`train.balanced_sampling`), sharded and resumable the same way.
 """
 
 from __future__ import annotations
@@ -36,10 +37,69 @@ class EvalShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class BalancedSampler(Sampler[int]):
+    """Class-balanced training samples, sharded over ranks like DistributedSampler.
+
+    Each epoch is one draw from (seed, epoch), the same on every rank: ceil(N / world) x world samples
+    (N = the dataset's size, so an epoch keeps its length), an equal quota per class (the remainder to
+    classes picked at random), each class's quota filled from shuffled passes over its images (an image
+    repeats only once all of its class has been drawn), the whole shuffled. Rank r takes positions r,
+    r + world, ...: disjoint shares of the one draw, the same number on every rank. An image drawn more
+    than once has its repeat number in `shard()`, so each copy gets its own augmentation seed.
+    """
+
+    def __init__(self, targets: list[int], num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside world of {num_replicas}")
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = -(-len(self.targets) // num_replicas)
+        self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's whole draw over all ranks: dataset indices and each one's repeat number (0 the
+        first time an index appears in the draw, 1 the second, ...)."""
+        if self._cached is not None and self._cached[0] == self.epoch:
+            return self._cached[1], self._cached[2]
+        total = self.num_samples * self.num_replicas
+        rng = np.random.default_rng([self.seed, self.epoch])
+        classes = np.unique(self.targets)
+        quotas = np.full(len(classes), total // max(len(classes), 1))
+        quotas[rng.permutation(len(classes))[: total - quotas.sum()]] += 1
+        picks = [np.empty(0, dtype=np.int64)]
+        for label, quota in zip(classes, quotas, strict=True):
+            members = np.flatnonzero(self.targets == label)
+            passes = [rng.permutation(members) for _ in range(-(-quota // len(members)))]
+            picks.append(np.concatenate(passes)[:quota])
+        indices = rng.permutation(np.concatenate(picks))
+        order = np.argsort(indices, kind="stable")  # positions grouped by index, in draw order
+        runs = np.flatnonzero(np.r_[True, np.diff(indices[order]) != 0])
+        run_start = np.repeat(runs, np.diff(np.r_[runs, len(indices)]))
+        repeats = np.empty_like(indices)
+        repeats[order] = np.arange(len(indices)) - run_start
+        self._cached = (self.epoch, indices, repeats)
+        return indices, repeats
+
+    def shard(self) -> list[tuple[int, int]]:
+        """This rank's (index, repeat) pairs, in order."""
+        indices, repeats = self.draw()
+        rank, world = self.rank, self.num_replicas
+        return list(zip(indices[rank::world].tolist(), repeats[rank::world].tolist(), strict=True))
+
+    def __iter__(self) -> Iterator[int]:
+        return (index for index, _ in self.shard())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 class SeededSampler(Sampler[tuple[int, int]]):
     """Wraps a sampler to yield (index, seed) pairs; `ManifestDataset` seeds its transform with it."""
 
-    def __init__(self, sampler: DistributedSampler, seed: int) -> None:
+    def __init__(self, sampler: DistributedSampler | BalancedSampler, seed: int) -> None:
         self.sampler, self.seed, self.epoch, self.start = sampler, seed, 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -51,18 +111,22 @@ class SeededSampler(Sampler[tuple[int, int]]):
         self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        # The order (DistributedSampler's, from seed + epoch) and the seeds (from seed, epoch, index)
+        # The order (the sampler's, from seed + epoch) and the seeds (from seed, epoch, index, repeat)
         # are those of the whole epoch, so the remaining samples are exactly an uninterrupted run's.
-        for index in itertools.islice(self.sampler, self.start, None):
-            yield index, sample_seed(self.seed, self.epoch, index)
+        balanced = isinstance(self.sampler, BalancedSampler)
+        draws = self.sampler.shard() if balanced else zip(self.sampler, itertools.repeat(0))
+        for index, repeat in itertools.islice(draws, self.start, None):
+            yield index, sample_seed(self.seed, self.epoch, index, repeat)
 
     def __len__(self) -> int:
         return len(self.sampler) - self.start
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed that differs for every (seed, epoch, index)."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
+    """A 63-bit seed that differs for every (seed, epoch, index, repeat); repeat counts the earlier draws
+    of the same index in the epoch (only a balanced sampler repeats one)."""
+    entropy = [seed, epoch, index, repeat] if repeat else [seed, epoch, index]
+    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
 @dataclass
@@ -71,6 +135,7 @@ class LoaderConfig:
     workers: int = 2
     prefetch_factor: int = 4
     seed: int = 0
+    balanced: bool = False  # training: BalancedSampler instead of DistributedSampler
 
 
 def build_loader(
@@ -82,7 +147,10 @@ def build_loader(
     device: torch.device | str = "cpu",
 ) -> DataLoader:
     if train:
-        shards = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
+        if config.balanced:
+            shards = BalancedSampler(dataset.targets, world_size, rank, config.seed)
+        else:
+            shards = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
         sampler: Sampler = SeededSampler(shards, config.seed)
     else:
         sampler = EvalShardSampler(len(dataset), rank, world_size)

@@ -22,7 +22,8 @@ class PreprocessSpec:
     decode (alpha over `background`), fit to a `fit_size` square as prepare did (`fit_mode` pad
     letterboxes with `background`, shorter centre-crops; None when the images were not prepared by
     leafnet), then timm's eval transform (resize to input_size / crop_pct, centre-crop `input_size`,
-    normalise with mean/std). Prepare records the data's part (stats.json), training adds the model's,
+    normalise with mean/std). Prepare records the data's part (stats.json), training adds the model's
+    (input_size; with a pretrained backbone its mean, std, interpolation and crop_pct, leafnet.pretrained),
     the checkpoint carries it and export writes it unchanged as preprocess.json, which is all the
     serving handler reads."""
 
