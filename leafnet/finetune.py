@@ -124,8 +124,9 @@ def mixing_enabled(mixup: MixupSection) -> bool:
 class Mixer:
     """timm's `Mixup` (per batch) with its random draws seeded by (seed, epoch, batch, rank): a resumed
     epoch mixes its remaining batches exactly as the uninterrupted one, whatever else drew from numpy.
-    Returns the mixed images (in place) and soft targets, label smoothing folded in. An odd batch (the
-    last one, when the loader keeps it) mixes all but its last image, which keeps its own smoothed label."""
+    Returns the mixed images (in place) and soft targets, label smoothing folded in. An odd-sized batch
+    (every batch when data.batch_size is odd; else the last one, when the loader keeps it) mixes all but its
+    last image, which keeps its own smoothed label; a batch of 1 is never mixed."""
 
     def __init__(self, mixup: MixupSection, label_smoothing: float, num_classes: int, seed: int, rank: int) -> None:
         self.mixup = Mixup(

@@ -17,6 +17,7 @@ and the N best checkpoints kept under `checkpoints/top/`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from leafnet.checkpoint import load_checkpoint, rank_top, restore_rng_state, rng
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, build_loader
 from leafnet.data.prepared import PreparedData
-from leafnet.data.transforms import PreprocessSpec, eval_transform, train_transform
+from leafnet.data.transforms import INTERPOLATIONS, PreprocessSpec, eval_transform, train_transform
 from leafnet.engine import AMP_DTYPES, EpochProgress, NonFiniteLossError, StepConfig, evaluate, train_one_epoch
 from leafnet.errors import LeafnetError
 from leafnet.finetune import Freeze, Mixer, build_optimizer, mixing_enabled
@@ -153,6 +154,22 @@ def _validate_finetune(cfg: TrainConfig) -> None:
             raise LeafnetError(f"{key} must be at least 0, got {value}")
     if not (0 <= mixup.prob <= 1 and 0 <= mixup.switch_prob <= 1):
         raise LeafnetError("mixup.prob and mixup.switch_prob must be in [0, 1]")
+    if not 0 <= cfg.model.drop_path_rate < 1:
+        raise LeafnetError(f"model.drop_path_rate must be in [0, 1), got {cfg.model.drop_path_rate}")
+    if cfg.data.crop_pct is not None and not 0 < cfg.data.crop_pct <= 1:
+        raise LeafnetError(f"data.crop_pct must be in (0, 1] (1 = no crop), got {cfg.data.crop_pct}")
+    if cfg.data.interpolation is not None and cfg.data.interpolation not in INTERPOLATIONS:
+        raise LeafnetError(
+            f"data.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {cfg.data.interpolation!r}"
+        )
+    if not (cfg.model.pretrained or cfg.model.weights) and (
+        cfg.train.freeze_epochs or cfg.data.normalize == "pretrained"
+    ):
+        # e.g. the photos recipe without its weights file: legal, but rarely what was meant
+        logger.warning(
+            "no model.pretrained file: %s a randomly initialised network",
+            "train.freeze_epochs trains only the classifier of" if cfg.train.freeze_epochs else "normalising as",
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -198,11 +215,17 @@ class Trainer:
         self.run_dir = Path(cfg.train.output_dir) / cfg.train.name
         seed_everything(cfg.train.seed)
         data = cfg.data
-        self.spec = PreprocessSpec.from_prepared(
-            data.root,
-            input_size=data.input_size or None,
-            **model_preprocessing(cfg.model, data.normalize, data.interpolation, data.crop_pct),
-        )
+        self.resumed_from = resolve_resume(cfg, self.run_dir)
+        # A resumed run keeps the preprocessing its checkpoint records and takes every weight from it: the
+        # pretrained file (and its config.json) may have gone or changed since the run began.
+        model_config = cfg.model
+        if self.resumed_from:
+            recorded = load_checkpoint(self.resumed_from)["preprocess"]
+            preprocessing = {key: recorded[key] for key in ("mean", "std", "interpolation", "crop_pct")}
+            model_config = dataclasses.replace(cfg.model, pretrained=None, weights=None)
+        else:
+            preprocessing = model_preprocessing(cfg.model, data.normalize, data.interpolation, data.crop_pct)
+        self.spec = PreprocessSpec.from_prepared(data.root, input_size=data.input_size or None, **preprocessing)
         self.train_set = ManifestDataset(data.root, "train", train_transform(self.spec, data.augment))
         self.val_set = ManifestDataset(data.root, "val", eval_transform(self.spec))
         if len(self.train_set) == 0 or len(self.val_set) == 0:
@@ -215,7 +238,7 @@ class Trainer:
         eval_loader = LoaderConfig(batch_size=data.eval_batch_size, workers=data.workers, seed=cfg.train.seed)
         self.val_loader = build_loader(self.val_set, eval_loader, False, rank, world, device)
 
-        model = create_model(cfg.model, len(self.classes)).to(device)
+        model = create_model(model_config, len(self.classes)).to(device)
         self.memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
         self.ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
         # Every parameter goes into the optimizer before any is frozen; the DDP and compile wrappers come
@@ -249,7 +272,6 @@ class Trainer:
         self.top: list[dict] = []  # the kept top checkpoints, best first (checkpoint.keep_top)
         self.last_metrics: dict = {}  # the last finished epoch's row, kept in a mid-epoch checkpoint
         self.resume_progress: EpochProgress | None = None  # how far the first epoch got before a SIGTERM
-        self.resumed_from = resolve_resume(cfg, self.run_dir)
         if self.resumed_from:
             self._resume(self.resumed_from)
         if self.freeze is not None:
@@ -279,8 +301,11 @@ class Trainer:
         unwrap(self.model).load_state_dict(checkpoint["train_model"] or checkpoint["model"])
         if self.ema is not None:
             self.ema.module.load_state_dict(checkpoint["model"])
-        groups = [len(group["params"]) for group in checkpoint["optimizer"]["param_groups"]]
-        if groups != [len(group["params"]) for group in self.optimizer.param_groups]:
+
+        def grouping(groups: list[dict]) -> list[tuple[int, float]]:  # sizes and lr scales: layer decay, head
+            return [(len(group["params"]), round(float(group.get("lr_scale", 1.0)), 9)) for group in groups]
+
+        if grouping(checkpoint["optimizer"]["param_groups"]) != grouping(self.optimizer.param_groups):
             raise LeafnetError(
                 f"cannot resume from {path}: its optimizer groups the parameters otherwise; use the same "
                 "optim.name, optim.weight_decay, optim.layer_decay and optim.head_lr_scale"
@@ -358,6 +383,8 @@ class Trainer:
         tracker = Tracker(self.run_dir if main else None, cfg.logging.tensorboard, append=self.resumed_from is not None)
         if main:
             self._write_run_header(tracker)
+            if self.resumed_from is None:
+                self._clear_stale_top()
         start = "resuming from " + str(self.resumed_from) if self.resumed_from else "training"
         if self.resume_progress is not None:
             start += f" (epoch {self.start_epoch + 1}, after batch {self.resume_progress.batches})"
@@ -552,6 +579,12 @@ class Trainer:
             f"{self.epoch_batches}, saved {last}; continue with train.resume=auto (same batch size and processes)"
         )
         raise TrainingStopped()
+
+    def _clear_stale_top(self) -> None:
+        """A fresh run (no resume) under a used name: an earlier run's top checkpoints would pass for this
+        one's (last.pt and best.pt are replaced anyway). Only files named as keep_top names them go."""
+        for stale in (self.run_dir / "checkpoints" / "top").glob("epoch*_top1_*.pt"):
+            stale.unlink()
 
     def _save(self, epoch: int, metrics: dict, improved: bool, top: tuple[dict | None, list] = (None, [])) -> None:
         checkpoints = self.run_dir / "checkpoints"

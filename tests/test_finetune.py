@@ -239,6 +239,11 @@ def test_keep_top_keeps_the_n_best_checkpoints_and_prunes_the_rest(tiny_leaves, 
     # a resume whose optimizer would group the parameters otherwise is refused in one line
     with pytest.raises(LeafnetError, match="its optimizer groups the parameters otherwise; use the same"):
         train(tiny_config(tiny_leaves, tmp_path, "optim.layer_decay=0.7", "train.resume=auto"))
+    # a fresh run under the same name (no resume) starts its own top list: the old run's files go
+    (top / "notes.txt").write_text("not a checkpoint: left alone")
+    scripted_validation(monkeypatch, [0.5, 0.25])
+    train(tiny_config(tiny_leaves, tmp_path, "schedule.epochs=2", "checkpoint.keep_top=1", "logging.tensorboard=false"))
+    assert sorted(p.name for p in top.iterdir()) == ["epoch000_top1_0.5000.pt", "notes.txt"]
 
 
 def test_rank_top_orders_by_score_then_epoch():
@@ -305,3 +310,10 @@ def test_ddp_with_freeze_mixing_and_balanced_sampling_keeps_exact_metrics(tiny_l
     assert float(rows[-1]["val_loss"]) == pytest.approx(single["loss"], abs=1e-4)
     last = load_checkpoint(checkpoints / "last.pt")["model"]
     assert any(not torch.equal(last[k], initial[k]) for k in last if k.startswith("conv1"))  # thawed and trained
+
+
+def test_a_resume_with_other_layer_decay_is_refused_though_the_groups_are_the_same_size(tiny_leaves, tmp_path):
+    common = ["schedule.epochs=2", "logging.tensorboard=false"]
+    train(tiny_config(tiny_leaves, tmp_path, *common, "optim.layer_decay=0.7", "train.stop_after_epoch=0"))
+    with pytest.raises(LeafnetError, match="its optimizer groups the parameters otherwise"):
+        train(tiny_config(tiny_leaves, tmp_path, *common, "optim.layer_decay=0.5", "train.resume=auto"))

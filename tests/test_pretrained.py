@@ -7,6 +7,7 @@ import argparse
 import datetime
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,12 @@ from timm.models import adapt_input_conv
 import leafnet.export.exporter as exporter
 from leafnet.checkpoint import load_checkpoint, save_checkpoint
 from leafnet.data.prepared import PreparedData
-from leafnet.data.transforms import PreprocessSpec, eval_transform
+from leafnet.data.transforms import INTERPOLATIONS, PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
 from leafnet.models import ModelConfig, create_model, model_from_checkpoint, model_preprocessing
 from leafnet.pretrained import load_pretrained, read_weights
 from leafnet.serving.harness import ArchivedHandler
+from leafnet.serving.preprocess import INTERPOLATION as HANDLER_INTERPOLATION
 from leafnet.train import main as train
 from tests.conftest import export_config, tiny_config, unpack
 
@@ -299,3 +301,39 @@ def test_a_fine_tune_from_a_weights_file_serves_with_the_backbones_normalisation
         top = answer["predictions"][0]
         assert top["index"] == expected.argmax().item()
         assert top["probability"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_resumed_fine_tune_needs_neither_the_weights_file_nor_its_config(tiny_leaves, tmp_path):
+    """A preemptible job: the weights file (or its config.json) may be gone or changed by the time the run
+    resumes; the checkpoint holds every weight and the preprocessing the run began with."""
+    published = tmp_path / "backbone"
+    published.mkdir()
+    save_file(backbone(), str(published / "model.safetensors"))
+    config = {"architecture": ARCH, "pretrained_cfg": {**BACKBONE_NORM, "num_classes": FILE_CLASSES}}
+    (published / "config.json").write_text(json.dumps(config))
+    common = [f"model.pretrained={published / 'model.safetensors'}", "model.name=resnet10t", "schedule.epochs=2"]
+    train(tiny_config(tiny_leaves, tmp_path, *common, "train.stop_after_epoch=0", "logging.tensorboard=false"))
+    (published / "model.safetensors").unlink()
+    (published / "config.json").write_text(json.dumps({"pretrained_cfg": {"mean": [0, 0, 0], "std": [1, 1, 1]}}))
+    train(tiny_config(tiny_leaves, tmp_path, *common, "train.resume=auto", "logging.tensorboard=false"))
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["epoch"] == 1 and {k: checkpoint["preprocess"][k] for k in BACKBONE_NORM} == BACKBONE_NORM
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.drop_path_rate=1.5", "model.drop_path_rate must be in [0, 1)"),
+        ("data.crop_pct=0", "data.crop_pct must be in (0, 1]"),
+        ("data.interpolation=foo", "data.interpolation must be one of bilinear, bicubic, nearest, lanczos"),
+    ],
+)
+def test_preprocessing_and_drop_path_values_are_checked_before_any_work(override, message, tiny_leaves, tmp_path):
+    with pytest.raises(LeafnetError, match=re.escape(message)):
+        train(tiny_config(tiny_leaves, tmp_path, override))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_interpolations_a_spec_may_name_are_the_ones_the_handler_maps():
+    assert set(INTERPOLATIONS) == set(HANDLER_INTERPOLATION)

@@ -37,4 +37,6 @@ def test_the_photos_recipe_trains_with_its_fine_tuning_controls(tiny_leaves, tmp
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     # no weights file given: the backbone's normalisation is timm's configuration of the architecture
     assert checkpoint["preprocess"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert summary["best_val_top1"] >= 0 and (tmp_path / "run" / "checkpoints" / "top").is_dir()
+    # keep_top=3 over 2 validated epochs keeps both; early stopping (patience 8) never fired
+    assert len(list((tmp_path / "run" / "checkpoints" / "top").glob("epoch*_top1_*.pt"))) == 2
+    assert "early_stopped_after_epoch" not in summary and checkpoint["epoch"] in (0, 1)

@@ -15,6 +15,10 @@ from torchvision import transforms as tv_transforms
 from leafnet.data.prepared import PreparedData
 from leafnet.errors import LeafnetError
 
+# The interpolations a PreprocessSpec may name: timm's names, each mapped to PIL's by the handler
+# (leafnet/serving/preprocess.py INTERPOLATION; a test keeps the two equal).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+
 
 @dataclass
 class PreprocessSpec:
