@@ -218,9 +218,10 @@ class Trainer:
         self.resumed_from = resolve_resume(cfg, self.run_dir)
         # A resumed run keeps the preprocessing its checkpoint records and takes every weight from it: the
         # pretrained file (and its config.json) may have gone or changed since the run began.
-        model_config = cfg.model
+        model_config, resumed = cfg.model, None
         if self.resumed_from:
-            recorded = load_checkpoint(self.resumed_from)["preprocess"]
+            resumed = load_checkpoint(self.resumed_from)  # read once: the spec here, the states in _resume
+            recorded = resumed["preprocess"]
             preprocessing = {key: recorded[key] for key in ("mean", "std", "interpolation", "crop_pct")}
             model_config = dataclasses.replace(cfg.model, pretrained=None, weights=None)
         else:
@@ -272,8 +273,8 @@ class Trainer:
         self.top: list[dict] = []  # the kept top checkpoints, best first (checkpoint.keep_top)
         self.last_metrics: dict = {}  # the last finished epoch's row, kept in a mid-epoch checkpoint
         self.resume_progress: EpochProgress | None = None  # how far the first epoch got before a SIGTERM
-        if self.resumed_from:
-            self._resume(self.resumed_from)
+        if resumed is not None:
+            self._resume(self.resumed_from, resumed)
         if self.freeze is not None:
             self.freeze.set(self.start_epoch < cfg.train.freeze_epochs)
         self._wrap()
@@ -288,8 +289,7 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.model = torch.compile(model) if self.cfg.model.compile else model
 
-    def _resume(self, path: Path) -> None:
-        checkpoint = load_checkpoint(path)
+    def _resume(self, path: Path, checkpoint: dict) -> None:
         if checkpoint["model_name"] != self.cfg.model.name or checkpoint["class_names"] != self.classes:
             raise LeafnetError(
                 f"cannot resume from {path}: it holds {checkpoint['model_name']} for {checkpoint['num_classes']} "

@@ -34,6 +34,7 @@ from leafnet.data.prepare import PrepareConfig
 from leafnet.data.species import SPECIES
 from leafnet.data.synthetic import SyntheticConfig, render_leaf
 from leafnet.errors import LeafnetError
+from leafnet.finetune import classifier_modules
 from leafnet.fsutil import write_json
 from leafnet.models import model_from_checkpoint
 
@@ -88,11 +89,6 @@ def _prepare(raw: Path, out: Path, config: FinetuneBenchConfig, val: float, test
     return out
 
 
-def _classifier_keys(model: torch.nn.Module) -> set[str]:
-    head = {id(p) for p in model.get_classifier().parameters()}
-    return {name for name, p in model.named_parameters() if id(p) in head}
-
-
 def publish_backbone(checkpoint_path: Path, into: Path) -> Path:
     """`into/model.safetensors` (the trained network without its classifier, timm's key names) and
     `into/config.json` (architecture and pretrained_cfg: the preprocessing it was trained with), the way
@@ -101,7 +97,8 @@ def publish_backbone(checkpoint_path: Path, into: Path) -> Path:
 
     checkpoint = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint)
-    head = _classifier_keys(model)
+    head_params = {id(p) for module in classifier_modules(model) for p in module.parameters()}
+    head = {name for name, p in model.named_parameters() if id(p) in head_params}
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in head}
     into.mkdir(parents=True, exist_ok=True)
     save_file(state, str(into / "model.safetensors"))
