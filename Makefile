@@ -42,11 +42,15 @@ pipeline: setup
 # The main job on the embedded default data: the DVC pipeline (generate, prepare, train, evaluate on
 # test, export every variant with parity gates, benchmark them), then serve the int8 archive with
 # TorchServe, load-test it briefly, classify one test image with curl and stop the server.
+# Ends with two served answers: a test leaf (unknown: false) and a generated scene that is no leaf (unknown: true).
 demo: pipeline
+	$(PY) -m leafnet calibration export=exports/leafnet
+	$(PY) -m leafnet ood output=runs/ood per_family=1 families=[scenes]
 	scripts/serve.sh start onnx-int8
 	status=0; \
 	  $(PY) scripts/benchmark_serving.py concurrency=[1,8] duration_s=5 || status=$$?; \
 	  [ $$status -ne 0 ] || scripts/predict.sh "$$(ls $(DATA)/test/*/*.png | head -1)" || status=$$?; \
+	  [ $$status -ne 0 ] || scripts/predict.sh "$$(ls runs/ood/scenes/*.png | head -1)" || status=$$?; \
 	  scripts/serve.sh stop; exit $$status
 
 export: setup

@@ -211,17 +211,19 @@ class Predictor:
 
     def _answers(self, batch: np.ndarray) -> list[tuple[dict, dict | None]]:
         """(the answer, the single-pass answer when test-time augmentation made the answer) per image."""
-        logits = self.model.runtime.logits(batch)
+        logits, scores = self.model.runtime.outputs(batch)
+        scores = [None] * len(logits) if scores is None else scores
         if self.tta == "none":
-            return [(self._top_k(row), None) for row in logits]
+            return [(self._top_k(row, score), None) for row, score in zip(logits, scores, strict=True)]
+        # The unknown threshold was fitted on single passes: the answer keeps the single pass's score.
         augmented = mean_of_probabilities(logits, self.model.runtime.logits(mirrored(batch)))
         return [
-            ({**self._top_k(row), "tta": self.tta}, self._top_k(one))
-            for row, one in zip(augmented, logits, strict=True)
+            ({**self._top_k(row, score), "tta": self.tta}, self._top_k(one, score))
+            for row, one, score in zip(augmented, logits, scores, strict=True)
         ]
 
-    def _top_k(self, logits: np.ndarray) -> dict:
-        return answers.top_k(logits, self.labels, self.top_k, self.version)
+    def _top_k(self, logits: np.ndarray, score: float | None) -> dict:
+        return answers.top_k(logits, self.labels, self.top_k, self.version, score, self.model.calibration)
 
 
 def encoded(image: Image.Image) -> bytes:

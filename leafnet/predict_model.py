@@ -24,6 +24,7 @@ import yaml
 from leafnet.errors import LeafnetError
 from leafnet.export import packaged
 from leafnet.export.archive import unpack_archive
+from leafnet.serving.calibration import CALIBRATION_FILE, Calibration
 from leafnet.serving.runtime import Runtime, available_cpus
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class LoadedModel:
     name: str  # what was loaded, for log lines
     variant: str | None = None  # an export directory's variant
     model_file: Path | None = None  # the model's file, when it stays on disk (an export directory's variant)
+    # the threshold that makes an answer `unknown` (calibration.json); None: a checkpoint, or an export from
+    # before calibration, whose answers say unknown: null
+    calibration: Calibration | None = None
 
 
 class EagerRuntime:
@@ -65,6 +69,10 @@ class EagerRuntime:
         with torch.inference_mode():
             inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             return self.model(inputs).float().cpu().numpy()
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, None]:
+        """A checkpoint has no temperature nor threshold (export fits them): no out-of-distribution score."""
+        return self.logits(batch), None
 
 
 def load_model(
@@ -148,7 +156,15 @@ def _from_export(path: Path, variant: str, threads: int, device: str, batch_size
     else:
         runtime = _runtime(variants[variant], threads, device)
     name = f"{path} ({variant})"
-    return LoadedModel(runtime, labels, spec, version, _served_options(), name, variant, variants[variant])
+    calibration = _calibration(path / CALIBRATION_FILE, variants[variant].name)
+    return LoadedModel(runtime, labels, spec, version, _served_options(), name, variant, variants[variant], calibration)
+
+
+def _calibration(path: Path, model_file: str) -> Calibration | None:
+    try:
+        return Calibration.read(path, model_file)
+    except (OSError, ValueError, KeyError) as error:
+        raise LeafnetError(f"cannot read {path}: {_first_line(error)}") from None
 
 
 def fastest_variant(loaders: dict[str, Callable[[], object]], shape: tuple, where: str) -> tuple[str, object]:
@@ -202,8 +218,11 @@ def _from_archive(path: Path, threads: int, device: str) -> LoadedModel:
         except (KeyError, OSError, ValueError, yaml.YAMLError) as error:
             raise LeafnetError(f"{path} is not a leafnet archive: {_first_line(error)}") from None
         runtime = _runtime(model_file, threads, device)  # loaded into memory: the files may go
+        calibration = _calibration(model_dir / CALIBRATION_FILE, model_file.name)
     version = str(manifest["model"].get("modelVersion", ""))
-    return LoadedModel(runtime, labels, spec, version, model_config.get("handler") or {}, f"{path} ({model_file.name})")
+    options = model_config.get("handler") or {}
+    name = f"{path} ({model_file.name})"
+    return LoadedModel(runtime, labels, spec, version, options, name, calibration=calibration)
 
 
 def _from_checkpoint(path: Path, threads: int, device: str) -> LoadedModel:

@@ -2,7 +2,9 @@
 --output a CSV or JSON Lines file chosen by its extension (path, top-k labels and probabilities, model
 version, the truth when known, and the reason of each refused image), written atomically at the end.
 Answers made with test-time augmentation name its mode: a `tta` column in the table and the CSV, a "tta"
-field in JSON Lines; without it, nothing is added.
+field in JSON Lines; without it, nothing is added. Every answer says whether the image is `unknown` (its
+out-of-distribution score above the model's threshold; empty or null for a model without calibration) and
+its `confidence`, the calibrated top-1 probability.
 """
 
 from __future__ import annotations
@@ -42,15 +44,24 @@ def tta_mode(outcomes: list[Outcome]) -> str | None:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    """The answered images, one line each: path, top-1 label, its probability (and the tta mode, if any)."""
-    rows = [(o.name, o.answer["predictions"][0]) for o in outcomes if o.answer is not None]
-    width = max([len("path"), *(len(name) for name, _ in rows)])
-    label_width = max([len("label"), *(len(top["label"]) for _, top in rows)])
+    """The answered images, one line each: path, top-1 label, its probability, whether it is unknown (and
+    the tta mode, if any)."""
+    rows = [(o.name, o.answer["predictions"][0], _unknown(o.answer)) for o in outcomes if o.answer is not None]
+    width = max([len("path"), *(len(name) for name, _, _ in rows)])
+    label_width = max([len("label"), *(len(top["label"]) for _, top, _ in rows)])
     mode = tta_mode(outcomes)
     tail = f"  {mode}" if mode else ""
-    lines = [f"{'path':<{width}}  {'label':<{label_width}}  probability{'  tta' if mode else ''}"]
-    lines += [f"{name:<{width}}  {top['label']:<{label_width}}  {top['probability']:.6f}{tail}" for name, top in rows]
+    lines = [f"{'path':<{width}}  {'label':<{label_width}}  probability  unknown{'  tta' if mode else ''}"]
+    lines += [
+        f"{name:<{width}}  {top['label']:<{label_width}}  {top['probability']:11.6f}  {unknown:<7}{tail}"
+        for name, top, unknown in rows
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _unknown(answer: dict) -> str:
+    """yes / no, or - for a model without calibration."""
+    return {True: "yes", False: "no"}.get(answer.get("unknown"), "-")
 
 
 def write_output(path: Path, outcomes: list[Outcome], top_k: int, truth: list[str | None] | None) -> None:
@@ -66,12 +77,14 @@ def _csv(outcomes: list[Outcome], top_k: int, truth: list[str | None]) -> str:
     tta = ["tta"] if tta_mode(outcomes) else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", *ranks, "model_version", *tta, *(["truth"] if known else []), "error"])
+    calibrated = ["confidence", "unknown", "ood_score"]
+    writer.writerow(["path", *ranks, *calibrated, "model_version", *tta, *(["truth"] if known else []), "error"])
     for outcome, label in zip(outcomes, truth, strict=True):
         answer = outcome.answer or {}
         predictions = answer.get("predictions", [])[:top_k]
         cells = [value for p in predictions for value in (p["label"], p["probability"])]
         cells += [""] * (2 * top_k - len(cells))
+        cells += [_cell(answer.get(key)) for key in calibrated]
         cells += [answer.get("model_version", ""), *(answer.get(key, "") for key in tta)]
         writer.writerow([outcome.name, *cells, *([label or ""] if known else []), outcome.error or ""])
     return buffer.getvalue()
@@ -84,6 +97,7 @@ def _jsonl(outcomes: list[Outcome], top_k: int, truth: list[str | None]) -> str:
         answer = outcome.answer
         if answer is not None:
             record.update(predictions=answer["predictions"][:top_k], model_version=answer["model_version"])
+            record.update({key: answer.get(key) for key in ("confidence", "unknown", "ood_score")})
             if "tta" in answer:
                 record["tta"] = answer["tta"]
         else:
@@ -92,3 +106,10 @@ def _jsonl(outcomes: list[Outcome], top_k: int, truth: list[str | None]) -> str:
             record["truth"] = label
         lines.append(json.dumps(record))
     return "".join(line + "\n" for line in lines)
+
+
+def _cell(value) -> str | float:
+    """A CSV cell: booleans as true/false, missing values empty."""
+    if value is None:
+        return ""
+    return str(value).lower() if isinstance(value, bool) else value

@@ -27,7 +27,7 @@ from leafnet.data.species import SPECIES
 from leafnet.data.synthetic import SyntheticConfig, render_leaf
 from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.export.archive import unpack_archive
-from leafnet.export.config import ExportConfig
+from leafnet.export.config import CalibrationConfig, ExportConfig
 from leafnet.models import model_from_checkpoint
 from leafnet.train import main as train
 from leafnet.train_config import TrainConfig
@@ -163,7 +163,7 @@ def export_config(checkpoint: Path, base: Path, **overrides) -> ExportConfig:
         model_store=str(base / "model_store"),
         workers=0,
         threads=1,
-        **overrides,
+        **{"calibration": CalibrationConfig(ood_per_family=12), **overrides},  # 108 generated images: enough here
     )
 
 

@@ -245,6 +245,8 @@ def test_records_come_from_torchserve_logs_rotated_gzip_and_json_lines(tmp_path)
         + torchserve_line(f"{DRIFT_LOG_PREFIX} {drift_json(3.0)}")
         + torchserve_line(f"{DRIFT_LOG_PREFIX} {drift_json(4.0)[:40]}")  # cut short
         + torchserve_line(f"{DRIFT_LOG_PREFIX} {drift_json(5.0, p=2.0)}")
+        + torchserve_line(f"{DRIFT_LOG_PREFIX} {drift_json(6.0, unknown='yes')}")
+        + torchserve_line(f"{DRIFT_LOG_PREFIX} {drift_json(7.0, unknown=True)}")
         + "[METRICS]leafnet_top1_probability.Probability:0.9|#ModelName:leafnet\n"
     )
     with gzip.open(tmp_path / "model_log.01-Jun.log.gz", "wt") as rotated:
@@ -255,9 +257,11 @@ def test_records_come_from_torchserve_logs_rotated_gzip_and_json_lines(tmp_path)
     files = log_files(str(tmp_path))
     assert [f.name for f in files] == ["model_log.01-Jun.log.gz", "model_log.log"]
     parsed = read_records(files)
-    assert sorted(r.t for r in parsed.records) == [1.0, 3.0]
-    assert parsed.lines == 6 and len(parsed.malformed) == 2
+    assert sorted(r.t for r in parsed.records) == [1.0, 3.0, 7.0]
+    assert [r.unknown for r in sorted(parsed.records, key=lambda r: r.t)] == [None, None, True]  # old lines: None
+    assert parsed.lines == 8 and len(parsed.malformed) == 3
     assert "model_log.log:3:" in parsed.malformed[0] and "'p' = 2.0 is not a probability" in parsed.malformed[1]
+    assert "'unknown' is neither true, false nor null" in parsed.malformed[2]
     assert [r.t for r in read_records(log_files(str(tmp_path / "*.jsonl"))).records] == [2.0]
     with pytest.raises(LeafnetError, match="no log files at"):
         log_files(str(tmp_path / "absent"))
@@ -429,6 +433,10 @@ def test_the_report_script_on_clean_and_inverted_traffic(exported, served_logs, 
     assert set(report["tests"]) == {*STATS_FEATURES, "confidence", "predicted_class"}
     assert (tmp_path / "clean" / "drift.png").stat().st_size > 10_000
     assert "drift report: no drift" in clean.stdout
+    # the unknown rate beside the tests: held-out leaves of the model's species are mostly known
+    unknown = report["unknown"]
+    assert unknown["answers"] == 200 and unknown["rate"] <= 0.2 and "unknown answers:" in clean.stdout
+    assert unknown["expected_rate"] is not None and 0 <= unknown["p_value_above_expected"] <= 1
 
     archive = Path(config.model_store) / "leafnet.mar"  # the reference a deployment carries
     logs = served_logs["inverted"] / "model_log.log"
@@ -441,6 +449,8 @@ def test_the_report_script_on_clean_and_inverted_traffic(exported, served_logs, 
     report = json.loads((tmp_path / "inv" / "drift.json").read_text())
     assert report["drift"] is True and {"brightness", "foreground", "edges"} <= set(report["drifted"])
     assert report["tests"]["brightness"]["served_median"] > report["tests"]["brightness"]["reference_median"]
+    # inverted leaves: mostly unknown even to this 24-image model (the demo model flags all: docs/calibration.md)
+    assert report["unknown"]["rate"] >= 0.75 and report["unknown"]["p_value_above_expected"] < 1e-6
 
 
 @pytest.mark.slow

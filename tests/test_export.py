@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
 from leafnet.export.config import GateConfig
 from leafnet.export.onnx_export import export_onnx
-from leafnet.export.parity import TopK, compare_logits, gate_failures
+from leafnet.export.parity import TopK, compare_logits, ece_gate_failures, gate_failures
 from leafnet.export.torchscript import export_torchscript
 from leafnet.models import model_from_checkpoint
 from tests.conftest import REPO, unpack
@@ -36,6 +37,7 @@ MAR_FILES = {
         if p.name not in ("leafnet_handler.py", "supervisor.py")  # the supervisor runs beside TorchServe
     ),
     "drift_reference.json",
+    "calibration.json",
     "preprocess.json",
     "index_to_name.json",
     "model-config.yaml",
@@ -47,7 +49,8 @@ MAR_FILES = {
 def test_every_variant_is_written_and_matches_eager(exported):
     report, config = exported
     out = Path(config.output)
-    expected = {v.file for v in exporter.VARIANTS} | {"export.json", "drift_reference.json"}
+    expected = {v.file for v in exporter.VARIANTS} | {"export.json", "drift_reference.json", "calibration.json"}
+    expected |= {"reliability.png"}
     assert expected == {p.name for p in out.iterdir()}
     assert json.loads((out / "export.json").read_text()) == report
     for variant in exporter.VARIANTS:
@@ -102,11 +105,12 @@ def test_exported_files_reproduce_eager_when_loaded_back_independently(exported,
     checkpoint = load_checkpoint(config.checkpoint)
     transform = eval_transform(PreprocessSpec(**checkpoint["preprocess"]))
     eager = model_from_checkpoint(checkpoint).eval()
+    temperature = report["calibration"]["temperature"]  # the variants' logits carry it
     for split in ("val", "test"):
         paths, labels = _split_images(tiny_leaves, split, checkpoint["class_names"])
         batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])  # one batch, as export's
         with torch.no_grad():
-            reference = eager(batch).numpy()
+            reference = eager(batch).numpy() / temperature
         if split == "test":
             assert report["eager"]["test_top1"] == pytest.approx((reference.argmax(1) == labels).mean())
         for variant in exporter.VARIANTS:
@@ -116,7 +120,7 @@ def test_exported_files_reproduce_eager_when_loaded_back_independently(exported,
                 logits = session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
             else:
                 with torch.no_grad():
-                    logits = torch.jit.load(str(path), map_location="cpu")(batch).numpy()
+                    logits = torch.jit.load(str(path), map_location="cpu")(batch)[0].numpy()  # (logits, ood_score)
             facts = report["variants"][variant.name]
             if split == "test":
                 assert facts["test_top1"] == pytest.approx((logits.argmax(1) == labels).mean()), variant.name
@@ -177,9 +181,9 @@ def test_a_perturbed_export_fails_the_gate_and_leaves_everything_as_it_was(
     before = {p: p.read_bytes() for p in [*Path(config.output).iterdir(), *Path(config.model_store).iterdir()]}
 
     def perturbed_torchscript(model, example, path):
-        broken = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+        broken = copy.deepcopy(model)  # the scored model: calibrated logits and the ood score
         with torch.no_grad():
-            broken.get_classifier().bias.add_(0.01)
+            broken.model.get_classifier().bias.add_(0.01)
         export_torchscript(broken, example, path)
 
     monkeypatch.setattr(exporter, "export_torchscript", perturbed_torchscript)
@@ -275,3 +279,53 @@ def test_benchmark_script_names_a_missing_export(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "export.json not found" in result.stderr
+
+
+@pytest.mark.slow
+def test_export_calibrates_and_stores_a_threshold_per_variant(exported):
+    """export.json's calibration and ood sections, calibration.json's thresholds and the ONNX outputs."""
+    report, config = exported
+    out = Path(config.output)
+    stored = json.loads((out / "calibration.json").read_text())
+    assert stored["temperature"] == report["calibration"]["temperature"] > 0
+    assert stored["score"] == report["ood"]["score"] == "mahalanobis"
+    for variant in exporter.VARIANTS:
+        facts = report["variants"][variant.name]
+        assert stored["thresholds"][variant.file] == facts["ood"]["threshold"]
+        assert set(facts["calibration"]) == {"before", "after"} and facts["ood"]["families"]
+        assert facts["calibration"]["after"]["top1"] == facts["calibration"]["before"]["top1"]  # T keeps the ranks
+    assert set(report["ood"]["scores"]) == {"msp", "energy", "mahalanobis"}
+    assert report["ood"]["eager"]["families"]["noise"]["images"] == 12  # the fixture's ood_per_family
+    assert set(report["ood"]["targets"]) == {
+        "test_accepted_at_least_0.95", "top1_accepted_not_below_top1", "every_family_flagged_at_least_0.90",
+        "auroc_at_least_0.95", "ece_after_at_most_0.03",
+    }  # fmt: skip
+    assert [o.name for o in onnx.load(str(out / "model.int8.onnx")).graph.output] == ["logits", "ood_score"]
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_ece_gate_holds_quantized_variants_to_eager():
+    gates = GateConfig(max_ece_increase=0.02)
+    assert ece_gate_failures("onnx-int8", True, 0.05, 0.03, gates) == []  # exactly the limit
+    assert ece_gate_failures("onnx", False, 0.5, 0.03, gates) == []  # fp32 variants: held to eager's logits
+    assert ece_gate_failures("onnx-int8", True, 0.06, 0.03, gates) == [
+        "onnx-int8 test ECE 0.0600 is 0.0300 above eager's (limit 0.02)"
+    ]
+
+
+@pytest.mark.slow
+def test_the_calibration_and_ood_commands(exported, tmp_path, run_script):
+    _, config = exported
+    shown = run_script("../leafnet/__main__.py", "calibration", f"export={config.output}")
+    assert shown.returncode == 0, shown.stderr
+    assert "calibration: T = " in shown.stdout and "unknown (mahalanobis score)" in shown.stdout
+    missing = run_script("../leafnet/__main__.py", "calibration", f"export={tmp_path}")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "export.json not found" in missing.stderr
+    written = run_script(
+        "../leafnet/__main__.py", "ood", f"output={tmp_path / 'ood'}", "per_family=2", "leaves=null",
+        "families=[noise,leaf_crops]",
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    written_files = sorted((tmp_path / "ood").rglob("*.png"))
+    assert [p.parent.name for p in written_files] == ["noise", "noise"]  # no leaves: the leaf families left out
+    assert "ood: 2 images" in written.stdout

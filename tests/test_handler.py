@@ -25,6 +25,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from leafnet.bench.serving import ServingBenchConfig, run_serving_benchmark
 from leafnet.checkpoint import load_checkpoint
+from leafnet.data.ood import generate_ood
 from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.models import model_from_checkpoint
 from leafnet.profiles import TORCHSERVE
@@ -35,6 +36,7 @@ from leafnet.serving.preprocess import eval_tensor
 from leafnet.serving.runtime import available_cpus, cgroup_cpu_quota
 from tests.conftest import REPO, offline_top1, png_claiming, unpack
 from tests.test_drift import archived
+from tests.test_predict import calibrated_away
 
 CLASSES = 4  # the tiny test model's
 MODEL_CONFIG_TIMEOUT = yaml.safe_load((REPO / "leafnet" / "serving" / "model-config.yaml").read_text())["handler"][
@@ -422,10 +424,11 @@ def test_an_image_still_being_prepared_after_the_time_limit_gets_413(exported, t
 
 
 @pytest.mark.slow
-def test_large_uploads_get_the_answers_of_their_full_size_fit(int8, tiny_leaves):
+def test_large_uploads_get_the_answers_of_their_full_size_fit(int8, exported, tiny_leaves):
     """Served images are fitted while decoding, never at full size: a PNG gets exactly the answer of the
     image prepare would make of it, a JPEG decoded at reduced DCT scale nearly so."""
     handler, _ = int8
+    temperature = exported[0]["calibration"]["temperature"]
     raws = sorted((tiny_leaves.parent / "raw").rglob("*.png"))[::4]
     gaps = []
     for raw in raws:
@@ -434,7 +437,11 @@ def test_large_uploads_get_the_answers_of_their_full_size_fit(int8, tiny_leaves)
         for data, exact in [(_png(large), True), (_encode(large, "JPEG", quality=92), False)]:
             prepared = fit_square(decode_image(data), 32, "pad", (0, 0, 0))
             served, expected = handler([{"body": data}, {"body": _png(prepared)}])
-            probabilities = [{p["index"]: p["probability"] for p in a["predictions"]} for a in (served, expected)]
+            # as the raw network gives them: the tiny model's temperature sharpens small differences a lot
+            probabilities = [
+                {p["index"]: p["probability"] for p in calibrated_away(a, temperature)["predictions"]}
+                for a in (served, expected)
+            ]
             if exact:
                 assert served["predictions"] == expected["predictions"], raw
             else:
@@ -503,3 +510,54 @@ def test_a_phone_jpeg_counts_at_the_scale_it_decodes_at():
     assert decoded_pixels(buffer.getvalue(), None) == 4032 * 3024
     assert decoded_pixels(_png(Image.new("RGB", (300, 200))), (128, "pad")) == 300 * 200
     assert decoded_pixels(b"not an image", (128, "pad")) is None
+
+
+def _non_leaves() -> list[bytes]:
+    """Generated pictures that are plainly not leaves: noise, a scene, glyphs."""
+    images = generate_ood(1, seed=3, families=("noise", "scenes", "glyphs"))
+    return [_png(item.image) for item in images]
+
+
+@pytest.mark.slow
+def test_answers_say_unknown_and_calibrated_confidence(exported, tiny_leaves, tmp_path):
+    """Every answer carries `confidence` (its top-1 probability: the logits carry the temperature) and
+    `unknown` (its score against calibration.json's threshold); generated non-leaves are unknown, and the
+    leaves the model was fitted on are not."""
+    handler = archived(exported, tmp_path / "flag")
+    threshold = json.loads((tmp_path / "flag" / "calibration.json").read_text())["thresholds"]["model.int8.onnx"]
+    train_leaf = sorted((tiny_leaves / "train").rglob("*.png"))[0].read_bytes()
+    answers = handler([{"body": train_leaf}, *({"body": body} for body in _non_leaves())])
+    for position, answer in enumerate(answers):
+        assert status_of(handler.context, position) == 200
+        assert answer["confidence"] == answer["predictions"][0]["probability"]
+        assert answer["unknown"] == (answer["ood_score"] > threshold)
+    assert [answer["unknown"] for answer in answers] == [False, True, True, True]
+
+
+@pytest.mark.slow
+def test_unknown_policy_refuse_answers_422_with_a_reason_and_counts_them(exported, tiny_leaves, tmp_path, caplog):
+    handler = archived(exported, tmp_path / "refuse", unknown_policy="refuse")
+    train_leaf = sorted((tiny_leaves / "train").rglob("*.png"))[0].read_bytes()
+    with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
+        answers = handler([{"body": train_leaf}, {"body": _non_leaves()[0]}])
+    assert isinstance(answers[0], dict) and answers[0]["unknown"] is False
+    refusal = json.loads(answers[1])
+    assert refusal["code"] == 422 == status_of(handler.context, 1)
+    assert refusal["unknown"] is True and 0 < refusal["confidence"] <= 1
+    assert refusal["error"].startswith("unknown: the image does not look like what the model was trained on")
+    counted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]leafnet_unknown_total")]
+    assert len(counted) == 1 and float(counted[0].split(":", 1)[1].split("|")[0]) == 1
+
+
+def test_an_archive_without_calibration_answers_unknown_null(exported, tiny_leaves, tmp_path):
+    """Archives exported before calibration keep working: their answers say unknown: null."""
+    archived(exported, tmp_path / "old")
+    (tmp_path / "old" / "calibration.json").unlink()
+    old = ArchivedHandler(tmp_path / "old", "leafnet")
+    answer = old([{"body": sorted((tiny_leaves / "test").rglob("*.png"))[0].read_bytes()}])[0]
+    assert answer["unknown"] is None and "ood_score" not in answer
+
+
+def test_a_bad_unknown_policy_fails_the_worker_in_one_line(exported, tmp_path):
+    with pytest.raises(ValueError, match="unknown_policy 'drop': choose from flag, refuse"):
+        archived(exported, tmp_path / "bad", unknown_policy="drop")

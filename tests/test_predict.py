@@ -10,11 +10,13 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -32,14 +34,23 @@ COMMAND = "../leafnet/__main__.py"  # run_script runs scripts/<name>: this is `p
 TOLERANCE = 1e-6 + 1e-12
 
 
-def assert_same_answers(offline: list[dict], served: list[dict]) -> None:
-    """Labels identical, in order; probabilities within 1e-6; the same model version."""
+def calibrated_away(answer: dict, temperature: float) -> dict:
+    """A calibrated answer's probabilities as the raw network gives them (every class in the top-k): the
+    logits carried the temperature, so p_raw is proportional to p ** temperature."""
+    raw = np.array([p["probability"] for p in answer["predictions"]], dtype=np.float64) ** temperature
+    raw /= raw.sum()
+    predictions = [{**p, "probability": round(float(q), 6)} for p, q in zip(answer["predictions"], raw, strict=True)]
+    return {**answer, "predictions": predictions}
+
+
+def assert_same_answers(offline: list[dict], served: list[dict], tolerance: float = TOLERANCE) -> None:
+    """Labels identical, in order; probabilities within `tolerance` (default 1e-6); the same model version."""
     assert len(offline) == len(served)
     for mine, theirs in zip(offline, served, strict=True):
         assert [p["label"] for p in mine["predictions"]] == [p["label"] for p in theirs["predictions"]]
         assert [p["index"] for p in mine["predictions"]] == [p["index"] for p in theirs["predictions"]]
         for a, b in zip(mine["predictions"], theirs["predictions"], strict=True):
-            assert abs(a["probability"] - b["probability"]) <= TOLERANCE, (a, b)
+            assert abs(a["probability"] - b["probability"]) <= tolerance, (a, b)
         assert mine["model_version"] == theirs["model_version"]
 
 
@@ -79,8 +90,14 @@ def test_export_archive_and_checkpoint_answer_as_the_archived_handler(
         expected = handler_answers[variant]
         assert_same_answers(Predictor.load(archive).predict(images), expected)
         assert_same_answers(Predictor.load(export_dir, variant).predict(images), expected)
-    # the checkpoint's eager network answers as its traced TorchScript does, with the version export gives it
-    assert_same_answers(Predictor.load(config.checkpoint).predict(images), handler_answers["torchscript"])
+    # the checkpoint's eager network ranks as its traced TorchScript does, with the version export gives it, but
+    # uncalibrated: a checkpoint has no temperature nor threshold (export fits them), so unknown is null
+    raw = Predictor.load(config.checkpoint).predict(images)
+    temperature = json.loads((export_dir / "calibration.json").read_text())["temperature"]
+    # (within 5e-4: the served probabilities were rounded to 6 decimals before the temperature came off, which
+    # multiplies the rounding by the temperature)
+    assert_same_answers(raw, [calibrated_away(a, temperature) for a in handler_answers["torchscript"]], 5e-4)
+    assert all(answer["unknown"] is None for answer in raw)
 
 
 def test_every_input_form_gets_the_answer_of_its_file(archives, images, tmp_path):
@@ -200,7 +217,9 @@ def test_bad_files_are_listed_with_reasons_and_counted_and_the_run_goes_on(archi
         str(mixed / n) for n in ("cut.png", "empty.jpg", "huge.png", "text.png")
     ]
     assert "empty file" in refused[1] and "exceeds max_pixels" in refused[2] and "not an image" in refused[3]
-    assert "predict: 6 images, 2 answered, 4 refused (the reasons: stderr)" in done.stdout
+    assert re.search(
+        r"predict: 6 images, 2 answered \(\d unknown, \d+\.\d%\), 4 refused \(the reasons: stderr\)", done.stdout
+    )
     records = [json.loads(line) for line in (mixed.parent / "p.jsonl").read_text().splitlines()]
     assert [r.get("kind") for r in records] == ["corrupt", "empty", None, None, "too_large", "not_image"]
 
@@ -242,20 +261,25 @@ def test_csv_jsonl_and_table_outputs(archives, images, run_script, tmp_path):
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
-        "path", "label_1", "probability_1", "label_2", "probability_2", "model_version", "truth", "error"
+        "path", "label_1", "probability_1", "label_2", "probability_2", "confidence", "unknown", "ood_score",
+        "model_version", "truth", "error",
     ]  # fmt: skip
     answers = Predictor.load(mar).predict(images[:3])
     assert [r["path"] for r in rows] == [str(p) for p in images[:3]]
     assert [r["label_1"] for r in rows] == [a["predictions"][0]["label"] for a in answers]
     assert [r["truth"] for r in rows] == [p.parent.name for p in images[:3]]
     assert float(rows[0]["probability_2"]) == answers[0]["predictions"][1]["probability"]
+    assert [r["unknown"] for r in rows] == [str(a["unknown"]).lower() for a in answers]
+    assert [float(r["confidence"]) for r in rows] == [a["confidence"] for a in answers]
     done = predict(run_script, mar, *images[:3], "--output", tmp_path / "p.jsonl")
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert [{k: r[k] for k in ("predictions", "model_version")} for r in records] == answers
+    assert [r["unknown"] for r in records] == [a["unknown"] for a in answers]
+    assert [{k: r[k] for k in answers[0]} for r in records] == answers
     assert [r["truth"] for r in records] == [p.parent.name for p in images[:3]]
     done = predict(run_script, mar, *images[:3], "-q")
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["path", "label", "probability"]
+    assert lines[0].split() == ["path", "label", "probability", "unknown"]
+    assert [line.split()[3] for line in lines[1:4]] == [{False: "no", True: "yes"}[a["unknown"]] for a in answers]
     assert [line.split()[:2] for line in lines[1:4]] == [
         [str(p), a["predictions"][0]["label"]] for p, a in zip(images[:3], answers, strict=True)
     ]

@@ -25,8 +25,10 @@ import pytest
 import yaml
 
 from leafnet.bench.serving import ServingBenchConfig, render_markdown, run_serving_benchmark
+from leafnet.data.ood import generate_ood
 from leafnet.errors import LeafnetError
 from leafnet.export.archive import build_archive
+from leafnet.predict import Predictor, encoded
 from leafnet.profiles import TORCHSERVE
 from leafnet.serving.supervisor import profile_files_anchored
 from tests.conftest import REPO, SERVER_READY_TIMEOUT_S, free_port, offline_top1, png_claiming, unpack
@@ -202,6 +204,33 @@ def test_every_served_model_predicts_like_the_offline_model(server, exported, ti
     expected = offline_top1(config.checkpoint, images)
     for model in MODELS:
         assert served_top1(server["inference"], model, images, report["version"]) == expected, model
+
+
+def test_unknown_is_true_for_generated_non_leaves_and_false_for_test_leaves(server, exported, tiny_leaves):
+    """Through a real TorchServe, each archive's answers: test leaves known (as many as export measured for its
+    variant), generated pictures that are not leaves (noise, scenes, glyphs, geometric figures, textures)
+    unknown, each answer as `leafnet predict` gives it offline, with the calibrated confidence beside it. (This
+    4-class model learnt from 24 images of 32 px; the demo model's figures are in docs/calibration.md.)"""
+    report, config = exported
+    leaves = sorted((tiny_leaves / "test").rglob("*.png"))
+    non_leaves = generate_ood(2, seed=11, families=("geometric", "glyphs", "textures", "noise", "scenes"))
+    for model, archive in MODELS.items():
+        measured = report["variants"][report["archives"][archive]["variant"]]["ood"]
+        answers = []
+        for body in [p.read_bytes() for p in leaves] + [encoded(item.image) for item in non_leaves]:
+            status, text = request(f"{server['inference']}/predictions/{model}", data=body)
+            assert status == 200, text
+            answers.append(json.loads(text))
+        assert all(a["confidence"] == a["predictions"][0]["probability"] for a in answers)
+        known = [not a["unknown"] for a in answers[: len(leaves)]]
+        assert sum(known) == round(measured["test_accepted"] * len(leaves)) >= len(leaves) - 1, model
+        flagged = {item.family: [] for item in non_leaves}
+        for item, answer in zip(non_leaves, answers[len(leaves) :], strict=True):
+            flagged[item.family].append(answer["unknown"])
+        assert flagged["noise"] == flagged["scenes"] == flagged["textures"] == [True, True], (model, flagged)
+        assert sum(map(sum, flagged.values())) >= 0.8 * len(non_leaves), (model, flagged)
+        offline = Predictor.load(Path(config.model_store) / archive).predict([*leaves, *(i.image for i in non_leaves)])
+        assert [a["unknown"] for a in offline] == [a["unknown"] for a in answers], model
 
 
 def curl(*args: str) -> dict:

@@ -181,6 +181,7 @@ def test_predict_outputs_name_the_mode_and_the_audit_gives_both(mar, images, run
     with open(tmp_path / "flip.csv", newline="") as f:
         flip_rows = list(csv.DictReader(f))
     assert "tta" not in plain_rows[0] and list(plain_rows[0])[-3:] == ["model_version", "truth", "error"]
+    assert list(plain_rows[0])[-6:-3] == ["confidence", "unknown", "ood_score"]
     assert list(flip_rows[0])[-4:] == ["model_version", "tta", "truth", "error"]
     assert {row["tta"] for row in flip_rows} == {"flip"}
     expected = Predictor.load(mar, tta="flip").predict(images)
@@ -197,7 +198,7 @@ def test_predict_outputs_name_the_mode_and_the_audit_gives_both(mar, images, run
     assert flip_audit["tta"]["top1"] == round(top1, 4)
     assert f"; tta=flip: top-1 {100 * top1:.2f}%" in done.stdout
     table = predict(run_script, mar, *images[:2], "tta=flip", "-q").stdout.splitlines()
-    assert table[0].split() == ["path", "label", "probability", "tta"] and table[1].split()[-1] == "flip"
+    assert table[0].split() == ["path", "label", "probability", "unknown", "tta"] and table[1].split()[-1] == "flip"
 
 
 def test_an_unknown_mode_is_a_one_line_error(mar, images, tiny_checkpoint, run_script, caplog):

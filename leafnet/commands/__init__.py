@@ -25,6 +25,8 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("evaluate",): "evaluate",
     ("export",): "export",
     ("predict",): "predict",
+    ("calibration",): "calibration",
+    ("ood",): "ood",
     ("serve",): "serve",  # start, stop, status: one module, one set of options (leafnet/commands/serve.py)
     ("drift",): "drift",
     ("baseline",): "baseline",

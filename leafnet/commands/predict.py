@@ -142,12 +142,18 @@ def main(argv: list[str]) -> None:
     where = f" -> {output}" if output else ""
     augmented = "" if config.tta == "none" else f" (tta={config.tta})"
     logger.info(
-        "predict: %d images, %d answered%s, %d refused%s, in %.1f s: %.0f images/s%s",
-        len(outcomes), len(outcomes) - len(refused), augmented, len(refused), why, seconds, len(outcomes) / seconds,
-        where,
+        "predict: %d images, %d answered%s%s, %d refused%s, in %.1f s: %.0f images/s%s",
+        len(outcomes), len(outcomes) - len(refused), augmented, _unknown_count(outcomes), len(refused), why, seconds,
+        len(outcomes) / seconds, where,
     )  # fmt: skip
     if truth is not None:
         _report_audit(predictor, outcomes, truth, output, args.truth or "the folders' names")
+
+
+def _unknown_count(outcomes: list[Outcome]) -> str:
+    """ ", K unknown (x%)" over the answered images, or nothing for a model without calibration."""
+    flags = [o.answer["unknown"] for o in outcomes if o.answer is not None and o.answer.get("unknown") is not None]
+    return f" ({sum(flags)} unknown, {sum(flags) / len(flags):.1%})" if flags else ""
 
 
 def _list_refused(refused: list[Outcome]) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 class GateConfig:
     fp32_max_abs_logit: float = 1e-3  # largest |logit - eager logit| an fp32 variant may show
     max_top1_drop: float = 1.0  # test top-1 points a quantized variant may lose against eager
+    max_ece_increase: float = 0.02  # calibrated test ECE a quantized variant may add to eager's
 
 
 @dataclass
@@ -25,6 +26,20 @@ class Int8Config:
     reduce_range: bool = False  # 7-bit weights: the usual cure for saturation, too coarse for small models
     calibration_images: int = 256  # from the train split, eval-transformed like served images
     calibration_method: str = "MinMax"  # onnxruntime's CalibrationMethod: MinMax | Entropy | Percentile | Distribution
+
+
+@dataclass
+class CalibrationConfig:
+    fit_temperature: bool = True  # fit a temperature on the val split (NLL) into the logits; false: T = 1
+    # the out-of-distribution score in every variant: msp | energy | mahalanobis (penultimate features,
+    # nearest class mean, shared covariance); docs/calibration.md compares them
+    ood_score: str = "mahalanobis"
+    accept: float = 0.95  # share of in-distribution images the unknown threshold accepts
+    # probability that new in-distribution images are accepted at least `accept` of the time (a tolerance
+    # bound from the val split's order statistics); 0: the val split's plain quantile, short half of the time
+    accept_confidence: float = 0.9
+    ood_per_family: int = 60  # generated out-of-distribution images per family (leafnet/data/ood.py), for the report
+    ood_seed: int = 0  # the generated set is a pure function of this seed (and the test split's leaves)
 
 
 @dataclass
@@ -49,3 +64,4 @@ class ExportConfig:
     threads: int = 0  # intra-op threads for torch and onnxruntime; 0 = all cores
     gates: GateConfig = field(default_factory=GateConfig)
     int8: Int8Config = field(default_factory=Int8Config)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

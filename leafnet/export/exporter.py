@@ -22,32 +22,38 @@ import onnxruntime
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from leafnet.calibration import plot_reliability, softmax
 from leafnet.checkpoint import load_checkpoint, versions
 from leafnet.data.dataset import ManifestDataset
+from leafnet.data.ood import leaves_of
 from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
-from leafnet.export import packaged
+from leafnet.export import calibrate, packaged, summary
 from leafnet.export.archive import build_archive
+from leafnet.export.calibrate import run_split, score_comparison, variant_report
 from leafnet.export.config import ExportConfig
 from leafnet.export.naming import VARIANT_BY_NAME, VARIANTS, archive_names
 from leafnet.export.onnx_export import export_onnx
-from leafnet.export.parity import TopK, compare_logits, gate_failures
+from leafnet.export.parity import TopK, compare_logits, ece_gate_failures, gate_failures
 from leafnet.export.quantize import (
     check_int8_config,
     preprocess_for_quantization,
     quantize_onnx_dynamic,
     quantize_onnx_static,
 )
-from leafnet.export.runtime import load_predictor, torch_predictor
+from leafnet.export.runtime import load_outputs, torch_outputs
+from leafnet.export.scored import OUTPUT_NAMES, ScoredClassifier
 from leafnet.export.torchscript import export_dynamic_quantized_torchscript, export_torchscript
 from leafnet.extras import require
 from leafnet.fsutil import atomic_directory, is_replaceable, sha256_file, write_json
 from leafnet.models import model_from_checkpoint
 from leafnet.monitoring.reference import REFERENCE_FILE, build_reference, top1_probability
+from leafnet.serving.calibration import CALIBRATION_FILE, calibration_document
 
 logger = logging.getLogger(__name__)
 
 MARKER = "export.json"
+RELIABILITY_FILE = "reliability.png"
 
 
 def _spread(dataset: ManifestDataset, count: int) -> Subset:
@@ -89,6 +95,7 @@ def _validate(config: ExportConfig) -> None:
     if config.opset < 18:
         raise LeafnetError(f"opset {config.opset} is too old: the dynamo exporter needs opset >= 18")
     check_int8_config(config.int8)
+    calibrate.check_config(config.calibration)
 
 
 @dataclass
@@ -158,38 +165,62 @@ class _Timer:
 
 
 def _write_variants(model, example: torch.Tensor, stage: Path, scratch: Path, calibration, config, timer) -> None:
+    """Every variant of `model` (the ScoredClassifier: two outputs) into `stage`."""
     prepared = scratch / "model.prepared.onnx"
     timer("torchscript", lambda: export_torchscript(model, example, stage / "model.ts.pt"))
     timer("torchscript-dynq", lambda: export_dynamic_quantized_torchscript(model, example, stage / "model.dynq.ts.pt"))
-    timer("onnx", lambda: export_onnx(model, example, stage / "model.onnx", config.opset))
+    timer("onnx", lambda: export_onnx(model, example, stage / "model.onnx", config.opset, OUTPUT_NAMES))
     timer("onnx-prepare", lambda: preprocess_for_quantization(stage / "model.onnx", prepared))
     timer("onnx-dynq", lambda: quantize_onnx_dynamic(prepared, stage / "model.dynq.onnx"))
     batches = (images for images, _ in _batches(calibration, 16, config.workers))
     timer("onnx-int8", lambda: quantize_onnx_static(prepared, stage / "model.int8.onnx", batches, config.int8))
 
 
-def _measure(eager, stage: Path, parity_images: np.ndarray, test, config: ExportConfig, timer):
-    """Logit agreement on the parity images and test top-1/top-5, for eager and every variant; and the
-    eager model's top-1 probability on each test image, the drift reference's confidence."""
+def _measure(model, eager, stage: Path, parity_images: np.ndarray, splits, fitted, ood, config: ExportConfig, timer):
+    """Logit agreement on the parity images with eager, then every variant (and eager) over the val split
+    (thresholds), the test split (accuracy, calibration, acceptance) and the generated out-of-distribution set.
+    Returns (agreements, {name: accuracy}, {name: calibration and OOD report}, score comparison, eager's
+    calibrated top-1 probability on each test image: the drift reference's confidence)."""
     try:
-        predictors = {v.name: load_predictor(stage / v.file, config.threads) for v in VARIANTS}
+        predictors = {v.name: load_outputs(stage / v.file, config.threads) for v in VARIANTS}
     except Exception as error:
         raise LeafnetError(f"cannot load an exported variant back: {_first_line(error)}") from None
-    reference = eager(parity_images)
-    agreements = {name: compare_logits(reference, predict(parity_images)) for name, predict in predictors.items()}
-    meters = {name: TopK() for name in ["eager", *predictors]}
-    confidence = []
-
-    def run_test_split() -> None:
-        for images, targets in _batches(test, config.batch_size, config.workers):
-            logits = eager(images)
-            meters["eager"].update(logits, targets)
-            confidence.append(top1_probability(logits))
-            for name, predict in predictors.items():
-                meters[name].update(predict(images), targets)
-
-    timer("test accuracy", run_test_split, f"  ({len(test)} images, every variant)")
-    return agreements, {name: meter.result() for name, meter in meters.items()}, np.concatenate(confidence)
+    reference = eager(parity_images)[0]
+    agreements = {name: compare_logits(reference, predict(parity_images)[0]) for name, predict in predictors.items()}
+    batches = {split: partial(_batches, splits[split], config.batch_size, config.workers) for split in ("val", "test")}
+    runs = {}
+    for split, source, note in (
+        ("val", batches["val"], f"({len(splits['val'])} images: thresholds)"),
+        ("test", batches["test"], f"({len(splits['test'])} images: accuracy, calibration)"),
+        ("ood", ood, "(generated out-of-distribution images)"),
+    ):
+        runs[split] = timer(
+            f"{split} outputs", lambda source=source: run_split(predictors, fitted, model, source), f"  {note}"
+        )
+    (val, val_f, val_z, _), (test, test_f, test_z, test_targets), (out, ood_f, ood_z, ood_families) = (
+        runs["val"],
+        runs["test"],
+        runs["ood"],
+    )
+    accuracy, reports = {}, {}
+    for name in ["eager", *predictors]:
+        meter = TopK()
+        meter.update(test[name].logits, test_targets)
+        accuracy[name] = meter.result()
+        reports[name] = variant_report(
+            name, val[name], test[name], test_targets, out[name], ood_families, fitted.temperature, config.calibration
+        )
+    comparison = score_comparison(
+        fitted, (val_f, val_z), (test_f, test_z), (ood_f, ood_z), ood_families, config.calibration
+    )
+    curves = {
+        "before (T = 1)": (softmax(test["eager"].logits * fitted.temperature), test_targets),
+        f"after (T = {fitted.temperature:.2f})": (softmax(test["eager"].logits), test_targets),
+        "onnx-int8, after": (softmax(test["onnx-int8"].logits), test_targets),
+    }
+    plot_reliability(curves, stage / RELIABILITY_FILE, "test split, 15 bins")
+    confidence = top1_probability(test["eager"].logits)
+    return agreements, accuracy, reports, comparison, confidence
 
 
 def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.info) -> dict:
@@ -203,7 +234,6 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
         model = model_from_checkpoint(inputs.checkpoint).float()
     except Exception as error:  # an architecture this timm lacks, or weights that do not fit it
         raise LeafnetError(f"cannot rebuild the model of {config.checkpoint}: {_first_line(error)}") from None
-    eager = torch_predictor(model)
     parity_images, _ = next(_batches(_spread(inputs.splits["val"], config.parity_images), config.parity_images, 0))
     example = torch.from_numpy(np.resize(parity_images, (config.trace_batch, *parity_images.shape[1:])))
     checkpoint_sha = sha256_file(config.checkpoint)
@@ -218,18 +248,42 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
     for name in archive_names(config.archive_name, config.served):
         if (model_store / name).exists() and not (model_store / name).is_file():
             raise LeafnetError(f"{model_store / name} exists and is not a file; move it away")
+    split_batches = {
+        split: partial(_batches, inputs.splits[split], config.batch_size, config.workers) for split in inputs.splits
+    }
+    fitted = timer(
+        "calibration",
+        lambda: calibrate.fit(
+            model, split_batches["train"], split_batches["val"], len(inputs.classes), config.calibration
+        ),
+        "  (temperature on val, feature statistics on train)",
+    )
+    calibrate.warn_small_val(fitted.val_images, config.calibration)
+    scored = ScoredClassifier(model, fitted.head).eval()
+    ood = timer(
+        "ood set",
+        lambda: calibrate.ood_batches(
+            inputs.spec.to_dict(),
+            leaves_of(inputs.data_root),
+            config.calibration,
+            config.batch_size,
+        ),
+        f"  ({config.calibration.ood_per_family} per family, seed {config.calibration.ood_seed})",
+    )
     with tempfile.TemporaryDirectory(prefix=".export-", dir=model_store) as archive_stage:
         with atomic_directory(inputs.output) as stage, tempfile.TemporaryDirectory(prefix="leafnet-export-") as tmp:
             scratch = Path(tmp)
             calibration = _spread(inputs.splits["train"], config.int8.calibration_images)
-            _write_variants(model, example, stage, scratch, calibration, config, timer)
-            agreements, accuracy, confidence = _measure(
-                eager, stage, parity_images, inputs.splits["test"], config, timer
+            _write_variants(scored, example, stage, scratch, calibration, config, timer)
+            agreements, accuracy, reports, comparison, confidence = _measure(
+                model, torch_outputs(scored), stage, parity_images, inputs.splits, fitted, ood, config, timer
             )
             report = _report(
                 config, inputs, stage, checkpoint_sha, version, len(parity_images), agreements, accuracy, timer.seconds
             )
+            _add_calibration(report, fitted, reports, comparison, config)
             _log_table(report, log)
+            summary.log_calibration(report, log)
             failures = [
                 failure
                 for v in VARIANTS
@@ -241,14 +295,23 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
                     accuracy["eager"]["top1"],
                     config.gates,
                 )
+                + ece_gate_failures(
+                    v.name,
+                    v.quantized,
+                    reports[v.name]["calibration"]["after"]["ece"],
+                    reports["eager"]["calibration"]["after"]["ece"],
+                    config.gates,
+                )
             ]
             if failures:
                 raise LeafnetError("parity gate failed, nothing written: " + "; ".join(failures))
+            write_json(stage / CALIBRATION_FILE, _calibration_document(fitted, reports, config))
             extras = _write_extras(scratch, inputs)
+            unknown_rate = round(1 - reports["eager"]["test_accepted"], 4)
             report["drift_reference"] = timer(
-                "drift reference", lambda: _write_reference(stage, inputs, confidence, version, config)
+                "drift reference", lambda: _write_reference(stage, inputs, confidence, version, config, unknown_rate)
             )
-            extras.append(stage / REFERENCE_FILE)
+            extras += [stage / REFERENCE_FILE, stage / CALIBRATION_FILE]
             report["archives"] = _pack_archives(config, inputs, stage, extras, version, Path(archive_stage), timer)
             report["seconds"] = round(time.perf_counter() - started, 1)
             write_json(stage / MARKER, report)
@@ -258,7 +321,7 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
     archives = (
         f"; {', '.join(report['archives'])} in {model_store}" if report["archives"] else " (no archives: served=[])"
     )
-    log(f"export: done in {report['seconds']:.0f}s -> {inputs.output}; {archives}")
+    log(f"export: done in {report['seconds']:.0f}s -> {inputs.output}{archives}")
     return report
 
 
@@ -323,12 +386,18 @@ def _write_extras(scratch: Path, inputs: _Inputs) -> list[Path]:
     return [extras / "index_to_name.json", extras / "preprocess.json", package_root]
 
 
-def _write_reference(stage: Path, inputs: _Inputs, confidence: np.ndarray, version: str, config) -> dict:
+def _write_reference(stage: Path, inputs: _Inputs, confidence: np.ndarray, version: str, config, unknown_rate) -> dict:
     """drift_reference.json: what scripts/drift_report.py compares served requests with (docs/serving.md).
     Returns its summary for export.json."""
     background = tuple(inputs.spec.background)  # the handler's, from preprocess.json
     reference = build_reference(
-        inputs.data_root, inputs.classes, background, confidence, version, config.drift_reference_images
+        inputs.data_root,
+        inputs.classes,
+        background,
+        confidence,
+        version,
+        config.drift_reference_images,
+        unknown_rate=unknown_rate,
     )
     write_json(stage / REFERENCE_FILE, reference)
     return {
@@ -349,3 +418,34 @@ def _log_table(report: dict, log: Callable[[str], None]) -> None:
             f"  {name:<17} {v['bytes'] / 1e6:6.1f} {v['max_abs_logit_diff']:11.2e} {v['top1_agreement']:6.1%} "
             f"{v['test_top1']:7.2%} {v['test_top5']:7.2%}"
         )
+
+
+def _add_calibration(report: dict, fitted, reports: dict, comparison: dict, config: ExportConfig) -> None:
+    """export.json's calibration and OOD sections: eager's at the top, each variant's beside its accuracy."""
+    report["calibration"] = {
+        **calibrate.config_summary(fitted, config.calibration),
+        "eager": reports["eager"]["calibration"],
+        "reliability": RELIABILITY_FILE,
+    }
+    report["ood"] = {
+        "score": config.calibration.ood_score,
+        "eager": {key: value for key, value in reports["eager"].items() if key != "calibration"},
+        "scores": comparison,
+        "targets": summary.targets(reports["eager"]),
+    }
+    for name, variant in report["variants"].items():
+        variant["calibration"] = reports[name]["calibration"]
+        variant["ood"] = {key: value for key, value in reports[name].items() if key != "calibration"}
+
+
+def _calibration_document(fitted, reports: dict, config: ExportConfig) -> dict:
+    """calibration.json (leafnet/serving/calibration.py reads it): a threshold per model file."""
+    thresholds = {v.file: reports[v.name]["threshold"] for v in VARIANTS}
+    return calibration_document(
+        fitted.temperature,
+        config.calibration.ood_score,
+        thresholds,
+        config.calibration.accept,
+        accept_confidence=config.calibration.accept_confidence,
+        thresholds_fitted_on=f"val split, {fitted.val_images} images",
+    )

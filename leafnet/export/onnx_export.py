@@ -16,9 +16,12 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18) -> None:
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18, output_names: tuple[str, ...] = (OUTPUT_NAME,)
+) -> None:
     """Writes `path` with a symbolic batch dimension; weights are embedded (external_data=False:
-    the exporter's default writes a separate .onnx.data file that archives and copies lose)."""
+    the exporter's default writes a separate .onnx.data file that archives and copies lose). `output_names`
+    name the model's outputs in order (a scored model has two: leafnet/export/scored.py)."""
     if opset < 18:
         raise LeafnetError(f"opset {opset} is too old: the dynamo exporter needs opset >= 18")
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -32,7 +35,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
                 dynamo=True,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(output_names),
                 dynamic_shapes=({0: batch},),
                 external_data=False,
                 verbose=False,

@@ -55,3 +55,12 @@ def gate_failures(name: str, quantized: bool, agreement: Agreement, top1: float,
         disagree = round((1 - agreement.top1_agreement) * agreement.images)
         failures.append(f"{name} top-1 differs from eager on {disagree} of {agreement.images} val images")
     return failures
+
+
+def ece_gate_failures(name: str, quantized: bool, ece: float, eager_ece: float, gates: GateConfig) -> list[str]:
+    """A quantized variant may be calibrated at most `max_ece_increase` worse than eager (test ECE after
+    temperature scaling); fp32 variants are held to eager's logits already."""
+    increase = round(ece - eager_ece, 6)
+    if quantized and increase > gates.max_ece_increase:
+        return [f"{name} test ECE {ece:.4f} is {increase:.4f} above eager's (limit {gates.max_ece_increase})"]
+    return []

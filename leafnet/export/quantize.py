@@ -6,6 +6,9 @@ which folds BatchNorm into convolutions so one quantized Conv replaces a Conv+BN
   Compact, but onnxruntime's ConvInteger kernels are slow: docs/export.md shows how slow.
 - static: QDQ format, per-channel weights, activation ranges calibrated on training images; the
   variant to serve on CPU.
+Both leave the out-of-distribution score's nodes in fp32 (`score_nodes`): ranges calibrated on training
+images end near the largest in-distribution score, so a quantized score would saturate just where images
+stop looking like the training data, the one place it has to tell them apart.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from onnxruntime.quantization import (
 
 from leafnet.errors import LeafnetError
 from leafnet.export.config import Int8Config
-from leafnet.export.onnx_export import INPUT_NAME, check_onnx
+from leafnet.export.onnx_export import INPUT_NAME, OUTPUT_NAME, check_onnx
 
 
 @contextmanager
@@ -73,10 +76,26 @@ def preprocess_for_quantization(fp32: Path, out: Path) -> None:
         quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
 
 
+def score_nodes(path: Path, logits: str = OUTPUT_NAME) -> list[str]:
+    """The nodes of the graph at `path` that the logits do not need: those computing only the other outputs
+    (leafnet/export/scored.py's ood_score). Generic over architectures: whatever the exporter names them."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    needed, pending = set(), [logits]
+    while pending:
+        node = producer.get(pending.pop())
+        if node is not None and node.name not in needed:
+            needed.add(node.name)
+            pending.extend(node.input)
+    return [node.name for node in graph.node if node.name not in needed]
+
+
 def quantize_onnx_dynamic(prepared: Path, out: Path) -> None:
     # QUInt8 weights: onnxruntime's CPU ConvInteger has no kernel for int8 weights.
     with _quiet_onnxruntime_tools():
-        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QUInt8)
+        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QUInt8, nodes_to_exclude=score_nodes(prepared))
     check_onnx(out)
 
 
@@ -102,5 +121,6 @@ def quantize_onnx_static(prepared: Path, out: Path, calibration: Iterable[np.nda
             weight_type=_quant_type(config.weight_type),
             calibrate_method=method,
             reduce_range=config.reduce_range,
+            nodes_to_exclude=score_nodes(prepared),
         )
     check_onnx(out)

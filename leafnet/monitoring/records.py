@@ -31,6 +31,7 @@ class Record:
     features: dict[str, float]
     top1: int
     p: float  # top-1 probability
+    unknown: bool | None = None  # judged out-of-distribution; None: a model without calibration, or an old line
 
 
 @dataclass
@@ -77,6 +78,9 @@ def parse_record(record: object) -> Record:
     p = _number(record, "p")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"'p' = {p} is not a probability")
+    unknown = record.get("unknown")
+    if unknown is not None and not isinstance(unknown, bool):
+        raise ValueError("'unknown' is neither true, false nor null")
     stats_version = record.get("stats_version")
     if isinstance(stats_version, bool) or not isinstance(stats_version, int):
         raise ValueError("'stats_version' is not an integer")
@@ -88,6 +92,7 @@ def parse_record(record: object) -> Record:
         features={str(name): _number(features, name) for name in features},
         top1=top1,
         p=p,
+        unknown=unknown,
     )
 
 

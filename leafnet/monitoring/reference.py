@@ -54,8 +54,10 @@ def build_reference(
     version: str,
     max_images: int,
     seed: int = 0,
+    unknown_rate: float | None = None,
 ) -> dict:
-    """The reference of a model trained on `data_root`; `confidence`: its top-1 probabilities on the test split."""
+    """The reference of a model trained on `data_root`; `confidence`: its top-1 probabilities on the test split;
+    `unknown_rate`: the share of test images it answered `unknown` (None: a model without calibration)."""
     data = PreparedData(data_root)
     rows = data.rows("train")
     count = min(max_images, len(rows))
@@ -86,6 +88,7 @@ def build_reference(
         "features": features,
         "confidence": [round(float(p), 6) for p in confidence],
         "confidence_split": "test",
+        "unknown_rate": unknown_rate,
         "classes": list(classes),
         "class_counts": [counts.get(name, 0) for name in classes],
     }

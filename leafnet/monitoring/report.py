@@ -133,6 +133,7 @@ def drift_report(config: DriftConfig, log: Callable[[str], None] = logger.info) 
         "thresholds": {"alpha": config.alpha, "correction": "holm", "min_effect": config.min_effect},
         "tests": {name: _rounded(test) for name, test in result["tests"].items()},
         "skipped": result["skipped"],
+        "unknown": unknown_rate(window, reference),
         "logs": {
             "files": [str(f) for f in files],
             "lines": parsed.lines,
@@ -153,6 +154,22 @@ def drift_report(config: DriftConfig, log: Callable[[str], None] = logger.info) 
     return report
 
 
+def unknown_rate(window: list[Record], reference: dict) -> dict:
+    """How many answers in the window were `unknown`, against the rate export measured on the test split
+    (`unknown_rate` in the reference); with a one-sided binomial p-value when both are known. Reported beside
+    the drift tests, not among them: a rising rate means out-of-distribution traffic, which is news even
+    where the image statistics hold still."""
+    known = [r.unknown for r in window if r.unknown is not None]
+    expected = reference.get("unknown_rate")
+    summary: dict = {"answers": len(known), "unknown": int(sum(known)), "expected_rate": expected}
+    summary["rate"] = round(summary["unknown"] / len(known), 5) if known else None
+    if known and expected is not None:
+        from scipy.stats import binomtest
+
+        summary["p_value_above_expected"] = float(binomtest(summary["unknown"], len(known), expected, "greater").pvalue)
+    return summary
+
+
 def _log_table(report: dict, log: Callable[[str], None]) -> None:
     window, reference = report["window"], report["reference"]
     log(
@@ -165,3 +182,11 @@ def _log_table(report: dict, log: Callable[[str], None]) -> None:
         log(f"  {name:<16} {effect:>8} {test['p_adjusted']:10.1e}{'  DRIFT' if test['drifted'] else ''}")
     for name, why in report["skipped"].items():
         log(f"  {name:<16} not tested: {why}")
+    unknown = report["unknown"]
+    if unknown["answers"]:
+        expected = (
+            f" (export measured {unknown['expected_rate']:.1%} on test leaves)"
+            if unknown["expected_rate"] is not None
+            else ""
+        )
+        log(f"  unknown answers: {unknown['unknown']} of {unknown['answers']}, {unknown['rate']:.1%}{expected}")

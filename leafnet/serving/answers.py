@@ -1,4 +1,4 @@
-"""Confidences and answers: the one softmax of leafnet's served and offline answers."""
+"""Confidences and answers: the one softmax of leafnet's served and offline answers, and their `unknown`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def top_k(logits: np.ndarray, labels: list[str], k: int, version: str) -> dict:
-    """The answer to one image: the k most probable classes, most probable first (ties by index)."""
+def top_k(
+    logits: np.ndarray, labels: list[str], k: int, version: str, score: float | None = None, calibration=None
+) -> dict:
+    """The answer to one image: the k most probable classes, most probable first (ties by index); `confidence`,
+    the top-1 probability (calibrated when the model was: its logits carry the temperature); and `unknown`,
+    whether the model's out-of-distribution `score` is above the calibration's threshold (None when the
+    model has no calibration: an archive or checkpoint from before it)."""
     probabilities = softmax(logits)
     order = np.argsort(-probabilities, kind="stable")[:k]
     predictions = [
         {"label": labels[i], "index": int(i), "probability": round(float(probabilities[i]), 6)} for i in order
     ]
-    return {"predictions": predictions, "model_version": version}
+    answer = {"predictions": predictions, "model_version": version, "confidence": predictions[0]["probability"]}
+    if calibration is None or score is None:
+        return {**answer, "unknown": None}
+    return {**answer, "unknown": calibration.is_unknown(float(score)), "ood_score": round(float(score), 4)}

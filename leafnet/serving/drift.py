@@ -48,5 +48,6 @@ def drift_line(model: str, version: str, stats: dict, answer: dict) -> str:
         "features": {name: round(value, 5) for name, value in stats["features"].items()},
         "top1": top["index"],
         "p": top["probability"],
+        "unknown": answer.get("unknown"),
     }
     return f"{DRIFT_LOG_PREFIX} {json.dumps(record, separators=(',', ':'))}"

@@ -7,8 +7,10 @@ image costs its own request a 4xx with a JSON reason; the others in the batch ar
 
 It reads from the archive: the model (TorchScript or ONNX), `preprocess.json` (the checkpoint's
 PreprocessSpec, so a raw upload is decoded, fitted and normalised exactly like a test image),
-`index_to_name.json`, and the `handler:` section of model-config.yaml (`topk`, `max_image_pixels`,
-`prepare_timeout_s`, `large_image_pixels`, `threads`, `drift_log`, `drift_max_per_s`). Large images take
+`index_to_name.json`, `calibration.json` (the threshold above which the model's out-of-distribution score
+makes an answer `unknown`), and the `handler:` section of model-config.yaml (`topk`, `max_image_pixels`,
+`prepare_timeout_s`, `large_image_pixels`, `threads`, `drift_log`, `drift_max_per_s`, `unknown_policy`:
+flag answers unknown images with `unknown: true`, refuse answers them 422). Large images take
 turns (admission.py): under load one may be answered 429 while small ones go ahead. Subclasses BaseHandler, not
 VisionHandler/ImageClassifier: those import captum, and without it the worker dies with a misleading "No
 module named 'ts.torch_handler.handler'".
@@ -28,6 +30,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from .admission import DEFAULT_LARGE_IMAGE_PIXELS, RETRY_AFTER_S, LargeImageGate, decoded_pixels
 from .answers import DEFAULT_TOPK, top_k
+from .calibration import CALIBRATION_FILE, Calibration, check_policy
 from .drift import DriftSampler, drift_line
 from .image_io import RejectedImage
 from .image_stats import image_stats
@@ -50,6 +53,7 @@ class Batch:
     inputs: list[np.ndarray] = field(default_factory=list)
     drift_stats: dict[int, dict] = field(default_factory=dict)  # position -> statistics, when sampled
     logits: np.ndarray | None = None
+    scores: np.ndarray | None = None  # out-of-distribution scores; None for a model exported without them
 
 
 class LeafnetServingHandler(BaseHandler):
@@ -64,6 +68,8 @@ class LeafnetServingHandler(BaseHandler):
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         options = yaml_config.get("handler", {}) or {}
         self.topk = min(int(options.get("topk", DEFAULT_TOPK)), len(self.labels))
+        self.calibration = Calibration.read(model_dir / CALIBRATION_FILE, model_file.name)
+        self.unknown_policy = check_policy(str(options.get("unknown_policy", "flag")))
         timeout_s = float(options.get("prepare_timeout_s", DEFAULT_PREPARE_TIMEOUT_S) or 0) or None  # 0: none
         # max_image_pixels unset: derived from the spec's sizes (preprocess.default_max_pixels)
         self.preprocessor = Preprocessor(self.spec, int(options.get("max_image_pixels") or 0) or None, timeout_s)
@@ -138,20 +144,34 @@ class LeafnetServingHandler(BaseHandler):
     def inference(self, batch: Batch, *args, **kwargs) -> Batch:
         if batch.inputs:
             started = time.perf_counter()
-            batch.logits = self.runtime.logits(np.stack(batch.inputs))
+            batch.logits, batch.scores = self.runtime.outputs(np.stack(batch.inputs))
             self._record("leafnet_inference_seconds", time.perf_counter() - started)
             self._record("leafnet_batch_size", len(batch.inputs))
         return batch
 
     def postprocess(self, batch: Batch) -> list:
         if batch.logits is not None:
-            for position, row in zip(batch.positions, batch.logits, strict=True):
-                answer = top_k(row, self.labels, self.topk, self.version)
-                batch.results[position] = answer
-                self._record("leafnet_top1_probability", answer["predictions"][0]["probability"])
+            scores = batch.scores if batch.scores is not None else [None] * len(batch.positions)
+            for position, row, score in zip(batch.positions, batch.logits, scores, strict=True):
+                answer = top_k(row, self.labels, self.topk, self.version, score, self.calibration)
+                batch.results[position] = self._answer_or_refusal(position, answer)
+                self._record("leafnet_top1_probability", answer["confidence"])
                 if position in batch.drift_stats:
                     logger.info("%s", drift_line(self.model_name, self.version, batch.drift_stats[position], answer))
         return batch.results
+
+    def _answer_or_refusal(self, position: int, answer: dict):
+        """The answer; for an unknown image under unknown_policy=refuse, a 422 that says why."""
+        if not answer["unknown"]:
+            return answer
+        self._record("leafnet_unknown_total", 1)
+        if self.unknown_policy == "flag":
+            return answer
+        reason = (
+            f"unknown: the image does not look like what the model was trained on (out-of-distribution score "
+            f"{answer['ood_score']:.4g} above {self.calibration.threshold:.4g})"
+        )
+        return self._refuse(position, "unknown", reason, unknown=True, confidence=answer["confidence"])
 
     def _is_explain(self) -> bool:
         """An `explain` header (or /explanations) gets an ordinary answer: leafnet has no explanations, and
@@ -184,13 +204,13 @@ class LeafnetServingHandler(BaseHandler):
     def _record(self, name: str, value: float, *extra_dimension: str) -> None:
         self.metrics.record(name, value, *extra_dimension)
 
-    def _refuse(self, position: int, kind: str, reason: str) -> str:
+    def _refuse(self, position: int, kind: str, reason: str, **details) -> str:
         status = status_of(kind)
         self.context.set_response_status(code=status, phrase=reason, idx=position)
         # The proxy's request id joins this line to its access log line (and to the client's answer).
         logger.info("leafnet: refused request %s: %d %s: %s", self._request_id(position), status, kind, reason)
         self._record("leafnet_rejected_total", 1, kind)
-        return json.dumps({"error": reason, "code": status})
+        return json.dumps({"error": reason, "code": status, **details})
 
 
 def _cuda_available() -> bool:

@@ -12,6 +12,7 @@ METRICS = {
     "leafnet_batch_size": (MetricTypes.HISTOGRAM, "Count", None),  # images per forward
     "leafnet_top1_probability": (MetricTypes.HISTOGRAM, "Probability", None),  # per answered request
     "leafnet_rejected_total": (MetricTypes.COUNTER, "Count", "Reason"),  # refused requests by kind
+    "leafnet_unknown_total": (MetricTypes.COUNTER, "Count", None),  # answers judged out-of-distribution
 }
 
 

@@ -14,7 +14,7 @@ FORM_BODY = (
 # any other refusal kind is a 400. too_slow: an image that outlasts prepare_timeout_s is too costly, like an
 # over-cap one (413), not a server fault: sending it again would fail again.
 # busy: a large image that must take its turn (admission.py), 429 with Retry-After.
-STATUS = {"too_large": 413, "too_slow": 413, "form_body": 415, "busy": 429, "internal": 500}
+STATUS = {"too_large": 413, "too_slow": 413, "form_body": 415, "unknown": 422, "busy": 429, "internal": 500}
 
 
 def status_of(kind: str) -> int:

@@ -75,10 +75,22 @@ class Runtime:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """float32 NCHW batch -> float32 logits [batch, classes]."""
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """float32 NCHW batch -> (logits [batch, classes], out-of-distribution scores [batch] or None for a
+        model exported before export added them: leafnet/export/scored.py)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self.session is not None:
-            return self.session.run(None, {self.input_name: batch})[0]
+            return split_outputs(self.session.run(None, {self.input_name: batch}))
         import torch
 
         with torch.inference_mode():
-            return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+            result = self.model(torch.from_numpy(batch).to(self.device))
+            return split_outputs([result] if isinstance(result, torch.Tensor) else list(result))
+
+
+def split_outputs(outputs: list) -> tuple[np.ndarray, np.ndarray | None]:
+    """A model's outputs (numpy arrays or tensors) as (logits, scores or None)."""
+    arrays = [np.asarray(o.float().cpu().numpy() if hasattr(o, "cpu") else o, dtype=np.float32) for o in outputs]
+    return arrays[0], (arrays[1] if len(arrays) > 1 else None)
