@@ -212,11 +212,14 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, bounds: tuple[float
     )
     temperature = min(max(math.exp(result.x), low), high)
     correct = int((logits.argmax(axis=1) == targets).sum())
-    cap = confidence_cap(correct, len(targets))
-    perfect = correct == len(targets)
-    if perfect and _mean_confidence(logits, temperature) > cap and _mean_confidence(logits, high) < cap:
+    if correct == len(targets):  # no finite minimum: the search's answer is arbitrary; the cap decides
+        cap = confidence_cap(correct, len(targets))
+        if _mean_confidence(logits, high) >= cap:
+            return round(high, 4)  # even the softest temperature allowed is more confident than the cap
+        if _mean_confidence(logits, low) <= cap:
+            return round(low, 4)
         excess = lambda log_t: _mean_confidence(logits, math.exp(log_t)) - cap  # noqa: E731
-        temperature = math.exp(brentq(excess, math.log(temperature), math.log(high), xtol=1e-9))
+        temperature = math.exp(brentq(excess, math.log(low), math.log(high), xtol=1e-9))
     return round(temperature, 4)
 
 

@@ -77,16 +77,16 @@ def _csv(outcomes: list[Outcome], top_k: int, truth: list[str | None]) -> str:
     tta = ["tta"] if tta_mode(outcomes) else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    calibrated = ["confidence", "unknown", "ood_score"]
-    writer.writerow(["path", *ranks, *calibrated, "model_version", *tta, *(["truth"] if known else []), "error"])
+    calibrated = ["confidence", "unknown", "ood_score"]  # after error: the older columns keep their positions
+    writer.writerow(["path", *ranks, "model_version", *tta, *(["truth"] if known else []), "error", *calibrated])
     for outcome, label in zip(outcomes, truth, strict=True):
         answer = outcome.answer or {}
         predictions = answer.get("predictions", [])[:top_k]
         cells = [value for p in predictions for value in (p["label"], p["probability"])]
         cells += [""] * (2 * top_k - len(cells))
-        cells += [_cell(answer.get(key)) for key in calibrated]
         cells += [answer.get("model_version", ""), *(answer.get(key, "") for key in tta)]
-        writer.writerow([outcome.name, *cells, *([label or ""] if known else []), outcome.error or ""])
+        cells += [*([label or ""] if known else []), outcome.error or ""]
+        writer.writerow([outcome.name, *cells, *(_cell(answer.get(key)) for key in calibrated)])
     return buffer.getvalue()
 
 

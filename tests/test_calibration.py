@@ -271,3 +271,12 @@ def test_ood_report_fields():
     assert report["fpr95"] == round(40 / 101, 4) and near["fpr95"] == round(45 / 101, 4)
     for value in (report["in_accepted"], report["auroc"], report["fpr95"], *near.values()):
         assert value == round(value, 4)
+
+
+def test_a_perfect_split_with_huge_margins_still_meets_the_cap_or_takes_the_softest_temperature():
+    logits = np.array([[200.0, 0.0], [0.0, 200.0]] * 5)
+    targets = np.array([0, 1] * 5)
+    temperature = fit_temperature(logits, targets)
+    confidence = softmax(logits / temperature).max(axis=1).mean()
+    assert confidence == pytest.approx(confidence_cap(10, 10), abs=1e-4) or temperature == 20.0
+    assert temperature == 20.0  # 200 logits apart: even T = 20 answers with certainty; the softest allowed

@@ -24,7 +24,7 @@ from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
 from leafnet.export.config import GateConfig
 from leafnet.export.onnx_export import export_onnx
-from leafnet.export.parity import TopK, compare_logits, ece_gate_failures, gate_failures
+from leafnet.export.parity import TopK, calibration_gate_failures, compare_logits, gate_failures
 from leafnet.export.torchscript import export_torchscript
 from leafnet.models import model_from_checkpoint
 from tests.conftest import REPO, unpack
@@ -304,12 +304,18 @@ def test_export_calibrates_and_stores_a_threshold_per_variant(exported):
     assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_ece_gate_holds_quantized_variants_to_eager():
-    gates = GateConfig(max_ece_increase=0.02)
-    assert ece_gate_failures("onnx-int8", True, 0.05, 0.03, gates) == []  # exactly the limit
-    assert ece_gate_failures("onnx", False, 0.5, 0.03, gates) == []  # fp32 variants: held to eager's logits
-    assert ece_gate_failures("onnx-int8", True, 0.06, 0.03, gates) == [
-        "onnx-int8 test ECE 0.0600 is 0.0300 above eager's (limit 0.02)"
+def test_the_calibration_gates_hold_quantized_variants_to_eager():
+    gates = GateConfig(max_ece_increase=0.02, max_auroc_drop=0.05)
+
+    def report(ece: float, auroc: float) -> dict:
+        return {"calibration": {"after": {"ece": ece}}, "auroc": auroc}
+
+    eager = report(0.03, 0.99)
+    assert calibration_gate_failures("onnx-int8", True, report(0.05, 0.94), eager, gates) == []  # the limits
+    assert calibration_gate_failures("onnx", False, report(0.5, 0.5), eager, gates) == []  # fp32: logits gate
+    assert calibration_gate_failures("onnx-int8", True, report(0.06, 0.90), eager, gates) == [
+        "onnx-int8 test ECE 0.0600 is 0.0300 above eager's (limit 0.02)",
+        "onnx-int8 unknown-detection AUROC 0.9000 is 0.0900 below eager's (limit 0.05)",
     ]
 
 

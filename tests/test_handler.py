@@ -561,3 +561,15 @@ def test_an_archive_without_calibration_answers_unknown_null(exported, tiny_leav
 def test_a_bad_unknown_policy_fails_the_worker_in_one_line(exported, tmp_path):
     with pytest.raises(ValueError, match="unknown_policy 'drop': choose from flag, refuse"):
         archived(exported, tmp_path / "bad", unknown_policy="drop")
+
+
+def test_a_non_finite_score_is_unknown_with_a_null_score_never_invalid_json():
+    from leafnet.serving.answers import top_k
+    from leafnet.serving.calibration import Calibration
+
+    calibration = Calibration(temperature=1.0, score="mahalanobis", threshold=10.0, accept=0.95)
+    for score in (float("nan"), float("inf")):
+        answer = top_k(np.array([1.0, 0.0]), ["a", "b"], 2, "v", score, calibration)
+        assert answer["unknown"] is True and answer["ood_score"] is None
+        json.loads(json.dumps(answer, allow_nan=False))
+    assert top_k(np.array([1.0, 0.0]), ["a", "b"], 2, "v", 9.5, calibration)["unknown"] is False

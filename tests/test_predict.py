@@ -261,8 +261,8 @@ def test_csv_jsonl_and_table_outputs(archives, images, run_script, tmp_path):
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
-        "path", "label_1", "probability_1", "label_2", "probability_2", "confidence", "unknown", "ood_score",
-        "model_version", "truth", "error",
+        "path", "label_1", "probability_1", "label_2", "probability_2", "model_version", "truth", "error",
+        "confidence", "unknown", "ood_score",
     ]  # fmt: skip
     answers = Predictor.load(mar).predict(images[:3])
     assert [r["path"] for r in rows] == [str(p) for p in images[:3]]

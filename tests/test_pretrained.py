@@ -294,9 +294,10 @@ def test_a_fine_tune_from_a_weights_file_serves_with_the_backbones_normalisation
     answers = handler([{"body": p.read_bytes()} for p in images])
     model = model_from_checkpoint(checkpoint)
     transform = eval_transform(PreprocessSpec.from_dict(checkpoint["preprocess"]))
+    temperature = report["calibration"]["temperature"]  # the archived logits carry it
     with torch.no_grad():
         batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])
-        probabilities = model(batch).softmax(1)
+        probabilities = (model(batch) / temperature).softmax(1)
     for answer, expected in zip(answers, probabilities, strict=True):
         top = answer["predictions"][0]
         assert top["index"] == expected.argmax().item()

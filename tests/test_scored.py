@@ -98,3 +98,46 @@ def test_bad_settings_fail_in_one_line():
         fit_feature_stats(np.zeros((4, 3)), np.array([0, 0, 1, 1]), 3)
     with pytest.raises(LeafnetError, match="no timm forward_features/forward_head: export needs its features"):
         ScoredClassifier(torch.nn.Linear(3, 3), OodHead("msp", 1.0))
+
+
+def _graph_with_unnamed_nodes(path):
+    """x -> Relu (unnamed) -> features; features -> Gemm -> logits; features -> MatMul -> ReduceSum -> ood_score."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    whitening = numpy_helper.from_array(np.eye(4, dtype=np.float32), "whitening")
+    nodes = [
+        helper.make_node("Relu", ["input"], ["features"]),  # no name, as some exporters write them
+        helper.make_node("Gemm", ["features", "w"], ["logits"], name="classifier"),
+        helper.make_node("MatMul", ["features", "whitening"], ["whitened"]),
+        helper.make_node("ReduceSum", ["whitened"], ["ood_score"], keepdims=0, name="distance"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("ood_score", TensorProto.FLOAT, [2])],
+        initializer=[weights, whitening],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def test_the_score_and_what_it_shares_with_the_logits_stay_out_of_quantization(tmp_path):
+    """score_nodes walks by node, not name: an unnamed node on the logits' path stops nothing; and the
+    preprocessing names unnamed nodes, since the quantizers leave nodes out by name."""
+    import onnx
+
+    from leafnet.export.quantize import preprocess_for_quantization, score_nodes
+
+    _graph_with_unnamed_nodes(tmp_path / "m.onnx")
+    preprocess_for_quantization(tmp_path / "m.onnx", tmp_path / "prepared.onnx")
+    nodes = {n.op_type: n.name for n in onnx.load(str(tmp_path / "prepared.onnx")).graph.node}
+    assert all(nodes.values())
+    # the score's own nodes, and the Relu and Gemm that produce or read the features the score reads
+    assert set(score_nodes(tmp_path / "prepared.onnx")) == set(nodes.values())
+
+
+def test_a_distilled_model_with_two_heads_is_refused_in_one_line():
+    model = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=3, img_size=32)
+    with pytest.raises(LeafnetError, match="more than one classifier head"):
+        ScoredClassifier(model, OodHead("msp", 1.0))

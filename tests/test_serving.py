@@ -147,11 +147,18 @@ def torchserve(base: Path, properties: str, urls: dict[str, str], models: list[s
 
 def rebatched_archive(config, base: Path, name: str, batch: int, delay_ms: int) -> str:
     """The int8 archive again as `name`, with one worker, batchSize `batch` and maxBatchDelay `delay_ms`."""
+    return rebuilt_archive(config, base, name, {"batchSize": batch, "maxBatchDelay": delay_ms})
+
+
+def rebuilt_archive(config, base: Path, name: str, settings: dict, handler: dict | None = None) -> str:
+    """The int8 archive again as `name`, with one worker, model-config.yaml's `settings` and `handler` options."""
     model_dir, manifest = unpack(Path(config.model_store) / "leafnet-onnx-int8.mar", base / "unpacked")
     model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    model_config.update(batchSize=batch, maxBatchDelay=delay_ms, minWorkers=1, maxWorkers=1)
+    model_config.update(minWorkers=1, maxWorkers=1, **settings)
+    model_config["handler"] = {**model_config["handler"], **(handler or {})}
     (base / "model-config.yaml").write_text(yaml.safe_dump(model_config))
-    extras = [model_dir / name for name in ("index_to_name.json", "preprocess.json")]
+    kept = ("index_to_name.json", "preprocess.json", "calibration.json", "drift_reference.json")
+    extras = [model_dir / kept_name for kept_name in kept]
     (base / "package").mkdir()
     shutil.copytree(model_dir / "leafnet_serving", base / "package" / "leafnet_serving")
     extras.append(base / "package")  # a folder: the archiver copies its entries into the archive's root
@@ -172,10 +179,18 @@ def batch_archive(exported, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(exported, batch_archive, tmp_path_factory):
+def refusing_archive(exported, tmp_path_factory) -> str:
+    """The int8 archive again with unknown_policy: refuse."""
+    _, config = exported
+    base = tmp_path_factory.mktemp("refusing_archive")
+    return rebuilt_archive(config, base, "leafnet-refuse", {}, {"unknown_policy": "refuse"})
+
+
+@pytest.fixture(scope="module")
+def server(exported, batch_archive, refusing_archive, tmp_path_factory):
     _, config = exported
     base = tmp_path_factory.mktemp("torchserve")
-    models = {**MODELS, "leafnet-batch": batch_archive}
+    models = {**MODELS, "leafnet-batch": batch_archive, "leafnet-refuse": refusing_archive}
     properties, urls, _ = loopback_properties("config.properties", config.model_store, models)
     with torchserve(base, properties, urls, list(models)):
         yield urls
@@ -231,6 +246,17 @@ def test_unknown_is_true_for_generated_non_leaves_and_false_for_test_leaves(serv
         assert sum(map(sum, flagged.values())) >= 0.8 * len(non_leaves), (model, flagged)
         offline = Predictor.load(Path(config.model_store) / archive).predict([*leaves, *(i.image for i in non_leaves)])
         assert [a["unknown"] for a in offline] == [a["unknown"] for a in answers], model
+
+
+def test_unknown_policy_refuse_answers_422_with_a_json_reason(server, tiny_leaves):
+    url = f"{server['inference']}/predictions/leafnet-refuse"
+    status, text = request(url, data=sorted((tiny_leaves / "train").rglob("*.png"))[0].read_bytes())
+    assert status == 200 and json.loads(text)["unknown"] is False, text
+    scene = generate_ood(1, seed=5, families=("scenes",))[0].image
+    status, text = request(url, data=encoded(scene))
+    refusal = json.loads(text)
+    assert status == 422 == refusal["code"] and refusal["unknown"] is True, text
+    assert refusal["error"].startswith("unknown: the image does not look like what the model was trained on")
 
 
 def curl(*args: str) -> dict:

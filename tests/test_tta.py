@@ -180,9 +180,9 @@ def test_predict_outputs_name_the_mode_and_the_audit_gives_both(mar, images, run
         plain_rows = list(csv.DictReader(f))
     with open(tmp_path / "flip.csv", newline="") as f:
         flip_rows = list(csv.DictReader(f))
-    assert "tta" not in plain_rows[0] and list(plain_rows[0])[-3:] == ["model_version", "truth", "error"]
-    assert list(plain_rows[0])[-6:-3] == ["confidence", "unknown", "ood_score"]
-    assert list(flip_rows[0])[-4:] == ["model_version", "tta", "truth", "error"]
+    assert "tta" not in plain_rows[0] and list(plain_rows[0])[-6:-3] == ["model_version", "truth", "error"]
+    assert list(plain_rows[0])[-3:] == ["confidence", "unknown", "ood_score"]
+    assert list(flip_rows[0])[-7:-3] == ["model_version", "tta", "truth", "error"]
     assert {row["tta"] for row in flip_rows} == {"flip"}
     expected = Predictor.load(mar, tta="flip").predict(images)
     assert [row["label_1"] for row in flip_rows] == [a["predictions"][0]["label"] for a in expected]

@@ -34,7 +34,7 @@ from leafnet.export.calibrate import run_split, score_comparison, variant_report
 from leafnet.export.config import ExportConfig
 from leafnet.export.naming import VARIANT_BY_NAME, VARIANTS, archive_names
 from leafnet.export.onnx_export import export_onnx
-from leafnet.export.parity import TopK, compare_logits, ece_gate_failures, gate_failures
+from leafnet.export.parity import TopK, calibration_gate_failures, compare_logits, gate_failures
 from leafnet.export.quantize import (
     check_int8_config,
     preprocess_for_quantization,
@@ -295,13 +295,7 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
                     accuracy["eager"]["top1"],
                     config.gates,
                 )
-                + ece_gate_failures(
-                    v.name,
-                    v.quantized,
-                    reports[v.name]["calibration"]["after"]["ece"],
-                    reports["eager"]["calibration"]["after"]["ece"],
-                    config.gates,
-                )
+                + calibration_gate_failures(v.name, v.quantized, reports[v.name], reports["eager"], config.gates)
             ]
             if failures:
                 raise LeafnetError("parity gate failed, nothing written: " + "; ".join(failures))

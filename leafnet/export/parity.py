@@ -57,10 +57,22 @@ def gate_failures(name: str, quantized: bool, agreement: Agreement, top1: float,
     return failures
 
 
-def ece_gate_failures(name: str, quantized: bool, ece: float, eager_ece: float, gates: GateConfig) -> list[str]:
+def calibration_gate_failures(name: str, quantized: bool, variant: dict, eager: dict, gates: GateConfig) -> list[str]:
     """A quantized variant may be calibrated at most `max_ece_increase` worse than eager (test ECE after
-    temperature scaling); fp32 variants are held to eager's logits already."""
+    temperature scaling) and tell generated out-of-distribution images from test images at most
+    `max_auroc_drop` worse (its activations clip on them); fp32 variants are held to eager's logits already.
+    `variant` and `eager`: their calibration reports (leafnet/export/calibrate.py variant_report)."""
+    if not quantized:
+        return []
+    failures = []
+    ece, eager_ece = variant["calibration"]["after"]["ece"], eager["calibration"]["after"]["ece"]
     increase = round(ece - eager_ece, 6)
-    if quantized and increase > gates.max_ece_increase:
-        return [f"{name} test ECE {ece:.4f} is {increase:.4f} above eager's (limit {gates.max_ece_increase})"]
-    return []
+    if increase > gates.max_ece_increase:
+        failures.append(f"{name} test ECE {ece:.4f} is {increase:.4f} above eager's (limit {gates.max_ece_increase})")
+    drop = round(eager["auroc"] - variant["auroc"], 6)
+    if drop > gates.max_auroc_drop:
+        failures.append(
+            f"{name} unknown-detection AUROC {variant['auroc']:.4f} is {drop:.4f} below eager's "
+            f"(limit {gates.max_auroc_drop})"
+        )
+    return failures

@@ -6,9 +6,12 @@ which folds BatchNorm into convolutions so one quantized Conv replaces a Conv+BN
   Compact, but onnxruntime's ConvInteger kernels are slow: docs/export.md shows how slow.
 - static: QDQ format, per-channel weights, activation ranges calibrated on training images; the
   variant to serve on CPU.
-Both leave the out-of-distribution score's nodes in fp32 (`score_nodes`): ranges calibrated on training
-images end near the largest in-distribution score, so a quantized score would saturate just where images
-stop looking like the training data, the one place it has to tell them apart.
+Both leave the out-of-distribution score, the pooled features it reads and the classifier in fp32
+(`score_nodes`): ranges calibrated on training images end near the largest in-distribution value, so a
+quantized score would saturate just where images stop looking like the training data, the one place it has
+to tell them apart. The backbone's activations stay int8 and clip on such images, so the int8 score of a
+far-out image is lower than the fp32 one: its own threshold and export's per-variant measurement (and the
+gates.max_auroc_drop gate) account for that.
 """
 
 from __future__ import annotations
@@ -72,24 +75,42 @@ def _calibration_method(name: str) -> CalibrationMethod:
 
 
 def preprocess_for_quantization(fp32: Path, out: Path) -> None:
+    """quant_pre_process, then a name for every unnamed node: the quantizers leave nodes out by name."""
+    import onnx
+
     with _quiet_onnxruntime_tools():
         quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
+    model = onnx.load(str(out))
+    unnamed = [node for node in model.graph.node if not node.name]
+    if unnamed:
+        taken = {node.name for node in model.graph.node}
+        for index, node in enumerate(unnamed):
+            node.name = next(
+                f"leafnet_{index}_{k}" for k in range(len(taken) + 1) if f"leafnet_{index}_{k}" not in taken
+            )
+        onnx.save(model, str(out))
 
 
 def score_nodes(path: Path, logits: str = OUTPUT_NAME) -> list[str]:
-    """The nodes of the graph at `path` that the logits do not need: those computing only the other outputs
-    (leafnet/export/scored.py's ood_score). Generic over architectures: whatever the exporter names them."""
+    """The nodes to keep in fp32 in the graph at `path`: those the logits do not need (they compute only the
+    ood_score of leafnet/export/scored.py), and the nodes producing or reading the tensors the score shares
+    with the logits (the pooled features and the classifier), so the score reads the features unrounded.
+    Found by walking the graph from the logits, whatever the exporter named the nodes."""
     import onnx
 
-    graph = onnx.load(str(path)).graph
-    producer = {output: node for node in graph.node for output in node.output}
+    nodes = list(onnx.load(str(path)).graph.node)
+    producer = {output: index for index, node in enumerate(nodes) for output in node.output}
     needed, pending = set(), [logits]
     while pending:
-        node = producer.get(pending.pop())
-        if node is not None and node.name not in needed:
-            needed.add(node.name)
-            pending.extend(node.input)
-    return [node.name for node in graph.node if node.name not in needed]
+        index = producer.get(pending.pop())
+        if index is not None and index not in needed:
+            needed.add(index)
+            pending.extend(nodes[index].input)
+    score = {index for index in range(len(nodes)) if index not in needed}
+    score_inputs = {tensor for index in score for tensor in nodes[index].input}
+    shared = {tensor for index in needed for tensor in nodes[index].input if tensor in score_inputs}
+    beside = {index for index in needed if shared & (set(nodes[index].input) | set(nodes[index].output))}
+    return [nodes[index].name for index in sorted(score | beside)]
 
 
 def quantize_onnx_dynamic(prepared: Path, out: Path) -> None:

@@ -42,27 +42,44 @@ class FeatureStats:
     shrinkage: float  # Ledoit-Wolf's weight on the scaled identity, for the record
 
 
-def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ledoit & Wolf's (2004) shrunk covariance of already-centred rows, and the shrinkage weight it chose."""
-    n, dim = centred.shape
-    sample = centred.T @ centred / n
+CHUNK_ROWS = 4096  # rows centred and multiplied at a time: memory stays dim^2, not images x dim, in float64
+
+
+def ledoit_wolf(centred: np.ndarray | Iterable[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Ledoit & Wolf's (2004) shrunk covariance of already-centred rows (one array, or chunks of rows), and
+    the shrinkage weight it chose. Only dim x dim sums are kept, so the rows may come a chunk at a time."""
+    chunks = [centred] if isinstance(centred, np.ndarray) else centred
+    n, products, square_products = 0, None, None
+    for chunk in chunks:
+        chunk = np.asarray(chunk, dtype=np.float64)
+        squares = chunk**2
+        if products is None:
+            products, square_products = chunk.T @ chunk, squares.T @ squares
+        else:
+            products += chunk.T @ chunk
+            square_products += squares.T @ squares
+        n += len(chunk)
+    dim = products.shape[0]
+    sample = products / n
     mu = np.trace(sample) / dim
-    target_gap = sample - mu * np.eye(dim)
-    delta = (target_gap**2).sum() / dim
-    squares = centred**2
-    beta = ((squares.T @ squares).sum() / n - (sample**2).sum()) / (dim * n)
+    delta = ((sample - mu * np.eye(dim)) ** 2).sum() / dim
+    beta = (square_products.sum() / n - (sample**2).sum()) / (dim * n)
     shrinkage = float(min(max(beta / delta, 0.0), 1.0)) if delta > 0 else 1.0
     return (1 - shrinkage) * sample + shrinkage * mu * np.eye(dim), shrinkage
 
 
 def fit_feature_stats(features: np.ndarray, targets: np.ndarray, classes: int) -> FeatureStats:
-    """Class means and one shared covariance of penultimate features (float64), as the score's constants."""
-    features = np.asarray(features, dtype=np.float64)
-    missing = sorted(set(range(classes)) - set(np.unique(targets).tolist()))
-    if missing:
-        raise LeafnetError(f"the Mahalanobis score needs train images of every class; class {missing[0]} has none")
-    means = np.stack([features[targets == c].mean(axis=0) for c in range(classes)])
-    covariance, shrinkage = ledoit_wolf(features - means[targets])
+    """Class means and one shared covariance of penultimate features, as the score's constants (float64 sums
+    over float32 rows, a chunk at a time)."""
+    features = np.asarray(features, dtype=np.float32)
+    targets = np.asarray(targets)
+    counts = np.bincount(targets, minlength=classes)
+    if (counts[:classes] == 0).any():
+        missing = int(np.flatnonzero(counts[:classes] == 0)[0])
+        raise LeafnetError(f"the Mahalanobis score needs train images of every class; class {missing} has none")
+    means = np.stack([features[targets == c].astype(np.float64).mean(axis=0) for c in range(classes)])
+    rows = range(0, len(features), CHUNK_ROWS)
+    covariance, shrinkage = ledoit_wolf(features[i : i + CHUNK_ROWS] - means[targets[i : i + CHUNK_ROWS]] for i in rows)
     values, vectors = np.linalg.eigh(covariance)
     values = np.maximum(values, values.max() * 1e-9)  # shrinkage keeps them positive; guard rounding
     whitening = vectors @ np.diag(values**-0.5) @ vectors.T
@@ -73,9 +90,11 @@ def split_model(model: nn.Module) -> None:
     """Refuses a model whose logits are not its classifier applied to `forward_head(pre_logits=True)`: the
     feature score and the logits must come from the same features (timm's models all split this way)."""
     needed = ("forward_features", "forward_head", "get_classifier")
-    if not all(hasattr(model, name) for name in needed):
-        name = type(model).__name__
+    name = type(model).__name__
+    if not all(hasattr(model, attribute) for attribute in needed):
         raise LeafnetError(f"{name} has no timm forward_features/forward_head: export needs its features and logits")
+    if not isinstance(model.get_classifier(), nn.Module):  # distilled models: two heads, averaged at eval
+        raise LeafnetError(f"{name} has more than one classifier head (a distilled model?): export scores one")
 
 
 class OodHead(nn.Module):

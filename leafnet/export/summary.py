@@ -27,8 +27,8 @@ def log_calibration(report: dict, log: Callable[[str], None]) -> None:
     )
     eager = ood["eager"]
     log(
-        f"  unknown ({ood['score']} score): test leaves accepted {eager['test_accepted']:.1%} (top-1 on them "
-        f"{eager['test_top1_accepted']:.2%}, all {eager['test_top1']:.2%}); generated non-leaves flagged "
+        f"  unknown ({ood['score']} score): test images accepted {eager['test_accepted']:.1%} (top-1 on them "
+        f"{_percent(eager['test_top1_accepted'])}, all {eager['test_top1']:.2%}); generated images flagged "
         f"{eager['ood_flagged']:.1%}; AUROC {eager['auroc']:.4f}, FPR95 {eager['fpr95']:.4f}"
     )
     log("  " + ", ".join(f"{name} {family['flagged']:.0%}" for name, family in eager["families"].items()))
@@ -43,3 +43,8 @@ def log_calibration(report: dict, log: Callable[[str], None]) -> None:
         )
     missed = [name for name, held in ood["targets"].items() if not held]
     log("  targets: " + ("all met" if not missed else "NOT met: " + ", ".join(missed)))
+
+
+def _percent(value: float | None) -> str:
+    """A share as 98.48%, or n/a where there was nothing to take it over (no test image accepted)."""
+    return "n/a" if value is None else f"{value:.2%}"

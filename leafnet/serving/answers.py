@@ -28,4 +28,6 @@ def top_k(
     answer = {"predictions": predictions, "model_version": version, "confidence": predictions[0]["probability"]}
     if calibration is None or score is None:
         return {**answer, "unknown": None}
-    return {**answer, "unknown": calibration.is_unknown(float(score)), "ood_score": round(float(score), 4)}
+    finite = bool(np.isfinite(score))  # NaN or inf would be invalid JSON: null, and unknown (is_unknown)
+    ood_score = round(float(score), 4) if finite else None
+    return {**answer, "unknown": calibration.is_unknown(float(score)), "ood_score": ood_score}

@@ -28,7 +28,7 @@ class Calibration:
     accept: float  # the fraction of in-distribution images the threshold was chosen to accept
 
     def is_unknown(self, score: float) -> bool:
-        return bool(score > self.threshold) or score != score  # NaN: nothing trustworthy came out
+        return not score <= self.threshold  # NaN too: nothing trustworthy came out
 
     @classmethod
     def read(cls, path: Path, model_file: str) -> Calibration | None:

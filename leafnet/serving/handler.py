@@ -70,6 +70,11 @@ class LeafnetServingHandler(BaseHandler):
         self.topk = min(int(options.get("topk", DEFAULT_TOPK)), len(self.labels))
         self.calibration = Calibration.read(model_dir / CALIBRATION_FILE, model_file.name)
         self.unknown_policy = check_policy(str(options.get("unknown_policy", "flag")))
+        if self.calibration is None:  # an archive exported before calibration, or a renamed model file
+            logger.warning(
+                "leafnet: no threshold for %s in %s: answers say unknown: null and unknown_policy=%s refuses nothing",
+                model_file.name, CALIBRATION_FILE, self.unknown_policy,
+            )  # fmt: skip
         timeout_s = float(options.get("prepare_timeout_s", DEFAULT_PREPARE_TIMEOUT_S) or 0) or None  # 0: none
         # max_image_pixels unset: derived from the spec's sizes (preprocess.default_max_pixels)
         self.preprocessor = Preprocessor(self.spec, int(options.get("max_image_pixels") or 0) or None, timeout_s)
@@ -87,9 +92,15 @@ class LeafnetServingHandler(BaseHandler):
         self.model_name = context.model_name
         self.metrics = HandlerMetrics(context.metrics, self.model_name)  # BaseHandler.handle needs the cache too
         self.initialized = True
+        unknown = (
+            f"{self.calibration.score} score over {self.calibration.threshold:.6g}: unknown ({self.unknown_policy})"
+            if self.calibration
+            else "no unknown detection"
+        )
         logger.info(
-            "leafnet: loaded %s on %s (%d classes, %d threads, images up to %d pixels, %s s each)",
+            "leafnet: loaded %s on %s (%d classes, %d threads, images up to %d pixels, %s s each; %s)",
             model_file.name, self.runtime.device, len(self.labels), threads, self.preprocessor.max_pixels, timeout_s,
+            unknown,
         )  # fmt: skip
 
     def preprocess(self, data: list[dict]) -> Batch:
