@@ -142,6 +142,7 @@ def test_the_int8_accuracy_gate_refuses_through_the_cli_and_writes_nothing(expor
     monkeypatch.setattr(exporter, "quantize_onnx_static", miscalibrated)
     output, store = tmp_path / "out", tmp_path / "store"
     argv = [f"checkpoint={config.checkpoint}", f"output={output}", f"model_store={store}", "workers=0", "threads=1"]
+    argv.append("calibration.ood_per_family=4")
     result = run_script("export.py", *argv)
     stderr = result.stderr
     assert result.returncode == 2

@@ -44,7 +44,7 @@ TINY = {
     "data": {"per_species": 4, "size": 32, "val_fraction": 0.25, "test_fraction": 0.25},
     "train": {"input_size": 32, "epochs": 1, "batch_size": 32, "max_steps_per_epoch": 2},
     # A one-epoch model is near chance: quantization may move top-1 by more than the default gate.
-    "export": {"parity_images": 8, "calibration_images": 16, "max_top1_drop": 100.0},
+    "export": {"parity_images": 8, "calibration_images": 16, "max_top1_drop": 100.0, "ood_per_family": 4},
     "benchmark": {"min_seconds": 0.01},
 }
 
