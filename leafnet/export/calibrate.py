@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import nn
 
@@ -111,8 +112,6 @@ def run_split(predictors: dict[str, Callable], fitted: Fitted, model: nn.Module,
             scores[name].append(out_scores)
     features_array, raw_array = np.concatenate(features), np.concatenate(raw)
     outputs = {name: Outputs(np.concatenate(logits[name]), np.concatenate(scores[name])) for name in predictors}
-    import torch
-
     with torch.inference_mode():
         calibrated, score = fitted.head(torch.from_numpy(features_array), torch.from_numpy(raw_array))
     outputs["eager"] = Outputs(calibrated.numpy(), score.numpy())
@@ -123,9 +122,7 @@ def family_scores(scores: np.ndarray, families: np.ndarray) -> dict[str, np.ndar
     return {name: scores[families == index] for index, name in enumerate(OOD_FAMILIES) if (families == index).any()}
 
 
-def variant_report(
-    name: str, val: Outputs, test: Outputs, test_targets, ood: Outputs, ood_families, temperature, config
-) -> dict:
+def variant_report(val: Outputs, test: Outputs, test_targets, ood: Outputs, ood_families, temperature, config) -> dict:
     """Calibration before and after, the threshold and what it accepts and flags, for one variant."""
     threshold = metrics.acceptance_threshold(val.scores, config.accept, config.accept_confidence)
     accepted = test.scores <= threshold

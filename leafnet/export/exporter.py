@@ -208,7 +208,7 @@ def _measure(model, eager, stage: Path, parity_images: np.ndarray, splits, fitte
         meter.update(test[name].logits, test_targets)
         accuracy[name] = meter.result()
         reports[name] = variant_report(
-            name, val[name], test[name], test_targets, out[name], ood_families, fitted.temperature, config.calibration
+            val[name], test[name], test_targets, out[name], ood_families, fitted.temperature, config.calibration
         )
     comparison = score_comparison(
         fitted, (val_f, val_z), (test_f, test_z), (ood_f, ood_z), ood_families, config.calibration
