@@ -10,11 +10,16 @@
 #   --region R           REGION         Cloud Run and Artifact Registry region (us-central1)
 #   --service S          SERVICE        Cloud Run service name (leafnet)
 #   --image URI          IMAGE          image to deploy (default: the one .github/workflows/image.yml pushes,
-#                                       REGION-docker.pkg.dev/PROJECT/REPOSITORY/leafnet-serve:IMAGE_TAG)
+#                                       REGION-docker.pkg.dev/PROJECT/REPOSITORY/leafnet-serve:IMAGE_TAG;
+#                                       with --gpu, leafnet-serve-gpu:IMAGE_TAG, built by hand: docs/gpu.md)
 #   --repository NAME    REPOSITORY     Artifact Registry repository (leafnet)
 #   --image-tag TAG      IMAGE_TAG      image tag: a commit SHA, or main for main's latest (main)
-#   --cpu N              CPU            vCPUs per instance (2)
-#   --memory SIZE        MEMORY         memory per instance (2Gi)
+#   --cpu N              CPU            vCPUs per instance (2; 4 with --gpu, Cloud Run's minimum with an L4)
+#   --memory SIZE        MEMORY         memory per instance (2Gi; 16Gi with --gpu, Cloud Run's minimum with an L4)
+#   --gpu N              GPU            GPUs per instance (none; Cloud Run attaches at most 1): serves the GPU image
+#                                       on it, with CPU always allocated (--no-cpu-throttling), as GPUs require
+#   --gpu-type TYPE      GPU_TYPE       GPU model with --gpu (nvidia-l4); only some regions have GPUs (docs/gpu.md)
+#   --no-gpu-zonal-redundancy           no capacity kept in reserve in other zones: cheaper, best-effort failover
 #   --concurrency N      CONCURRENCY    requests per instance at once (2 x maxWorkers x batchSize of MODEL_CONFIG)
 #   --min-instances N    MIN_INSTANCES  instances kept warm (1)
 #   --max-instances N    MAX_INSTANCES  scaling limit (3)
@@ -44,8 +49,9 @@ model_config_count() {
 
 OPTIONS=(--project:PROJECT --region:REGION --service:SERVICE --image:IMAGE --repository:REPOSITORY
   --image-tag:IMAGE_TAG --cpu:CPU --memory:MEMORY --concurrency:CONCURRENCY --min-instances:MIN_INSTANCES
-  --max-instances:MAX_INSTANCES --timeout:TIMEOUT --service-account:RUN_SERVICE_ACCOUNT)
-SWITCHES=()
+  --max-instances:MAX_INSTANCES --timeout:TIMEOUT --service-account:RUN_SERVICE_ACCOUNT --gpu:GPU
+  --gpu-type:GPU_TYPE)
+SWITCHES=(--no-gpu-zonal-redundancy:NO_GPU_ZONAL_REDUNDANCY)
 parse_options "$@"
 
 require PROJECT --project
@@ -53,6 +59,18 @@ REGION=${REGION:-us-central1}
 SERVICE=${SERVICE:-leafnet}
 REPOSITORY=${REPOSITORY:-leafnet}
 IMAGE_TAG=${IMAGE_TAG:-main}
+IMAGE_NAME=leafnet-serve
+if [ -n "${GPU:-}" ]; then
+  require_count GPU --gpu
+  [ "$GPU" -ge 1 ] || die "--gpu must be at least 1 (leave it out for a CPU service), got '$GPU'"
+  GPU_TYPE=${GPU_TYPE:-nvidia-l4}
+  IMAGE_NAME=leafnet-serve-gpu
+  # Cloud Run's minimum resources for an instance with an L4 (other GPU types need more: docs/gpu.md).
+  CPU=${CPU:-4}
+  MEMORY=${MEMORY:-16Gi}
+elif [ -n "${GPU_TYPE:-}" ] || [ "${NO_GPU_ZONAL_REDUNDANCY:-}" = 1 ]; then
+  die "--gpu-type and --no-gpu-zonal-redundancy need --gpu N"
+fi
 CPU=${CPU:-2}
 MEMORY=${MEMORY:-2Gi}
 MIN_INSTANCES=${MIN_INSTANCES:-1}
@@ -84,7 +102,8 @@ probe_failures=$(((startup_timeout + 30) / probe_period))
 startup_probe="httpGet.path=/ping,httpGet.port=8080,periodSeconds=$probe_period,timeoutSeconds=$probe_period"
 startup_probe+=",failureThreshold=$probe_failures"
 require_count CONCURRENCY --concurrency
-if [ "$CPU" != "$workers" ]; then  # one worker per vCPU is what docs/serving.md measured
+# One worker per vCPU is what docs/serving.md measured for the CPU image; on a GPU the workers share the GPU.
+if [ -z "${GPU:-}" ] && [ "$CPU" != "$workers" ]; then
   echo "warning: --cpu $CPU but $MODEL_CONFIG runs $workers workers: set minWorkers/maxWorkers to the vCPU count" >&2
 fi
 require_count MIN_INSTANCES --min-instances
@@ -105,11 +124,20 @@ deploy=(gcloud run deploy "$SERVICE" --project "$PROJECT" --region "$REGION" --i
   --min-instances "$MIN_INSTANCES" --max-instances "$MAX_INSTANCES" --timeout "$TIMEOUT"
   --startup-probe "$startup_probe" --cpu-boost --no-allow-unauthenticated)
 [ -z "${RUN_SERVICE_ACCOUNT:-}" ] || deploy+=(--service-account "$RUN_SERVICE_ACCOUNT")
+if [ -n "${GPU:-}" ]; then
+  # --no-cpu-throttling: Cloud Run attaches GPUs only to instances whose CPU is always allocated (instance-based
+  #   billing: a minimum instance costs its GPU even when idle).
+  # CUDA_VISIBLE_DEVICES=0: TorchServe counts GPUs from it, or from nvidia-smi when unset; Cloud Run's one GPU is
+  #   index 0, and naming it keeps the model off the CPU even where nvidia-smi is not on the PATH.
+  deploy+=(--gpu "$GPU" --gpu-type "$GPU_TYPE" --no-cpu-throttling --update-env-vars CUDA_VISIBLE_DEVICES=0)
+  [ "${NO_GPU_ZONAL_REDUNDANCY:-}" != 1 ] || deploy+=(--no-gpu-zonal-redundancy)
+fi
 run "${deploy[@]}"
 url=""
 capture url gcloud run services describe "$SERVICE" --project "$PROJECT" --region "$REGION" \
   --format 'value(status.url)'
 
+[ -z "${GPU:-}" ] || note "$GPU_TYPE GPUs run in a few Cloud Run regions only, each with its own GPU quota (docs/gpu.md)."
 note "Cloud Run serves $image as $SERVICE at $url; only callers with roles/run.invoker get through:"
 note "  curl -X POST -H \"Authorization: Bearer \$(gcloud auth print-identity-token)\" $url/predictions/leafnet -T leaf.png"
 note "Let someone call it:"

@@ -242,6 +242,60 @@ def test_help_is_the_header_and_lists_every_option(bare_path, script):
         assert option in result.stdout
 
 
+def test_cloudrun_gpu_deploys_the_gpu_image_with_an_l4_and_cpu_always_allocated(bare_path):
+    result = deploy(CLOUDRUN, "--dry-run", "--gpu", "1", env={"PROJECT": "p"}, path=bare_path)
+    describe_image, run_deploy, _ = commands(result)
+    image = "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve-gpu:main"  # docker/serve-gpu.Dockerfile's
+    assert describe_image[5] == image
+    deployed = flags(run_deploy)
+    assert deployed["--image"] == image
+    assert deployed["--gpu"] == "1" and deployed["--gpu-type"] == "nvidia-l4"
+    assert deployed["--no-cpu-throttling"] is True  # Cloud Run attaches GPUs to always-allocated CPUs only
+    assert deployed["--cpu"] == "4" and deployed["--memory"] == "16Gi"  # Cloud Run's minimum with an L4
+    # TorchServe counts the GPU from CUDA_VISIBLE_DEVICES (else nvidia-smi) and gives it to its workers
+    assert deployed["--update-env-vars"] == "CUDA_VISIBLE_DEVICES=0"
+    assert "--no-gpu-zonal-redundancy" not in deployed
+    # what does not change: the probe, the concurrency from the model config, IAM
+    assert deployed["--concurrency"] == "16" and deployed["--no-allow-unauthenticated"] is True
+    assert "warning" not in result.stderr  # the CPU image's one-worker-per-vCPU advice is not a GPU's
+    assert "regions" in result.stderr and "docs/gpu.md" in result.stderr
+    _, cpu_deploy, _ = commands(deploy(CLOUDRUN, "--dry-run", env={"PROJECT": "p"}, path=bare_path))
+    assert not {"--gpu", "--gpu-type", "--no-cpu-throttling", "--update-env-vars"} & flags(cpu_deploy).keys()
+
+
+def test_cloudrun_gpu_options_and_environment(bare_path):
+    env = {"PROJECT": "p", "GPU": "1", "GPU_TYPE": "nvidia-rtx-pro-6000", "CPU": "20", "IMAGE_TAG": "cafe"}
+    _, run_deploy, _ = commands(
+        deploy(CLOUDRUN, "--dry-run", "--memory", "80Gi", "--no-gpu-zonal-redundancy", env=env, path=bare_path)
+    )
+    deployed = flags(run_deploy)
+    assert deployed["--gpu-type"] == "nvidia-rtx-pro-6000"
+    assert deployed["--cpu"] == "20" and deployed["--memory"] == "80Gi"
+    assert deployed["--no-gpu-zonal-redundancy"] is True
+    assert deployed["--image"] == "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve-gpu:cafe"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--gpu", "0"], ["--gpu must be at least 1"]),
+        (["--gpu", "one"], ["--gpu must be a whole number", "one"]),
+        (["--gpu-type", "nvidia-l4"], ["need --gpu N"]),
+        (["--no-gpu-zonal-redundancy"], ["need --gpu N"]),
+    ],
+)
+def test_cloudrun_bad_gpu_settings_fail_in_one_line(bare_path, args, fragments):
+    one_line_error(deploy(CLOUDRUN, "--dry-run", "--project", "p", *args, env={}, path=bare_path), *fragments)
+
+
+def test_cloudrun_gpu_real_run_runs_exactly_what_the_dry_run_prints(bare_path, fake_gcloud):
+    env = {"PROJECT": "p", "REGION": "europe-west4", "GPU": "1"}
+    dry = deploy(CLOUDRUN, "--dry-run", env=env, path=bare_path)
+    real = deploy(CLOUDRUN, env=env, path=bare_path)
+    assert real.returncode == 0, real.stderr
+    assert recorded(fake_gcloud) == commands(dry)
+
+
 # ---- Compute Engine ----
 
 GCE_ENV = {"PROJECT": "p", "SOURCE_RANGES": "203.0.113.0/24,198.51.100.7/32"}
@@ -357,6 +411,67 @@ def test_gce_real_run_runs_exactly_what_the_dry_run_prints(bare_path, fake_gclou
     assert f"http://{FAKE_IP}:8080/predictions/leafnet" in real.stderr
 
 
+def test_gce_gpu_l4_is_a_g2_vm_with_the_driver_and_the_gpu_image(bare_path):
+    result = deploy(GCE, "--dry-run", "--gpu-type", "nvidia-l4", env=GCE_ENV, path=bare_path)
+    describe_image, _, create, _ = commands(result)
+    image = "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve-gpu:main"
+    assert describe_image[5] == image
+    vm = flags(create)
+    assert vm["--machine-type"] == "g2-standard-4"  # one L4: G2 machine types come with their GPUs
+    assert "--accelerator" not in vm
+    assert vm["--maintenance-policy"] == "TERMINATE"  # GPU VMs cannot live-migrate
+    assert vm["--boot-disk-size"] == "50GB"
+    assert vm["--image-family"] == "cos-stable"  # COS installs the driver itself (cloud-init's leafnet-gpu.service)
+    metadata = vm["--metadata"].split(",")
+    assert f"leafnet-image={image}" in metadata and "leafnet-gpu-driver=default" in metadata
+    assert "nvidia-l4 quota" in result.stderr
+
+
+def test_gce_gpu_attached_to_an_n1_vm(bare_path):
+    args = ["--gpu-type", "nvidia-tesla-t4", "--gpu", "2", "--gpu-driver", "latest"]
+    _, _, create, _ = commands(deploy(GCE, "--dry-run", *args, env=GCE_ENV, path=bare_path))
+    vm = flags(create)
+    assert vm["--machine-type"] == "n1-standard-4"
+    assert vm["--accelerator"] == "type=nvidia-tesla-t4,count=2"
+    assert vm["--maintenance-policy"] == "TERMINATE"
+    assert "leafnet-gpu-driver=latest" in vm["--metadata"].split(",")
+    env = {**GCE_ENV, "GPU_TYPE": "nvidia-tesla-t4", "MACHINE_TYPE": "n1-highmem-8", "BOOT_DISK_SIZE": "100GB"}
+    _, _, create, _ = commands(deploy(GCE, "--dry-run", env=env, path=bare_path))
+    vm = flags(create)
+    assert vm["--machine-type"] == "n1-highmem-8" and vm["--boot-disk-size"] == "100GB"
+    assert vm["--accelerator"] == "type=nvidia-tesla-t4,count=1"
+
+
+def test_gce_cpu_vm_has_no_gpu_flags(bare_path):
+    _, _, create, _ = commands(deploy(GCE, "--dry-run", env=GCE_ENV, path=bare_path))
+    vm = flags(create)
+    assert not {"--accelerator", "--maintenance-policy"} & vm.keys()
+    assert not any(item.startswith("leafnet-gpu-driver=") for item in vm["--metadata"].split(","))
+
+
+def test_gce_gpu_update_switches_to_the_gpu_image(bare_path):
+    _, add_metadata, _, _ = commands(
+        deploy(GCE, "--dry-run", "--update", "--gpu-type", "nvidia-l4", env={"PROJECT": "p"}, path=bare_path)
+    )
+    assert (
+        flags(add_metadata)["--metadata"] == "leafnet-image=us-central1-docker.pkg.dev/p/leafnet/leafnet-serve-gpu:main"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--gpu-type", "nvidia-l4", "--gpu", "2"], ["g2-standard-4 comes with its own GPUs", "--gpu"]),
+        (["--gpu-type", "nvidia-a100-80gb", "--machine-type", "a2-ultragpu-1g", "--gpu", "1"], ["a2-ultragpu-1g"]),
+        (["--gpu-type", "nvidia-tesla-t4", "--gpu", "two"], ["--gpu must be a whole number", "two"]),
+        (["--gpu", "1"], ["need --gpu-type"]),
+        (["--gpu-driver", "latest"], ["need --gpu-type"]),
+    ],
+)
+def test_gce_bad_gpu_settings_fail_in_one_line(bare_path, args, fragments):
+    one_line_error(deploy(GCE, "--dry-run", *args, env=GCE_ENV, path=bare_path), *fragments)
+
+
 # ---- the VM's side: config/gce/cloud-init.yaml ----
 
 
@@ -373,15 +488,36 @@ def test_cloud_init_starts_the_service_at_boot():
     ]  # fmt: skip
 
 
-def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
-    """Runs the VM's start script with fakes of the metadata server, iptables and docker."""
-    files = {entry["path"]: entry["content"] for entry in yaml.safe_load(CLOUD_INIT.read_text())["write_files"]}
-    script = files["/etc/leafnet/run.sh"]
-    image = "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve:abc"
+def cloud_init_files() -> dict[str, str]:
+    return {entry["path"]: entry["content"] for entry in yaml.safe_load(CLOUD_INIT.read_text())["write_files"]}
+
+
+def run_with_fakes(
+    tmp_path, name: str, script: str, behaviour: dict[str, str]
+) -> tuple[subprocess.CompletedProcess, list]:
+    """Runs one of the VM's scripts with fake commands (`behaviour`: name -> bash body) that log their calls;
+    the result and the calls, one list of words each."""
     fakes = tmp_path / "bin"
-    fakes.mkdir()
+    fakes.mkdir(exist_ok=True)
     log = tmp_path / "calls.log"
     record = f'{{ printf \'%s \' "$(basename "$0")" "$@"; printf \'\\n\'; }} >> {shlex.quote(str(log))}\n'
+    for command, body in behaviour.items():
+        (fakes / command).write_text(f"#!{BASH}\n{record}{body}")
+        (fakes / command).chmod(0o755)
+    (tmp_path / name).write_text(script)
+    path = f"{fakes}:{os.path.dirname(shutil.which('basename'))}"
+    result = subprocess.run([BASH, str(tmp_path / name)], env={"PATH": path}, capture_output=True, text=True)
+    calls = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    return result, calls
+
+
+def start_server(tmp_path, image: str, devices: list[str] = ()) -> list[list[str]]:
+    """run.sh with fakes of the metadata server, iptables and docker, and the NVIDIA device files `devices`
+    (none: a CPU VM) in a folder of their own standing in for /dev; the calls it made."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for device in devices:
+        (dev / device).touch()
     behaviour = {
         "curl": f'[[ "$*" == *"Metadata-Flavor: Google"*/attributes/leafnet-image ]] && echo {image}\n',
         "iptables": '[ "$2" != -C ]\n',  # the rule is not there yet: -C fails, so -A adds it
@@ -389,14 +525,16 @@ def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
         "install": "",  # would create /var/lib/leafnet/logs on the VM
         "docker": "",
     }
-    for name, body in behaviour.items():
-        (fakes / name).write_text(f"#!{BASH}\n{record}{body}")
-        (fakes / name).chmod(0o755)
-    (tmp_path / "run.sh").write_text(script)
-    path = f"{fakes}:{os.path.dirname(shutil.which('basename'))}"
-    result = subprocess.run([BASH, str(tmp_path / "run.sh")], env={"PATH": path}, capture_output=True, text=True)
+    script = cloud_init_files()["/etc/leafnet/run.sh"].replace("/dev/nvidia", f"{dev}/nvidia")
+    result, calls = run_with_fakes(tmp_path, "run.sh", script, behaviour)
     assert result.returncode == 0, result.stderr
-    calls = [line.split() for line in log.read_text().splitlines()]
+    return calls
+
+
+def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
+    """Runs the VM's start script with fakes of the metadata server, iptables and docker."""
+    image = "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve:abc"
+    calls = start_server(tmp_path, image)
     assert ["iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT"] in calls
     assert ["docker-credential-gcr", "configure-docker", "--registries", "us-central1-docker.pkg.dev"] in calls
     assert ["install", "-d", "-m", "0755", "-o", "10001", "-g", "10001", "/var/lib/leafnet/logs"] in calls
@@ -405,6 +543,7 @@ def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
     assert run[run.index("-v") + 1] == "/var/lib/leafnet/logs:/app/logs"  # TorchServe's logs outlive the container
     assert "/run/leafnet:/run/leafnet:ro" in run and "LEAFNET_TOKEN_FILE=/run/leafnet/token" in run
     assert "max-size=10m" in run and "max-file=5" in run  # the container's stdout rolls too
+    assert "--device" not in run and "/usr/local/nvidia" not in " ".join(run)  # no driver here: a CPU VM
     # The arguments after the image replace the serve image's CMD, which is where it picks its profile.
     assert run[run.index(image) + 1 :] == [
         "--ts-config", "profiles/torchserve/gce.properties", "--proxy-config", "profiles/proxy/gce.Caddyfile",
@@ -416,6 +555,61 @@ def test_cloud_init_runs_the_metadata_image_with_the_gce_profile(tmp_path):
     assert cmd[0] == "--ts-config"
     assert "COPY leafnet/profiles/torchserve/ profiles/torchserve/" in dockerfile
     assert "COPY leafnet/profiles/proxy/ profiles/proxy/" in dockerfile
+
+
+def test_cloud_init_gives_the_container_the_driver_and_every_gpu_on_a_gpu_vm(tmp_path):
+    image = "us-central1-docker.pkg.dev/p/leafnet/leafnet-serve-gpu:abc"
+    run = start_server(tmp_path, image, ["nvidiactl", "nvidia-uvm", "nvidia0", "nvidia1"])[-1]
+    options = run[: run.index(image)]
+    volumes = [options[i + 1] for i, word in enumerate(options) if word == "--volume"]
+    # where the CUDA image's LD_LIBRARY_PATH and PATH look: libcuda and nvidia-smi (TorchServe counts GPUs with it)
+    assert volumes == ["/var/lib/nvidia/lib64:/usr/local/nvidia/lib64", "/var/lib/nvidia/bin:/usr/local/nvidia/bin"]
+    devices = [options[i + 1].split(":")[0].rsplit("/", 1)[1] for i, word in enumerate(options) if word == "--device"]
+    assert devices == ["nvidiactl", "nvidia-uvm", "nvidia0", "nvidia1"]  # each present device, none invented
+    assert run[run.index(image) + 1 :][:2] == ["--ts-config", "profiles/torchserve/gce.properties"]
+
+
+def test_cloud_init_installs_the_gpu_driver_before_the_server_starts():
+    files = cloud_init_files()
+    server = files["/etc/systemd/system/leafnet.service"]
+    assert (
+        "Requires=leafnet-gpu.service" in server and "leafnet-gpu.service" in server.split("After=")[1].split("\n")[0]
+    )
+    unit = files["/etc/systemd/system/leafnet-gpu.service"]
+    assert "Type=oneshot" in unit and "RemainAfterExit=true" in unit  # once per boot, not per server restart
+    assert "ExecStart=/bin/bash /etc/leafnet/gpu.sh" in unit
+
+
+@pytest.mark.parametrize(("status", "installs", "code"), [(200, True, 0), (404, False, 0), (503, False, 1)])
+def test_cloud_init_gpu_script_installs_the_metadata_driver_only_on_a_gpu_vm(tmp_path, status, installs, code):
+    """gpu.sh with fakes of the metadata server, cos-extensions, mount and nvidia-smi: the driver named in
+    leafnet-gpu-driver on a GPU VM; nothing without the key (a CPU VM); a failure when the server fails."""
+    nvidia = tmp_path / "var" / "lib" / "nvidia"
+    (nvidia / "bin").mkdir(parents=True)
+    answer = "latest" if status == 200 else "not found"
+    metadata = '[[ "$*" == *"Metadata-Flavor: Google"*/attributes/leafnet-gpu-driver* ]]'
+    behaviour = {
+        "curl": f'{metadata} && printf "{answer}\\n{status}"\n',
+        "cos-extensions": "",
+        "mount": "",
+    }
+    script = cloud_init_files()["/etc/leafnet/gpu.sh"].replace("/var/lib/nvidia", str(nvidia))
+    (nvidia / "bin" / "nvidia-smi").write_text(f"#!{BASH}\necho 'GPU 0: NVIDIA L4' >> {tmp_path / 'smi.log'}\n")
+    (nvidia / "bin" / "nvidia-smi").chmod(0o755)
+    result, calls = run_with_fakes(tmp_path, "gpu.sh", script, behaviour)
+    assert result.returncode == code, result.stderr
+    installed = [call for call in calls if call[0] in ("cos-extensions", "mount")]  # curl's -w logs over 2 lines
+    if installs:
+        assert installed == [
+            ["cos-extensions", "install", "gpu", "--", "-version=latest"],
+            ["mount", "--bind", str(nvidia), str(nvidia)],
+            ["mount", "-o", "remount,exec", str(nvidia)],  # COS mounts /var/lib noexec
+        ]
+        assert (tmp_path / "smi.log").read_text() == "GPU 0: NVIDIA L4\n"
+    else:
+        assert installed == [] and not (tmp_path / "smi.log").exists()
+    if code:
+        assert "503" in result.stderr
 
 
 def run_token_script(tmp_path, secret_answer: str, status: int) -> subprocess.CompletedProcess:
@@ -468,10 +662,21 @@ def test_cloud_init_token_script_revokes_on_refusal_and_keeps_on_outage(tmp_path
 
 
 def test_docs_show_what_the_dry_runs_print(bare_path):
-    """docs/deploy.md quotes both scripts' dry runs; a change to the commands must show there too."""
+    """docs/deploy.md quotes both scripts' dry runs, on CPUs and on GPUs; a change to the commands must show there
+    too."""
     docs = (REPO / "docs" / "deploy.md").read_text()
     cloudrun = deploy(CLOUDRUN, "--dry-run", "--project", "my-project", env={}, path=bare_path)
     gce = deploy(GCE, "--dry-run", "--project", "my-project", "--source-ranges=203.0.113.0/24", env={}, path=bare_path)
-    for result in (cloudrun, gce):
+    gpu_image = "us-central1-docker.pkg.dev/my-project/leafnet/leafnet-serve-gpu:main"
+    cloudrun_gpu = deploy(
+        CLOUDRUN, "--dry-run", "--project", "my-project", "--region", "europe-west4", "--image", gpu_image,
+        "--gpu", "1", env={}, path=bare_path,
+    )  # fmt: skip
+    gce_gpu = deploy(
+        GCE, "--dry-run", "--project", "my-project", "--source-ranges=203.0.113.0/24", "--gpu-type", "nvidia-l4",
+        env={}, path=bare_path,
+    )  # fmt: skip
+    for result in (cloudrun, gce, cloudrun_gpu, gce_gpu):
+        assert result.returncode == 0 and result.stdout, result.stderr
         for line in result.stdout.splitlines():
             assert f"\n{line}\n" in docs, line

@@ -3,7 +3,8 @@
 - hadolint finds nothing in docker/*.Dockerfile (and does find faults in a bad file);
 - .dockerignore keeps secrets and local state out of the build context, and lets in every COPY source;
 - the serve image's pins are requirements.lock's versions;
-- each image's ENTRYPOINT/CMD runs on the host the way the image would run it. This file reads the
+- each image's ENTRYPOINT/CMD runs on the host the way the image would run it (the GPU serve image's on the
+  host's CPU: no GPU is here, and the handler falls back to the CPU as it would in the image). This file reads the
   Dockerfile (ARG, ENV, WORKDIR, COPY, USER, ENTRYPOINT/CMD, HEALTHCHECK), places what the final stage's
   COPY lines place, through .dockerignore, into a temp image root, applies the image's ENV and runs the
   exact command in its WORKDIR. What the builder stage leaves in /opt/venv is played by a host venv: for
@@ -40,6 +41,7 @@ from tests.test_serving import loopback_properties, ready_workers, request, serv
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 SERVE = REPO / "docker" / "serve.Dockerfile"
+SERVE_GPU = REPO / "docker" / "serve-gpu.Dockerfile"
 TRAIN = REPO / "docker" / "train.Dockerfile"
 SERVE_REQUIREMENTS = REPO / "docker" / "serve-requirements.txt"
 # What every leafnet image carries; hadolint checks each is there and well-formed.
@@ -64,8 +66,8 @@ def hadolint(dockerfile: Path) -> list[dict]:
     return json.loads(result.stdout)
 
 
-def test_the_images_are_the_train_and_serve_dockerfiles():
-    assert [path.name for path in DOCKERFILES] == ["serve.Dockerfile", "train.Dockerfile"]
+def test_the_images_are_the_train_serve_and_gpu_serve_dockerfiles():
+    assert [path.name for path in DOCKERFILES] == ["serve-gpu.Dockerfile", "serve.Dockerfile", "train.Dockerfile"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
@@ -318,10 +320,36 @@ def test_images_run_as_a_numeric_non_root_user_on_a_pinned_python(dockerfile):
     final = stages[-1]
     uid = final.user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, f"USER {final.user}: want a numeric non-root uid"
-    for stage in stages:
-        # a patch-level tag of the Python the project targets (pyproject.toml: >=3.11,<3.12)
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", stage.image), stage.image
+    if dockerfile == SERVE_GPU:
+        # An NVIDIA CUDA base pinned to a patch release, uv pinned to a release, and uv's standalone CPython at a
+        # patch-level version of the Python the project targets (pyproject.toml: >=3.11,<3.12).
+        assert [stage.name for stage in stages] == ["uv", "builder", None]
+        assert re.fullmatch(r"ghcr\.io/astral-sh/uv:\d+\.\d+\.\d+", stages[0].image), stages[0].image
+        for stage in stages[1:]:
+            assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-base-ubuntu\d+\.\d+", stage.image), stage.image
+        assert re.fullmatch(r"3\.11\.\d+", stages[1].args["PYTHON_VERSION"])
+        assert stages[1].args["TORCH_VARIANT"].startswith("cu")
+    else:
+        for stage in stages:
+            # a patch-level tag of the Python the project targets (pyproject.toml: >=3.11,<3.12)
+            assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", stage.image), stage.image
     assert final.entrypoint and final.entrypoint[0] != "/bin/sh", "ENTRYPOINT in exec (JSON) form: signals reach it"
+
+
+def test_the_gpu_serve_image_runs_what_the_serve_image_runs():
+    """The GPU image differs from the CPU one in its base, torch build and archive: its server, profiles,
+    healthcheck and user are the same, so what the host run below proves for one holds for the other."""
+    cpu, gpu = parse_dockerfile(SERVE, base_env())[-1], parse_dockerfile(SERVE_GPU, base_env())[-1]
+    assert (gpu.entrypoint, gpu.cmd, gpu.healthcheck, gpu.user, gpu.workdir) == (
+        cpu.entrypoint, cpu.cmd, cpu.healthcheck, cpu.user, cpu.workdir,
+    )  # fmt: skip
+
+    def placed(stage: Stage) -> list[tuple[list[str], str]]:  # the build context's files, the archive aside
+        return [(c.sources, c.dest) for c in stage.copies if not c.stage and c.sources != [stage.args["MODEL_ARCHIVE"]]]
+
+    assert placed(gpu) == placed(cpu)
+    assert gpu.args["MODEL_ARCHIVE"] == "model_store/leafnet.mar"  # TorchScript: the variant that runs on CUDA
+    assert gpu.env["PORT"] == cpu.env["PORT"] and gpu.env["NVIDIA_DISABLE_REQUIRE"] == "1"
 
 
 def serve_pins() -> dict[str, str]:
@@ -512,19 +540,34 @@ def wait_until_serving(url: str, management: str, server: subprocess.Popen, log:
     pytest.fail(f"no READY worker after {SERVER_READY_TIMEOUT_S} s:\n{tail}")
 
 
+# (Dockerfile, the archive it serves, what its builder stage leaves besides /opt/venv: for the GPU image, the
+# standalone CPython the venv links to, played by the interpreter this test's venv links to).
+SERVE_IMAGES = {
+    "serve": (SERVE, "leafnet-onnx-int8.mar", {}),
+    "serve-gpu": (SERVE_GPU, "leafnet.mar", {"/opt/python": Path(sys.base_prefix)}),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.parametrize("name", SERVE_IMAGES)
 def test_serve_image_serves_its_archive_passes_its_healthcheck_and_stops_on_sigterm(
-    exported, tiny_leaves, serve_venv, tmp_path
+    name, exported, tiny_leaves, serve_venv, tmp_path
 ):
+    """Each serve image's command on the host. The GPU image runs here on the host's CPU, because no GPU is
+    here: TorchServe counts no GPU (no nvidia-smi, no CUDA_VISIBLE_DEVICES), gives its workers none, and the
+    handler loads the TorchScript model on the CPU, as the image would on a machine without a GPU. That checks
+    its files, command, profile, healthcheck and stop; the model on CUDA is `leafnet gpu-check`'s serving check,
+    which needs a GPU machine (docs/gpu.md)."""
     report, config = exported
-    stage = parse_dockerfile(SERVE, base_env())[-1]
+    dockerfile, served, builder_outputs = SERVE_IMAGES[name]
+    stage = parse_dockerfile(dockerfile, base_env())[-1]
     archive = stage.args["MODEL_ARCHIVE"]
-    assert archive == "model_store/leafnet-onnx-int8.mar"
+    assert archive == f"model_store/{served}"
     assert stage.env["PORT"] == "8080"
     # the tiny model's archive stands where the build expects the real one
-    context = BuildContext(REPO, {archive: Path(config.model_store) / "leafnet-onnx-int8.mar"})
-    image = lay_out(SERVE, context, tmp_path / "image", {"/opt/venv": serve_venv})
+    context = BuildContext(REPO, {archive: Path(config.model_store) / served})
+    image = lay_out(dockerfile, context, tmp_path / "image", {"/opt/venv": serve_venv, **builder_outputs})
 
     assert stage.entrypoint[: len(TINI)] == TINI, "the serve image's PID 1 should be tini"
     command = stage.entrypoint[len(TINI) :] + stage.cmd

@@ -37,6 +37,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "predict"): "bench_predict",
     ("bench", "serving"): "bench_serving",
     ("hostile",): "hostile",
+    ("gpu-check",): "gpu_check",
 }
 
 

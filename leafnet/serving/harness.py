@@ -36,10 +36,16 @@ class ArchivedHandler:
     model-config.yaml, batch size), minus the frontend and its IPC: for tests and in-process references."""
 
     def __init__(
-        self, model_dir: Path, model_name: str | None = None, metrics=None, whole_machine: bool = False
+        self,
+        model_dir: Path,
+        model_name: str | None = None,
+        metrics=None,
+        whole_machine: bool = False,
+        gpu: int | None = None,
     ) -> None:
         """whole_machine: size the handler as the only worker (all cores to its intra-op threads), whatever
-        the archive's worker count, for a reference that does not handicap in-process inference."""
+        the archive's worker count, for a reference that does not handicap in-process inference. gpu: the
+        GPU index TorchServe would assign this worker (None: a CPU worker, as on a machine without GPUs)."""
         manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
         model_config = yaml.safe_load((model_dir / "model-config.yaml").read_text()) or {}
         self.workers = int(model_config.get("maxWorkers", 1) or 1)  # as the archive asks a server for
@@ -60,7 +66,7 @@ class ArchivedHandler:
         finally:
             sys.path.remove(str(model_dir))
         self.context = Context(
-            model_name or manifest["model"]["modelName"], str(model_dir), manifest, self.batch_size, None,
+            model_name or manifest["model"]["modelName"], str(model_dir), manifest, self.batch_size, gpu,
             ts.__version__, True, metrics if metrics is not None else own_metrics_cache(), model_config,
         )  # fmt: skip
         self.context.metrics.model_name = self.context.model_name  # as the worker sets it on its cache

@@ -145,12 +145,13 @@ require_gcloud() {
 }
 
 # serve_image: IMAGE, or the Artifact Registry path that .github/workflows/image.yml pushes to, from
-# REGION, PROJECT, REPOSITORY and IMAGE_TAG.
+# REGION, PROJECT, REPOSITORY and IMAGE_TAG; IMAGE_NAME is leafnet-serve, or leafnet-serve-gpu for a GPU
+# deployment (docker/serve-gpu.Dockerfile, built and pushed by hand: docs/gpu.md).
 serve_image() {
   if [ -n "${IMAGE:-}" ]; then
     printf '%s\n' "$IMAGE"
   else
-    printf '%s\n' "$REGION-docker.pkg.dev/$PROJECT/$REPOSITORY/leafnet-serve:$IMAGE_TAG"
+    printf '%s\n' "$REGION-docker.pkg.dev/$PROJECT/$REPOSITORY/${IMAGE_NAME:-leafnet-serve}:$IMAGE_TAG"
   fi
 }
 
