@@ -53,11 +53,16 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Serialises in memory, then writes through a temp file and a rename: never a torn file."""
+def checkpoint_bytes(payload: dict[str, Any]) -> bytes:
+    """A checkpoint file's bytes: the payload with the format header."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **payload}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Serialises in memory, then writes through a temp file and a rename: never a torn file."""
+    atomic_write_bytes(path, checkpoint_bytes(payload))
 
 
 def top_checkpoint_name(epoch: int, top1: float) -> str:

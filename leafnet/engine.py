@@ -39,6 +39,24 @@ class Frozen(Protocol):
 
 
 AMP_DTYPES = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AMP_CHOICES = ("auto", *AMP_DTYPES)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU that supports it, a CPU with AVX512-BF16 or
+    AMX. Elsewhere bfloat16 autocast is emulated and slower than float32, so `auto` keeps float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    cpu = torch.cpu
+    probes = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def resolve_amp(choice: str, device: torch.device) -> str:
+    """amp.dtype as a run uses it: `auto` is bfloat16 where it is native (`native_bfloat16`), else none."""
+    if choice != "auto":
+        return choice
+    return "bfloat16" if native_bfloat16(device) else "none"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -211,7 +229,7 @@ class EvalResult:
     confusion: torch.Tensor  # [true, predicted] counts, summed over ranks
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all, not just no gradients
 def evaluate(
     model: nn.Module,
     loader: Sized,

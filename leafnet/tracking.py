@@ -6,13 +6,16 @@ Other ranks get a `Tracker` whose methods do nothing, so callers never branch on
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.utils import make_grid
 
 METRIC_COLUMNS = (
@@ -26,6 +29,7 @@ METRIC_COLUMNS = (
     "images_per_s",
     "data_wait_fraction",
     "epoch_seconds",
+    "wall_s",  # seconds since the run's clock started (the process's start, for `leafnet train`), after validation
 )
 
 
@@ -51,6 +55,14 @@ def confusion_figure(confusion: torch.Tensor, class_names: list[str], title: str
 def save_figure(figure, path: str | Path) -> None:
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def figure_png(figure, dpi: int = 120) -> bytes:
+    """The figure as PNG bytes, rendered once (a file and TensorBoard can share them), then closed."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def denormalised_grid(images: torch.Tensor, mean: list[float], std: list[float], nrow: int = 8) -> torch.Tensor:
@@ -95,9 +107,12 @@ class Tracker:
         if self.writer:
             self.writer.add_image(tag, grid, step)
 
-    def log_figure(self, tag: str, figure, step: int = 0) -> None:
+    def log_png(self, tag: str, png: bytes, step: int = 0) -> None:
+        """A rendered figure (`figure_png`), without drawing it again."""
         if self.writer:
-            self.writer.add_figure(tag, figure, step, close=False)
+            with Image.open(io.BytesIO(png)) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            self.writer.add_image(tag, pixels, step, dataformats="HWC")
 
     def log_hparams(self, hparams: dict, metrics: dict) -> None:
         if self.writer:

@@ -40,17 +40,36 @@ from torch.nn.parallel import DistributedDataParallel
 from leafnet import distributed
 from leafnet.callable_stage import callable_module
 from leafnet.checkpoint import load_checkpoint, rank_top, restore_rng_state, rng_state, save_checkpoint
+from leafnet.checkpoint_writer import CheckpointWriter
 from leafnet.data.dataset import ManifestDataset
-from leafnet.data.loaders import LoaderConfig, build_loader
+from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
 from leafnet.data.prepared import PreparedData
-from leafnet.data.transforms import INTERPOLATIONS, PreprocessSpec, eval_transform, train_transform
-from leafnet.engine import AMP_DTYPES, EpochProgress, NonFiniteLossError, StepConfig, evaluate, train_one_epoch
+from leafnet.data.transforms import (
+    INTERPOLATIONS,
+    PreprocessSpec,
+    augment_implementation,
+    augments,
+    eval_transform,
+    train_transform,
+)
+from leafnet.engine import (
+    AMP_CHOICES,
+    AMP_DTYPES,
+    EpochProgress,
+    NonFiniteLossError,
+    StepConfig,
+    evaluate,
+    resolve_amp,
+    train_one_epoch,
+)
 from leafnet.errors import LeafnetError
 from leafnet.finetune import Freeze, Mixer, build_optimizer, mixing_enabled
+from leafnet.fsutil import atomic_write_bytes, write_json
 from leafnet.models import create_model, model_preprocessing
 from leafnet.profiling import StepProfiler
 from leafnet.progress import progress_bar
-from leafnet.tracking import Tracker, confusion_figure, denormalised_grid, save_figure
+from leafnet.run_clock import PHASES, RunClock
+from leafnet.tracking import Tracker, confusion_figure, denormalised_grid, figure_png
 from leafnet.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -124,12 +143,15 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
 
 
 def validate_config(cfg: TrainConfig) -> None:
-    if cfg.amp.dtype not in AMP_DTYPES:
-        raise LeafnetError(f"amp.dtype must be one of {', '.join(AMP_DTYPES)}, got {cfg.amp.dtype!r}")
+    if cfg.amp.dtype not in AMP_CHOICES:
+        raise LeafnetError(f"amp.dtype must be one of {', '.join(AMP_CHOICES)}, got {cfg.amp.dtype!r}")
     if cfg.optim.name not in ("adamw", "sgd"):
         raise LeafnetError(f"optim.name must be adamw or sgd, got {cfg.optim.name!r}")
     if cfg.schedule.epochs < 1 or cfg.optim.accumulate < 1 or cfg.data.batch_size < 1:
         raise LeafnetError("schedule.epochs, optim.accumulate and data.batch_size must be at least 1")
+    if cfg.data.workers < -1 or cfg.data.cache_mb < 0:
+        raise LeafnetError("data.workers must be -1 (auto) or at least 0, and data.cache_mb at least 0")
+    augment_implementation(cfg.data.augment)  # one line naming a bad or contradictory choice
     _validate_finetune(cfg)
     if cfg.train.device not in ("auto", "cpu", "cuda"):
         raise LeafnetError(f"train.device must be auto, cpu or cuda, got {cfg.train.device!r}")
@@ -192,7 +214,10 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def main(cfg: TrainConfig) -> dict:
+def main(cfg: TrainConfig, clock: RunClock | None = None) -> dict:
+    """`clock`: where the run's wall time starts; the `leafnet train` command passes one started with its
+    process (imports included), an in-process caller's run starts here."""
+    clock = clock or RunClock()
     info = distributed.detect()
     validate_config(cfg)
     device = distributed.select_device(cfg.train.device, info)
@@ -202,7 +227,7 @@ def main(cfg: TrainConfig) -> dict:
     try:
         # Installed before the setup, so a SIGTERM during it stops the run at its first step boundary.
         with SigtermStop(info.world_size, device) as stop:
-            return Trainer(cfg, info, device).fit(stop)
+            return Trainer(cfg, info, device, clock).fit(stop)
     finally:
         distributed.teardown()
 
@@ -210,8 +235,11 @@ def main(cfg: TrainConfig) -> dict:
 class Trainer:
     """Holds the objects of one run; `fit()` loops over epochs."""
 
-    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) -> None:
+    def __init__(
+        self, cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, clock: RunClock | None = None
+    ) -> None:
         self.cfg, self.info, self.device = cfg, info, device
+        self.clock = clock or RunClock()
         self.run_dir = Path(cfg.train.output_dir) / cfg.train.name
         seed_everything(cfg.train.seed)
         data = cfg.data
@@ -232,11 +260,12 @@ class Trainer:
         if len(self.train_set) == 0 or len(self.val_set) == 0:
             raise LeafnetError(f"{data.root} has an empty train or val split; prepare it with val_fraction > 0")
         self.classes = self.train_set.classes
+        self.workers = self._cache_and_size_workers()
         balanced = cfg.train.balanced_sampling
-        loader = LoaderConfig(batch_size=data.batch_size, workers=data.workers, seed=cfg.train.seed, balanced=balanced)
+        loader = LoaderConfig(batch_size=data.batch_size, workers=self.workers, seed=cfg.train.seed, balanced=balanced)
         rank, world = info.rank, info.world_size
         self.train_loader = build_loader(self.train_set, loader, True, rank, world, device)
-        eval_loader = LoaderConfig(batch_size=data.eval_batch_size, workers=data.workers, seed=cfg.train.seed)
+        eval_loader = LoaderConfig(batch_size=data.eval_batch_size, workers=self.workers, seed=cfg.train.seed)
         self.val_loader = build_loader(self.val_set, eval_loader, False, rank, world, device)
 
         model = create_model(model_config, len(self.classes)).to(device)
@@ -257,7 +286,8 @@ class Trainer:
         # Each group's lr is its initial lr (optim.lr x its lr_scale) x this factor: one schedule for all.
         self.lr_factor = warmup_cosine(total, max(warmup, 1), cfg.schedule.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
-        self.amp_dtype = AMP_DTYPES[cfg.amp.dtype]
+        self.amp = resolve_amp(cfg.amp.dtype, device)
+        self.amp_dtype = AMP_DTYPES[self.amp]
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype is torch.float16 else None
         self.mix = None
         if mixing_enabled(cfg.mixup):  # label smoothing moves into the mixed soft targets
@@ -269,6 +299,7 @@ class Trainer:
             self.amp_dtype, cfg.optim.clip_grad_norm, cfg.optim.accumulate, self.memory_format
         )
         self.start_epoch, self.best_top1 = 0, -1.0
+        self.writer: CheckpointWriter | None = None  # rank 0's, for the length of fit()
         self.stale = 0  # validations since val top-1 last improved (train.early_stop_patience)
         self.top: list[dict] = []  # the kept top checkpoints, best first (checkpoint.keep_top)
         self.last_metrics: dict = {}  # the last finished epoch's row, kept in a mid-epoch checkpoint
@@ -278,6 +309,26 @@ class Trainer:
         if self.freeze is not None:
             self.freeze.set(self.start_epoch < cfg.train.freeze_epochs)
         self._wrap()
+
+    def _cache_and_size_workers(self) -> int:
+        """Caches the splits in memory when they fit data.cache_mb (train first, val from what is left),
+        then picks the loader workers: data.workers, or for -1 what the loading now costs (auto_workers)."""
+        data = self.cfg.data
+        cached = []
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        budget = float(data.cache_mb)
+        for dataset in (self.train_set, self.val_set):
+            # every process on this machine caches its own copy: each takes its share of the free /dev/shm
+            if budget > 0 and dataset.cache_in_memory(budget, sharers=local):
+                budget -= dataset.cache.megabytes
+                cached.append(f"{dataset.split} {dataset.cache.megabytes:.0f} MB")
+        workers = data.workers if data.workers >= 0 else auto_workers(self.train_set.cache is not None, local)
+        self._log(
+            f"data: {augment_implementation(data.augment) if augments(data.augment) else 'no'} augmentation, "
+            f"{'cached in memory: ' + ', '.join(cached) if cached else 'decoded per item (data.cache_mb)'}, "
+            f"{workers} loader worker(s) per process"
+        )
+        return workers
 
     def _wrap(self) -> None:
         """(Re)builds the DDP and compile wrappers around the model. DDP reduces the gradients of the
@@ -379,7 +430,21 @@ class Trainer:
             )
 
     def fit(self, stop: SigtermStop | None = None) -> dict:
-        cfg, main = self.cfg, self.info.is_main
+        # Rank 0 writes; off the loop's critical path unless checkpoint.background=false.
+        self.writer = CheckpointWriter(self.cfg.checkpoint.background) if self.info.is_main else None
+        try:
+            summary = self._fit(stop)
+        except BaseException:
+            if self.writer is not None:
+                self.writer.close(raise_error=False)  # the reason the run ends is this exception, not a write
+            raise
+        if self.writer is not None:
+            with self.clock.phase("checkpoint"):
+                self.writer.close()  # every file on disk before the run returns
+        return summary
+
+    def _fit(self, stop: SigtermStop | None) -> dict:
+        cfg, main, clock = self.cfg, self.info.is_main, self.clock
         tracker = Tracker(self.run_dir if main else None, cfg.logging.tensorboard, append=self.resumed_from is not None)
         if main:
             self._write_run_header(tracker)
@@ -391,7 +456,7 @@ class Trainer:
         self._log(
             f"{start}: {cfg.model.name}, {len(self.classes)} classes, {len(self.train_set)} train / "
             f"{len(self.val_set)} val images at {self.spec.input_size}px, {self.info.world_size} process(es) "
-            f"on {self.device}, {torch.get_num_threads()} thread(s) each -> {self.run_dir}"
+            f"on {self.device}, {torch.get_num_threads()} thread(s) each, amp {self.amp} -> {self.run_dir}"
         )
         val, val_epoch, stopped_early, started = None, cfg.schedule.epochs - 1, None, time.perf_counter()
         epochs = range(self.start_epoch, cfg.schedule.epochs)
@@ -401,6 +466,7 @@ class Trainer:
                 f"{self.resumed_from} stopped early after epoch {self.start_epoch} (no better val top-1 in "
                 f"{self.stale} validations): nothing to train; a larger train.early_stop_patience continues it"
             )
+        clock.end_startup()
         for epoch in epochs:
             resume, self.resume_progress = self.resume_progress, None
             self._freeze_for(epoch)
@@ -408,6 +474,8 @@ class Trainer:
             skip = resume.batches * self.train_loader.batch_size if resume else 0
             self.train_loader.sampler.set_epoch(epoch, skip)
             train, profiler = self._train_epoch(epoch, resume, stop.should_stop if stop else None)
+            clock.add("steps", train.seconds - train.data_seconds)
+            clock.add("data_wait", train.data_seconds)
             if train.stopped is not None:
                 self._stop_mid_epoch(epoch, train.stopped, tracker)
             last_epoch = epoch == cfg.schedule.epochs - 1
@@ -419,25 +487,34 @@ class Trainer:
             }
             metrics |= {"images_per_s": train.images_per_s, "data_wait_fraction": train.data_wait_fraction}
             if (epoch + 1) % cfg.train.eval_every == 0 or last_epoch:
-                distributed.broadcast_buffers(self.eval_model)  # every rank evaluates rank 0's model
-                val = evaluate(
-                    self.eval_model, self.val_loader, self.device, len(self.classes), self.amp_dtype, self.memory_format
-                )
+                with clock.phase("validation"):
+                    distributed.broadcast_buffers(self.eval_model)  # every rank evaluates rank 0's model
+                    val = evaluate(
+                        self.eval_model,
+                        self.val_loader,
+                        self.device,
+                        len(self.classes),
+                        self.amp_dtype,
+                        self.memory_format,
+                    )
                 metrics |= {"val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5}
                 val_epoch = epoch
             metrics["epoch_seconds"] = train.seconds
+            metrics["wall_s"] = clock.elapsed()
             improved = "val_top1" in metrics and metrics["val_top1"] > self.best_top1
             if improved:
                 self.best_top1 = metrics["val_top1"]
             top = self._track_validation(epoch, metrics, improved)
             self.last_metrics = metrics
             if main:
-                tracker.log_epoch(metrics)
-                self._save(epoch, metrics, improved, top)
-                if profiler is not None:
-                    profiler.report(self._log)
-                if epoch % cfg.logging.print_every == 0 or last_epoch:
-                    self._log(_epoch_line(metrics, cfg.schedule.epochs))
+                with clock.phase("checkpoint"):
+                    self._save(epoch, metrics, improved, top)
+                with clock.phase("logging"):
+                    tracker.log_epoch(metrics)
+                    if profiler is not None:
+                        profiler.report(self._log)
+                    if epoch % cfg.logging.print_every == 0 or last_epoch:
+                        self._log(_epoch_line(metrics, cfg.schedule.epochs))
             if self._early_stop_due() and not last_epoch:
                 stopped_early = epoch
                 self._log(
@@ -450,6 +527,9 @@ class Trainer:
                     f"stopping after epoch {epoch + 1} as asked (train.stop_after_epoch); resume with train.resume=auto"
                 )
                 break
+        if self.writer is not None:
+            with clock.phase("checkpoint"):
+                self.writer.flush()
         summary = {"run_dir": str(self.run_dir), "best_val_top1": self.best_top1}
         summary["seconds"] = round(time.perf_counter() - started, 1)
         if stopped_early is not None:
@@ -457,22 +537,32 @@ class Trainer:
         self._log(
             f"done in {summary['seconds']:.0f}s: best val top-1 {self.best_top1:.2%}, checkpoints in {self.run_dir}"
         )
-        if val is not None:
-            summary |= {"val_top1": val.top1, "val_top5": val.top5, "val_loss": val.loss}
-            if main and cfg.logging.confusion_matrix:
-                figure = confusion_figure(val.confusion, self.classes, "validation confusion matrix (last epoch)")
-                tracker.log_figure("val/confusion_matrix", figure, val_epoch)
-                save_figure(figure, self.run_dir / "val_confusion_matrix.png")
+        with clock.phase("logging"):
+            if val is not None:
+                summary |= {"val_top1": val.top1, "val_top5": val.top5, "val_loss": val.loss}
+                if main and cfg.logging.confusion_matrix:
+                    title = "validation confusion matrix (last epoch)"
+                    png = figure_png(confusion_figure(val.confusion, self.classes, title))
+                    atomic_write_bytes(self.run_dir / "val_confusion_matrix.png", png)
+                    tracker.log_png("val/confusion_matrix", png, val_epoch)
+            if main:
+                hparams = {
+                    "model": cfg.model.name,
+                    "lr": cfg.optim.lr,
+                    "batch_size": cfg.data.batch_size,
+                    "epochs": cfg.schedule.epochs,
+                }
+                hparams |= {
+                    "input_size": self.spec.input_size,
+                    "amp": self.amp,
+                    "world_size": self.info.world_size,
+                }
+                tracker.log_hparams(hparams, {"hparam/best_val_top1": self.best_top1})
+                tracker.close()
+        summary["timing"] = clock.report()
         if main:
-            hparams = {
-                "model": cfg.model.name,
-                "lr": cfg.optim.lr,
-                "batch_size": cfg.data.batch_size,
-                "epochs": cfg.schedule.epochs,
-            }
-            hparams |= {"input_size": self.spec.input_size, "amp": cfg.amp.dtype, "world_size": self.info.world_size}
-            tracker.log_hparams(hparams, {"hparam/best_val_top1": self.best_top1})
-            tracker.close()
+            write_json(self.run_dir / "timing.json", summary["timing"])
+            self._log(_timing_line(summary["timing"]))
         return summary
 
     def _freeze_for(self, epoch: int) -> None:
@@ -548,6 +638,8 @@ class Trainer:
                     frozen=self.freeze,
                 )
         except NonFiniteLossError as error:
+            if self.writer is not None:
+                self.writer.flush(raise_error=False)  # the last good epoch's files, possibly still being written
             last = self.run_dir / "checkpoints" / "last.pt"
             kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
             raise LeafnetError(
@@ -562,6 +654,7 @@ class Trainer:
         is what resume=auto reads), then ends the run with status 143."""
         last = self.run_dir / "checkpoints" / "last.pt"
         if self.info.is_main:
+            self.writer.flush()  # an epoch's files still being written land first, then this one replaces last.pt
             payload = self._payload(epoch - 1, self.last_metrics)  # "epoch" stays the last finished one
             payload["interrupted"] = {
                 "epoch": epoch,
@@ -589,19 +682,26 @@ class Trainer:
     def _save(self, epoch: int, metrics: dict, improved: bool, top: tuple[dict | None, list] = (None, [])) -> None:
         checkpoints = self.run_dir / "checkpoints"
         added, dropped = top
-        if not (self.cfg.checkpoint.save_last or (improved and self.cfg.checkpoint.save_best) or added):
-            return
-        payload = self._payload(epoch, metrics)
-        # The top file first, then the pruning, then last.pt (which lists the kept ones): a crash between
-        # them leaves a last.pt whose epoch re-runs on resume and makes the same choices again.
-        if added is not None:
-            save_checkpoint(checkpoints / "top" / added["file"], payload)
-        for entry in dropped:
-            (checkpoints / "top" / entry["file"]).unlink(missing_ok=True)
+        files = [checkpoints / "top" / added["file"]] if added is not None else []
         if self.cfg.checkpoint.save_last:
-            save_checkpoint(checkpoints / "last.pt", payload)
+            files.append(checkpoints / "last.pt")
         if improved and self.cfg.checkpoint.save_best:
-            save_checkpoint(checkpoints / "best.pt", payload)
+            files.append(checkpoints / "best.pt")
+        if not files:
+            return
+        # One serialisation; the other names are links to it. The top file first, then the pruning, then
+        # last.pt (which lists the kept ones): a crash between them leaves a last.pt whose epoch re-runs on
+        # resume and makes the same choices again.
+        stale = [checkpoints / "top" / entry["file"] for entry in dropped]
+        self.writer.save(files[0], self._payload(epoch, metrics), also=files[1:], remove=stale)
+
+
+def _timing_line(timing: dict) -> str:
+    seconds = "  ".join(f"{name.replace('_', ' ')} {timing[name]:.1f}s" for name in (*PHASES, "other"))
+    return (
+        f"wall {timing['wall']:.1f}s: {seconds}; in training epochs: {timing['efficiency']:.1%} of the run after the "
+        f"imports, {timing['process_efficiency']:.1%} of the process"
+    )
 
 
 def _epoch_line(metrics: dict, epochs: int) -> str:

@@ -5,7 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from leafnet.engine import NonFiniteLossError, StepConfig, topk_correct, train_one_epoch
+from leafnet.engine import (
+    NonFiniteLossError,
+    StepConfig,
+    native_bfloat16,
+    resolve_amp,
+    topk_correct,
+    train_one_epoch,
+)
 from leafnet.train import warmup_cosine
 
 
@@ -142,3 +149,12 @@ def test_an_epoch_stopped_at_a_step_boundary_resumes_to_the_uninterrupted_result
     assert (rest.loss, rest.top1) == (whole.loss, whole.top1)  # the whole epoch's metrics, bit for bit
     assert scheduler2.last_epoch == scheduler.last_epoch
     assert torch.equal(model2.weight, model.weight) and torch.equal(model2.bias, model.bias)
+
+
+def test_amp_auto_is_bfloat16_only_where_it_is_native(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_amp("none", cpu) == "none" and resolve_amp("float16", cpu) == "float16"
+    for native, expected in [(True, "bfloat16"), (False, "none")]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert native_bfloat16(cpu) is native and resolve_amp("auto", cpu) == expected

@@ -31,6 +31,7 @@ PRODUCTS = [
     "data/processed/synthetic/manifest.csv",
     "runs/leafnet/checkpoints/best.pt",
     "runs/leafnet/metrics.csv",
+    "runs/leafnet/timing.json",
     "runs/leafnet/eval.json",
     "runs/leafnet/confusion_matrix.png",
     "exports/leafnet/export.json",
@@ -172,7 +173,8 @@ def test_metrics_and_plots_show_the_results(pipeline, env, tmp_path):
 
 def test_each_parameter_invalidates_only_the_stage_that_declares_it(pipeline, env):
     """`dvc status` names the stages whose own dependencies changed; downstream stages follow at repro time
-    only if those stages' outputs change (the experiment test below shows the cascade)."""
+    only if those stages' outputs change: a changed output is named by its stage and by every stage that
+    reads it."""
     params_file = pipeline / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
@@ -192,6 +194,16 @@ def test_each_parameter_invalidates_only_the_stage_that_declares_it(pipeline, en
         defaults = pipeline / "leafnet" / "export" / "config.py"
         defaults.write_text(defaults.read_text() + "\n")
         assert stale_stages(pipeline, env) == {"export"}, "leafnet/export/config.py"
+        # the cascade's wiring: an output is a dependency of the stages after it
+        for output, file, expected in [
+            ("runs/leafnet/checkpoints", "best.pt", {"train", "evaluate", "export", "benchmark"}),
+            ("exports/leafnet", "export.json", {"export", "benchmark"}),
+        ]:
+            changed = pipeline / output / file
+            changed.unlink()  # the cached file may be a link into DVC's cache: never written through
+            changed.write_bytes(b"changed")
+            assert stale_stages(pipeline, env) == expected, output
+            dvc("checkout", "--force", output, cwd=pipeline, env=env)
     finally:
         params_file.write_text(original)
         git("checkout", "HEAD", "--", "leafnet/export/config.py", cwd=pipeline, env=env)
@@ -199,19 +211,24 @@ def test_each_parameter_invalidates_only_the_stage_that_declares_it(pipeline, en
 
 
 def test_exp_run_sets_a_parameter_and_reruns_what_depends_on_it(pipeline, env):
+    """The last stage's parameter: the experiment re-runs the benchmark alone (a parameter upstream would
+    re-run train, evaluate and export too, a minute of this suite for what the status test above and
+    tests/test_dvc_deps.py already pin: which stage declares what, and what each stage reads)."""
     data = digest(pipeline / "data/processed/synthetic")
     checkpoint = digest(pipeline / "runs/leafnet/checkpoints/best.pt")
     export = (pipeline / "exports/leafnet/export.json").read_bytes()
-    dvc("exp", "run", "-S", "train.epochs=2", "--name", "two-epochs", cwd=pipeline, env=env)
+    dvc("exp", "run", "-S", "benchmark.min_seconds=0.02", "--name", "longer-cells", cwd=pipeline, env=env)
     experiments = json.loads(dvc("exp", "show", "--json", cwd=pipeline, env=env))
     runs = [e for entry in experiments for e in (entry.get("experiments") or [])]
-    assert "two-epochs" in [run.get("name") for run in runs]
-    # The workspace holds the experiment's result: two epochs trained, and everything after re-ran ...
-    metrics = (pipeline / "runs/leafnet/metrics.csv").read_text().splitlines()
-    assert len(metrics) == 1 + 2 and digest(pipeline / "runs/leafnet/checkpoints/best.pt") != checkpoint
-    assert (pipeline / "exports/leafnet/export.json").read_bytes() != export
+    assert "longer-cells" in [run.get("name") for run in runs]
+    # The workspace holds the experiment's result: the benchmark re-ran with the new value ...
+    benchmark = json.loads((pipeline / "runs/benchmark_onnx/benchmark.json").read_text())
+    assert benchmark["min_seconds"] == 0.02
     assert stale_stages(pipeline, env) == set()
-    assert digest(pipeline / "data/processed/synthetic") == data  # ... but not the data stages
+    # ... and nothing before it did
+    assert digest(pipeline / "runs/leafnet/checkpoints/best.pt") == checkpoint
+    assert (pipeline / "exports/leafnet/export.json").read_bytes() == export
+    assert digest(pipeline / "data/processed/synthetic") == data
     git("checkout", "HEAD", "--", "params.yaml", "dvc.lock", cwd=pipeline, env=env)
     dvc("checkout", "--force", cwd=pipeline, env=env)
     assert stale_stages(pipeline, env) == set()

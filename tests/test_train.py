@@ -16,6 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import leafnet.checkpoint_writer
 import leafnet.train
 from leafnet.checkpoint import load_checkpoint
 from leafnet.errors import LeafnetError
@@ -355,13 +356,14 @@ def test_a_nan_loss_keeps_the_last_good_checkpoint(tiny_leaves, tmp_path, monkey
     monkeypatch.setattr(leafnet.train, "train_one_epoch", poisoned)
     checkpoints = tmp_path / "run" / "checkpoints"
     written = {}
-    save = leafnet.train.save_checkpoint
+    write = leafnet.checkpoint_writer.write_checkpoint
 
-    def remembering_save(path, payload):
-        save(path, payload)
-        written[Path(path).name] = Path(path).read_bytes()
+    def remembering_write(path, payload, also=(), remove=()):
+        write(path, payload, also, remove)
+        for name in (path, *also):
+            written[Path(name).name] = Path(name).read_bytes()
 
-    monkeypatch.setattr(leafnet.train, "save_checkpoint", remembering_save)
+    monkeypatch.setattr(leafnet.checkpoint_writer, "write_checkpoint", remembering_write)
     with pytest.raises(LeafnetError, match=f"the last good checkpoint is {re.escape(str(checkpoints / 'last.pt'))}"):
         train(tiny_config(tiny_leaves, tmp_path, "schedule.epochs=3", "logging.tensorboard=false"))
     assert load_checkpoint(checkpoints / "last.pt")["epoch"] == 0

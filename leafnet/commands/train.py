@@ -5,12 +5,14 @@ overrides, e.g. model.name=resnet34 schedule.epochs=50.
 """
 
 from leafnet.config import load_config
+from leafnet.run_clock import RunClock
 from leafnet.train import main as train
 from leafnet.train_config import TrainConfig
 
 
 def main(argv: list[str]) -> None:
-    train(load_config(TrainConfig, argv))
+    # The wall a user waits for starts with this process: the imports count (leafnet/run_clock.py).
+    train(load_config(TrainConfig, argv), RunClock(since_process_start=True))
 
 
 CONFIG = TrainConfig  # the options and their defaults (`leafnet train --help` lists them)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from leafnet.data.cache import DecodedCache, decode
 from leafnet.data.prepared import PreparedData
 from leafnet.data.split import SPLITS
+from leafnet.data.transforms import ImagePipeline
 from leafnet.errors import LeafnetError
 
 
@@ -29,6 +31,21 @@ class ManifestDataset(Dataset):
         self.samples = data.samples(split)
         self.split = split
         self.transform = transform
+        self.cache: DecodedCache | None = None
+
+    def cache_in_memory(self, budget_mb: float, sharers: int = 1) -> bool:
+        """Keeps each image, once decoded through the transform's deterministic prefix, in shared memory
+        (`leafnet.data.cache`): later reads, in any process, skip decoding. False when the transform has
+        no prefix to cache (not an ImagePipeline) or the split does not fit `budget_mb` (or its share of the
+        free shared memory, split between `sharers` processes caching at once)."""
+        if not isinstance(self.transform, ImagePipeline) or not self.samples:
+            return False
+        first = self._prepared(0)
+        self.cache = DecodedCache.allocate(len(self.samples), first, budget_mb, f"{self.split} split", sharers)
+        return self.cache is not None
+
+    def _prepared(self, index: int):
+        return self.transform.prepare(decode(self.samples[index][0]))
 
     @property
     def targets(self) -> list[int]:
@@ -41,8 +58,11 @@ class ManifestDataset(Dataset):
         """`dataset[i]`, or `dataset[(i, seed)]` to draw the random transform from `seed`."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        if self.cache is not None:
+            prepared = self.cache.get(index, lambda: self._prepared(index))
+            with seeded_rng(seed) if seed is not None else contextlib.nullcontext():
+                return self.transform.item(prepared), label
+        image = decode(path)
         if self.transform is None:
             return image, label
         if seed is None:

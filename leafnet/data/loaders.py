@@ -14,6 +14,7 @@ batches go to CUDA. `BalancedSampler` replaces DistributedSampler for class-bala
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -127,6 +128,16 @@ def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
     of the same index in the epoch (only a balanced sampler repeats one)."""
     entropy = [seed, epoch, index, repeat] if repeat else [seed, epoch, index]
     return int(np.random.SeedSequence(entropy).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+def auto_workers(cached: bool, local_processes: int = 1, cores: int | None = None) -> int:
+    """Loader workers per training process for data.workers=-1. A cached split's sample is a slice and one
+    warp, a fraction of a training step's compute: one worker keeps up without taking a core from compute.
+    Decoding per item needs more: half of this process's share of the cores, between 2 and 8."""
+    if cached:
+        return 1
+    share = max(1, (cores or os.cpu_count() or 1) // max(1, local_processes))
+    return min(8, max(2, share // 2))
 
 
 @dataclass

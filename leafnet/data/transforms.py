@@ -1,18 +1,28 @@
-"""Train and eval transforms, built with timm's transform factory from a `PreprocessSpec`.
+"""Train and eval transforms from a `PreprocessSpec`, each an `ImagePipeline`: a deterministic PIL
+prefix, whose uint8 output a dataset may decode once and cache (`leafnet.data.cache`), and a per-item step.
 
 The spec is the single description of eval preprocessing: checkpoints, exports and the serving
 handler carry it (as preprocess.json), so what the server does to an image is what evaluation did.
+Eval is timm's transform factory's, split before its to-tensor step, so a cached image gives exactly the
+tensor an uncached one does. Training warps (`leafnet.data.warp`) unless an option only timm's
+pipeline has is set (colour jitter, auto-augment, random erasing), or `augment.implementation=timm`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
 from timm.data import create_transform
+from timm.data.transforms import MaybeToTensor
 from torchvision import transforms as tv_transforms
 
 from leafnet.data.prepared import PreparedData
+from leafnet.data.warp import AffineWarp, working_side
 from leafnet.errors import LeafnetError
 
 # The interpolations a PreprocessSpec may name: timm's names, each mapped to PIL's by the handler
@@ -90,10 +100,82 @@ class AugmentConfig:
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 = off
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
     re_prob: float = 0.0  # random erasing
+    # auto = one affine warp (rotation, crop, flips) when nothing below needs timm's PIL pipeline, else timm;
+    # warp | timm force one (timm rotates the whole image first, then runs timm's factory: the older, slower way)
+    implementation: str = "auto"
 
 
-def eval_transform(spec: PreprocessSpec):
-    return create_transform(
+AUGMENT_IMPLEMENTATIONS = ("auto", "warp", "timm")
+PIL_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def uint8_hwc(image: Image.Image) -> torch.Tensor:
+    """A decoded RGB image as the uint8 HWC tensor that caches hold and per-item steps read."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+
+
+def pil_image(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray(image.numpy(), "RGB")
+
+
+class ImagePipeline:
+    """`prefix` (PIL -> PIL, deterministic: its output may be cached) then `item` (the prefix's output as
+    a uint8 HWC tensor -> the model's input). Called on a PIL image, it runs both."""
+
+    def __init__(
+        self, prefix: Callable[[Image.Image], Image.Image] | None, item: Callable[[torch.Tensor], torch.Tensor]
+    ):
+        self.prefix, self.item = prefix, item
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        return uint8_hwc(self.prefix(image) if self.prefix is not None else image)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.item(self.prepare(image))
+
+
+class _ToTensorThen:
+    """uint8 HWC tensor -> float CHW in [0, 1] (as torchvision's to_tensor divides) -> `rest`."""
+
+    def __init__(self, rest: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.rest = rest
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.rest(image.permute(2, 0, 1).contiguous().to(dtype=torch.get_default_dtype()).div(255))
+
+
+class _PilThen:
+    """uint8 HWC tensor -> PIL image -> `rest` (a PIL pipeline that ends with its own to-tensor)."""
+
+    def __init__(self, rest: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.rest = rest
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.rest(pil_image(image))
+
+
+class _Shrink:
+    """Resizes (antialiased) so the shorter side is at most `side`; smaller images pass unchanged."""
+
+    def __init__(self, side: int, interpolation: str) -> None:
+        self.side, self.resample = side, PIL_RESAMPLE[interpolation]
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        shorter = min(image.size)
+        if shorter <= self.side:
+            return image
+        factor = self.side / shorter
+        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        return image.resize(size, self.resample)
+
+
+def eval_transform(spec: PreprocessSpec) -> ImagePipeline:
+    timm_eval = create_transform(
         input_size=spec.input_size,
         is_training=False,
         interpolation=spec.interpolation,
@@ -101,10 +183,61 @@ def eval_transform(spec: PreprocessSpec):
         std=tuple(spec.std),
         crop_pct=spec.crop_pct,
     )
+    steps = list(timm_eval.transforms)
+    split = next(i for i, step in enumerate(steps) if isinstance(step, MaybeToTensor | tv_transforms.ToTensor))
+    return ImagePipeline(tv_transforms.Compose(steps[:split]), _ToTensorThen(tv_transforms.Compose(steps[split + 1 :])))
 
 
-def train_transform(spec: PreprocessSpec, augment: AugmentConfig | None = None):
+def augment_implementation(augment: AugmentConfig) -> str:
+    """warp or timm: what `train_transform` builds for these options."""
+    if augment.implementation not in AUGMENT_IMPLEMENTATIONS:
+        raise LeafnetError(
+            f"data.augment.implementation must be one of {', '.join(AUGMENT_IMPLEMENTATIONS)}, "
+            f"got {augment.implementation!r}"
+        )
+    timm_only = {
+        "color_jitter": augment.color_jitter,
+        "auto_augment": augment.auto_augment,
+        "re_prob": augment.re_prob,
+    }
+    needs_timm = [name for name, value in timm_only.items() if value]
+    if augment.implementation == "warp" and needs_timm:
+        raise LeafnetError(f"data.augment.implementation=warp cannot apply {', '.join(needs_timm)}; use auto or timm")
+    if augment.implementation == "auto":
+        return "timm" if needs_timm else "warp"
+    return augment.implementation
+
+
+def augments(augment: AugmentConfig) -> bool:
+    """False when every option is off: training then sees exactly what evaluation sees."""
+    geometry = augment.rotation_deg > 0 or augment.hflip > 0 or augment.vflip > 0
+    crop = tuple(augment.scale) != (1.0, 1.0) or tuple(augment.ratio) != (1.0, 1.0)
+    return geometry or crop or bool(augment.color_jitter or augment.auto_augment or augment.re_prob)
+
+
+def train_transform(spec: PreprocessSpec, augment: AugmentConfig | None = None) -> ImagePipeline:
     augment = augment or AugmentConfig()
+    implementation = augment_implementation(augment)
+    if not augments(augment) and implementation == "warp":
+        return eval_transform(spec)  # nothing random: the cheapest pipeline, and the one served
+    if implementation == "warp":
+        warp = AffineWarp(
+            spec.input_size,
+            spec.mean,
+            spec.std,
+            spec.background,
+            spec.interpolation,
+            augment.rotation_deg,
+            tuple(augment.scale),
+            tuple(augment.ratio),
+            augment.hflip,
+            augment.vflip,
+        )
+        return ImagePipeline(_Shrink(working_side(spec.input_size, augment.scale[0]), spec.interpolation), warp)
+    return ImagePipeline(None, _PilThen(_timm_train(spec, augment)))
+
+
+def _timm_train(spec: PreprocessSpec, augment: AugmentConfig):
     timm_part = create_transform(
         input_size=spec.input_size,
         is_training=True,

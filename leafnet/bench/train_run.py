@@ -1,0 +1,162 @@
+"""Whole training runs side by side: the wall time a user waits for, and what it buys.
+
+Each variant is a real `leafnet train` in its own process, run one after the other (in turns when
+repeated), so that every row is measured on the same machine in the same minutes. A row reports the
+process's wall time, the run's own split of it (leafnet/run_clock.py: start-up, steps, data wait,
+validation, checkpoints, logging), its efficiency (time in training epochs / wall), the wall seconds
+until val top-1 first reached each target (time-to-accuracy, from metrics.csv's wall_s), the best val
+top-1, and the test top-1 of the best checkpoint.
+
+`BASELINE_VARIANTS` keep the recipe and the code paths of the day issue 19 was filed under their name
+"before", beside the defaults as "after": the benchmark is its own before/after table (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from leafnet.errors import LeafnetError
+from leafnet.evaluation import EvalConfig, evaluate_checkpoint
+from leafnet.run_clock import PHASES, time_to_accuracy
+
+# The demo recipe before issue 19: 26 epochs in float32 without a weight average; timm's PIL pipeline with
+# the rotation of the whole prepared image first; every image decoded every epoch by 2 workers; validation
+# batches of 128; last.pt and best.pt each serialised inline. (best.pt is now a link in both rows.)
+BEFORE = [
+    "schedule.epochs=26",
+    "amp.dtype=none",
+    "ema.enabled=false",
+    "data.augment.implementation=timm",
+    "data.cache_mb=0",
+    "data.workers=2",
+    "data.eval_batch_size=128",
+    "checkpoint.background=false",
+]
+BASELINE_VARIANTS = {"before": BEFORE, "after": []}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_variant(name: str, overrides: list[str], base: list[str], output: Path, log) -> dict:
+    """One `leafnet train` in a fresh process, then its best checkpoint on the test split."""
+    run_name = name.replace("/", "_").replace(" ", "_")
+    command = [sys.executable, "-m", "leafnet", "train", f"train.output_dir={output}", f"train.name={run_name}"]
+    command += [*base, *overrides]
+    log(f"{name}: {' '.join(command[3:])}")
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    process_wall = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise LeafnetError(f"variant {name!r}: training failed ({done.returncode}): {tail[0]}")
+    run_dir = output / run_name
+    timing = json.loads((run_dir / "timing.json").read_text())
+    rows = read_metrics(run_dir / "metrics.csv")
+    vals = [float(r["val_top1"]) for r in rows if r.get("val_top1")]
+    test = evaluate_checkpoint(
+        EvalConfig(checkpoint=str(run_dir / "checkpoints" / "best.pt"), split="test", output=str(run_dir)),
+        log=lambda _: None,
+    )
+    return {
+        "process_wall_s": round(process_wall, 2),
+        "timing": timing,
+        "epochs": len(rows),
+        "wall_s_per_epoch": [round(float(r["wall_s"]), 2) for r in rows],
+        "val_top1_per_epoch": [round(float(r["val_top1"]), 4) if r.get("val_top1") else None for r in rows],
+        "best_val_top1": max(vals) if vals else None,
+        "test_top1": test["top1"],
+        "test_count": test["count"],
+    }
+
+
+def summarise(runs: list[dict], targets: list[float]) -> dict:
+    """A variant's row: the median over its repeats of each figure (the one run's figures when once)."""
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 4) if values else None
+
+    row = {"repeats": len(runs), "epochs": runs[0]["epochs"]}
+    row["process_wall_s"] = median([r["process_wall_s"] for r in runs])
+    for key in (*PHASES, "other", "wall", "efficiency", "process_efficiency"):
+        row[key] = median([r["timing"][key] for r in runs])
+    for target in targets:
+        reached = [time_to_accuracy(_rows(r), target) for r in runs]
+        row[f"time_to_{target:g}"] = median(reached) if all(t is not None for t in reached) else None
+    row["best_val_top1"] = median([r["best_val_top1"] for r in runs])
+    row["test_top1"] = median([r["test_top1"] for r in runs])
+    row["runs"] = runs
+    return row
+
+
+def _rows(run: dict) -> list[dict]:
+    return [
+        {"wall_s": wall, "val_top1": top1}
+        for wall, top1 in zip(run["wall_s_per_epoch"], run["val_top1_per_epoch"], strict=True)
+    ]
+
+
+def run_time_to_accuracy(
+    variants: dict[str, list[str]], base: list[str], targets: list[float], repeats: int, output: Path, log
+) -> dict:
+    if repeats < 1:
+        raise LeafnetError(f"repeats must be at least 1, got {repeats}")
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for turn in range(repeats):  # in turns, so drift over the minutes touches every variant alike
+        for name, overrides in variants.items():
+            label = name if repeats == 1 else f"{name}#{turn + 1}"
+            runs[name].append(run_variant(name, overrides, base, output / f"turn{turn + 1}", log))
+            log(f"{label}: {_brief(runs[name][-1], targets)}")
+    rows = {name: summarise(found, targets) for name, found in runs.items()}
+    first = next(iter(rows.values()))
+    for row in rows.values():
+        for target in targets:
+            key = f"time_to_{target:g}"
+            if row[key] is not None and first[key]:
+                row[f"{key}_vs_first"] = round(row[key] / first[key], 3)
+        row["wall_vs_first"] = round(row["wall"] / first["wall"], 3)
+    log(format_run_table(rows, targets))
+    return {"mode": "run", "base": base, "targets": targets, "repeats": repeats, "variants": rows}
+
+
+def _brief(run: dict, targets: list[float]) -> str:
+    reached = [f"{t:.0%} at {_seconds(time_to_accuracy(_rows(run), t))}s" for t in targets]
+    return (
+        f"wall {run['timing']['wall']:.1f}s (process {run['process_wall_s']:.1f}s), efficiency "
+        f"{run['timing']['efficiency']:.1%}, val {', '.join(reached)}, best val {run['best_val_top1']:.2%}, "
+        f"test {run['test_top1']:.2%}"
+    )
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_run_table(rows: dict[str, dict], targets: list[float]) -> str:
+    reach = [f"val {t:.0%} at s (ratio)" for t in targets]
+    header = ["variant", "epochs", "process s", "wall s", *PHASES, "other", "efficiency", "of process", *reach]
+    header += ["best val", "test top-1"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for name, row in rows.items():
+        cells = [name, str(row["epochs"]), _seconds(row["process_wall_s"]), _seconds(row["wall"])]
+        cells += [_seconds(row[phase]) for phase in (*PHASES, "other")]
+        cells += [f"{row['efficiency']:.1%}", f"{row['process_efficiency']:.1%}"]
+        for target in targets:
+            key = f"time_to_{target:g}"
+            ratio = row.get(f"{key}_vs_first")
+            if row[key] is None:
+                cells.append("not reached")
+            else:
+                cells.append(f"{row[key]:.1f}" + (f" ({ratio:.2f}x)" if ratio is not None else ""))
+        cells += [f"{row['best_val_top1']:.2%}", f"{row['test_top1']:.2%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

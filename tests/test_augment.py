@@ -1,0 +1,146 @@
+"""Training augmentation as one affine warp (leafnet/data/warp.py) and the in-memory cache of decoded
+images (leafnet/data/cache.py): the geometry is the one it replaces, a cached item is the uncached
+item, and workers fill one cache that every process sees."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import functional as tvf
+
+from leafnet.data.cache import DecodedCache
+from leafnet.data.dataset import ManifestDataset
+from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
+from leafnet.data.transforms import (
+    AugmentConfig,
+    PreprocessSpec,
+    augment_implementation,
+    eval_transform,
+    train_transform,
+)
+from leafnet.data.warp import AffineWarp, warp_matrix, working_side
+from leafnet.errors import LeafnetError
+
+MEAN, STD = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
+
+
+def normalised(image: torch.Tensor) -> torch.Tensor:
+    """What the eval pipeline makes of a uint8 HWC image at its own size."""
+    return tvf.normalize(image.permute(2, 0, 1).float() / 255, MEAN, STD)
+
+
+def warped(image: torch.Tensor, angle=0.0, hflip=False, vflip=False, background=(0, 0, 0)) -> torch.Tensor:
+    """The warp with fixed geometry: the whole image (no crop), at its own size."""
+    height, width = image.shape[:2]
+    warp = AffineWarp(width, MEAN, STD, list(background))
+    theta = warp_matrix(width, height, angle, (0.0, 0.0, float(width), float(height)), hflip, vflip)
+    warp.sample = lambda w, h: theta
+    return warp(image)
+
+
+@pytest.fixture
+def image() -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8))
+
+
+def test_the_identity_warp_reproduces_the_image_and_flips_mirror_it_exactly(image):
+    assert torch.allclose(warped(image), normalised(image), atol=1e-5)
+    assert torch.allclose(warped(image, hflip=True), normalised(image).flip(-1), atol=1e-5)
+    assert torch.allclose(warped(image, vflip=True), normalised(image).flip(-2), atol=1e-5)
+
+
+def test_a_quarter_turn_is_a_pixel_exact_rotation_and_uncovered_corners_take_the_background(image):
+    turned = warped(image, angle=90.0)
+    assert any(torch.allclose(turned, normalised(image).rot90(k, dims=(-2, -1)), atol=1e-4) for k in (1, 3))
+    background = (255, 255, 255)
+    tilted = warped(image, angle=45.0, background=background)
+    white = normalised(torch.full((1, 1, 3), 255, dtype=torch.uint8))[:, 0, 0]
+    assert torch.allclose(tilted[:, 0, 0], white, atol=1e-4)  # a corner: outside the rotated image
+
+
+def test_the_warp_samples_timms_crop_distribution(prepared_synthetic):
+    """Same options, two implementations: the share of leaf pixels (the crop's zoom) and its spread agree."""
+    spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=32)
+    foreground = {}
+    for implementation in ("warp", "timm"):
+        augment = AugmentConfig(implementation=implementation)
+        dataset = ManifestDataset(prepared_synthetic, "train", train_transform(spec, augment))
+        background = torch.tensor([(0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)])[:, None, None]
+        shares = [
+            (dataset[(i % len(dataset), seed)][0] - background).abs().sum(0).gt(0.5).float().mean().item()
+            for seed, i in enumerate(range(0, 400, 2))
+        ]
+        foreground[implementation] = (np.mean(shares), np.std(shares))
+    (warp_mean, warp_std), (timm_mean, timm_std) = foreground["warp"], foreground["timm"]
+    assert abs(warp_mean - timm_mean) < 0.1 * timm_mean and abs(warp_std - timm_std) < 0.25 * timm_std
+
+
+def test_a_cached_item_is_the_uncached_item_for_training_and_evaluation(prepared_synthetic):
+    spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
+    for split, transform in [("train", train_transform(spec)), ("val", eval_transform(spec))]:
+        plain = ManifestDataset(prepared_synthetic, split, transform)
+        cached = ManifestDataset(prepared_synthetic, split, transform)
+        assert cached.cache_in_memory(64)
+        for index in (0, 5, 17):
+            key = (index, 1234 + index) if split == "train" else index
+            first, again = cached[key][0], cached[key][0]  # decoded and stored, then read from memory
+            assert torch.equal(first, plain[key][0]) and torch.equal(again, first)
+        assert cached.cache.filled[[0, 5, 17]].all()
+    # the same seed gives the same sample; another seed another
+    assert torch.equal(cached[3][0], plain[3][0])
+    train = ManifestDataset(prepared_synthetic, "train", train_transform(spec))
+    assert torch.equal(train[(3, 7)][0], train[(3, 7)][0]) and not torch.equal(train[(3, 7)][0], train[(3, 8)][0])
+
+
+@pytest.mark.slow
+def test_loader_workers_fill_one_cache_that_the_main_process_reads(prepared_synthetic):
+    spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=32)
+    dataset = ManifestDataset(prepared_synthetic, "train", train_transform(spec))
+    assert dataset.cache_in_memory(64) and int(dataset.cache.filled.sum()) == 1  # only the shape-giving image
+    loader = build_loader(dataset, LoaderConfig(batch_size=16, workers=2), train=True)
+    first = torch.cat([images for images, _ in loader])
+    drawn = [index for index, _ in loader.sampler][: len(first)]  # the epoch's order, less the dropped last batch
+    assert bool(dataset.cache.filled[drawn].all())  # filled by the workers, seen here
+    second = torch.cat([images for images, _ in loader])  # the same epoch again, now from memory
+    assert torch.equal(first, second)
+
+
+def test_a_split_over_budget_is_decoded_per_item_and_says_so(prepared_synthetic, caplog):
+    spec = PreprocessSpec.from_prepared(prepared_synthetic)
+    dataset = ManifestDataset(prepared_synthetic, "train", eval_transform(spec))
+    with caplog.at_level(logging.INFO):
+        assert not dataset.cache_in_memory(0.01)
+    assert dataset.cache is None and "train split: not cached in memory" in caplog.text
+    assert dataset[0][0].shape == (3, spec.input_size, spec.input_size)
+
+
+def test_an_image_of_another_shape_is_never_stored():
+    cache = DecodedCache.allocate(3, torch.zeros(4, 4, 3, dtype=torch.uint8), budget_mb=1)
+    odd = torch.ones(5, 4, 3, dtype=torch.uint8)
+    assert torch.equal(cache.get(1, lambda: odd), odd) and not cache.filled[1]
+    fitting = torch.full((4, 4, 3), 7, dtype=torch.uint8)
+    assert torch.equal(cache.get(2, lambda: fitting), fitting) and cache.filled[2]
+    assert torch.equal(cache.get(2, lambda: pytest.fail("read again")), fitting)
+
+
+def test_the_implementation_follows_the_options_and_contradictions_are_one_line():
+    assert augment_implementation(AugmentConfig()) == "warp"
+    assert augment_implementation(AugmentConfig(auto_augment="rand-m9-mstd0.5")) == "timm"
+    assert augment_implementation(AugmentConfig(implementation="timm")) == "timm"
+    with pytest.raises(LeafnetError, match="implementation=warp cannot apply color_jitter"):
+        augment_implementation(AugmentConfig(implementation="warp", color_jitter=0.4))
+    with pytest.raises(LeafnetError, match="must be one of auto, warp, timm, got 'fast'"):
+        augment_implementation(AugmentConfig(implementation="fast"))
+
+
+def test_the_warp_reads_a_source_just_large_enough_and_workers_follow_the_cache():
+    assert working_side(56, 0.7) == math.ceil(56 / math.sqrt(0.7)) == 67
+    assert working_side(224, 1.0) == 224
+    assert auto_workers(cached=True, local_processes=1, cores=16) == 1
+    assert auto_workers(cached=False, local_processes=1, cores=2) == 2
+    assert auto_workers(cached=False, local_processes=2, cores=16) == 4
+    assert auto_workers(cached=False, local_processes=1, cores=64) == 8

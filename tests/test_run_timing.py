@@ -1,0 +1,149 @@
+"""What a training run's wall time is spent on: the background checkpoint writer (leafnet/checkpoint_writer.py),
+the run clock and time-to-accuracy (leafnet/run_clock.py), and the whole-run benchmark that reads them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import pytest
+import torch
+
+import leafnet.checkpoint_writer as writer_module
+from leafnet.checkpoint import load_checkpoint
+from leafnet.checkpoint_writer import CheckpointWriter
+from leafnet.errors import LeafnetError
+from leafnet.run_clock import PHASES, RunClock, process_age, time_to_accuracy
+from leafnet.train import main as train
+from tests.conftest import tiny_config
+
+
+def payload(value: float) -> dict:
+    return {"model": {"weight": torch.full((4,), value)}, "epoch": int(value)}
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_one_serialisation_then_links_and_a_later_file_leaves_the_linked_one_alone(tmp_path, background):
+    writer = CheckpointWriter(background)
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    live = payload(1.0)
+    writer.save(last, live, also=[best])
+    live["model"]["weight"].fill_(9.0)  # training goes on in place: the file holds the values at save()
+    writer.flush()
+    assert os.stat(last).st_ino == os.stat(best).st_ino  # a link, not a second write
+    assert load_checkpoint(best)["model"]["weight"].tolist() == [1.0] * 4
+    writer.save(last, payload(2.0))
+    writer.close()
+    assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(best)["epoch"] == 1
+
+
+def test_files_are_written_in_order_with_the_pruning_between(tmp_path, monkeypatch):
+    """Each save: its first file, then the pruning, then the links (last.pt names the kept top files, so it
+    comes after both); saves land in the order they were made."""
+    events = []
+    write, link = writer_module.atomic_write_bytes, writer_module.link_or_write
+    monkeypatch.setattr(
+        writer_module, "atomic_write_bytes", lambda p, d: (events.append(("write", p.name)), write(p, d))
+    )
+    monkeypatch.setattr(
+        writer_module, "link_or_write", lambda s, t, d: (events.append(("link", t.name)), link(s, t, d))
+    )
+    real_unlink = type(tmp_path).unlink
+
+    def unlink(path, missing_ok=False):
+        events.append(("remove", path.name))
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(type(tmp_path), "unlink", unlink)
+    (tmp_path / "top").mkdir()
+    writer = CheckpointWriter()
+    for epoch in range(3):
+        stale = [tmp_path / "top" / f"e{epoch - 1}.pt"] if epoch else []
+        writer.save(tmp_path / "top" / f"e{epoch}.pt", payload(epoch), also=[tmp_path / "last.pt"], remove=stale)
+    writer.close()
+    assert [e for e in events if e[1] != ".last.pt.link"] == [
+        ("write", "e0.pt"), ("link", "last.pt"),
+        ("write", "e1.pt"), ("remove", "e0.pt"), ("link", "last.pt"),
+        ("write", "e2.pt"), ("remove", "e1.pt"), ("link", "last.pt"),
+    ]  # fmt: skip
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert sorted(p.name for p in (tmp_path / "top").iterdir()) == ["e2.pt"]
+
+
+def test_without_links_the_same_bytes_are_written_again(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise OSError("links not supported")
+
+    monkeypatch.setattr(writer_module.os, "link", no_links)
+    writer = CheckpointWriter()
+    writer.save(tmp_path / "last.pt", payload(3.0), also=[tmp_path / "best.pt"])
+    writer.close()
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert not list(tmp_path.glob(".*"))  # no staging file left behind
+
+
+def test_a_failed_write_is_raised_by_the_next_call_naming_the_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    writer = CheckpointWriter()
+    writer.save(blocker / "last.pt", payload(1.0))
+    with pytest.raises(LeafnetError, match=r"writing checkpoint .*file/last\.pt failed"):
+        writer.flush()
+    writer.save(tmp_path / "ok.pt", payload(2.0))
+    writer.close()
+    assert (tmp_path / "ok.pt").is_file()
+
+
+def test_the_clock_splits_the_wall_and_time_to_accuracy_reads_the_first_epoch_at_target():
+    clock = RunClock()
+    with clock.phase("validation"):
+        time.sleep(0.05)
+    clock.add("steps", 0.01)
+    clock.add("data_wait", 0.01)
+    clock.end_startup()
+    report = clock.report()
+    assert set(report) == {*PHASES, "other", "wall", "efficiency", "process_efficiency"}
+    assert report["validation"] >= 0.05 and report["steps"] == 0.01 and report["startup"] >= 0.05
+    assert report["efficiency"] == pytest.approx(0.02 / report["wall"], rel=0.01)  # no imports in this clock
+    assert report["process_efficiency"] == report["efficiency"] and report["imports"] == 0
+    rows = [{"wall_s": 5, "val_top1": 0.5}, {"wall_s": 9, "val_top1": ""}, {"wall_s": 12, "val_top1": 0.96}]
+    assert time_to_accuracy(rows, 0.95) == 12 and time_to_accuracy(rows, 0.5) == 5
+    assert time_to_accuracy(rows, 0.99) is None
+    assert process_age() > 0 and RunClock(since_process_start=True).elapsed() >= process_age() - 0.5
+
+
+def test_a_run_writes_its_wall_split_and_the_wall_at_each_epoch(tiny_leaves, tmp_path):
+    summary = train(tiny_config(tiny_leaves, tmp_path, "schedule.epochs=3", "train.max_steps_per_epoch=2"))
+    timing = json.loads((tmp_path / "run" / "timing.json").read_text())
+    assert timing == summary["timing"] and timing["steps"] > 0 and timing["validation"] > 0
+    assert sum(timing[p] for p in (*PHASES, "other")) == pytest.approx(timing["wall"], abs=0.01)
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        walls = [float(row["wall_s"]) for row in csv.DictReader(f)]
+    assert len(walls) == 3 and walls == sorted(walls) and walls[-1] <= timing["wall"]
+    best, last = tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "run" / "checkpoints" / "last.pt"
+    assert load_checkpoint(best)["epoch"] <= load_checkpoint(last)["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_the_run_benchmark_reports_time_to_accuracy_for_each_variant(tiny_leaves, tmp_path, run_script):
+    base = [f"data.root={tiny_leaves}", "data.input_size=0", "data.batch_size=8", "schedule.epochs=2"]
+    out = tmp_path / "bench" / "train.json"
+    done = run_script(
+        "benchmark_train.py",
+        "mode=run",
+        f"base=[{','.join(base)}]",
+        "variants={before: [data.augment.implementation=timm,data.cache_mb=0,checkpoint.background=false], after: []}",
+        "targets=[0.25,1.01]",
+        f"output={out}",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| variant | epochs |" in done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert list(result["variants"]) == ["before", "after"] and result["targets"] == [0.25, 1.01]
+    for row in result["variants"].values():
+        assert row["epochs"] == 2 and row["time_to_1.01"] is None and 0 < row["efficiency"] <= 1
+        assert row["process_wall_s"] >= row["wall"] > 0 and 0 <= row["test_top1"] <= 1
+        assert (tmp_path / "bench" / "train_runs" / "turn1").is_dir()
+    assert result["variants"]["before"]["wall_vs_first"] == 1.0
