@@ -322,7 +322,13 @@ class Trainer:
             if budget > 0 and dataset.cache_in_memory(budget, sharers=local):
                 budget -= dataset.cache.megabytes
                 cached.append(f"{dataset.split} {dataset.cache.megabytes:.0f} MB")
-        workers = data.workers if data.workers >= 0 else auto_workers(self.train_set.cache is not None, local)
+        # On a CPU the warp's batch is built beside the step on the same cores; a GPU's steps leave them free.
+        in_process = self.train_set.batches_warp and self.device.type == "cpu"
+        workers = (
+            data.workers
+            if data.workers >= 0
+            else auto_workers(self.train_set.cache is not None, local, None, in_process)
+        )
         self._log(
             f"data: {augment_implementation(data.augment) if augments(data.augment) else 'no'} augmentation, "
             f"{'cached in memory: ' + ', '.join(cached) if cached else 'decoded per item (data.cache_mb)'}, "

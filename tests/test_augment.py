@@ -38,8 +38,7 @@ def warped(image: torch.Tensor, angle=0.0, hflip=False, vflip=False, background=
     height, width = image.shape[:2]
     warp = AffineWarp(width, MEAN, STD, list(background))
     theta = warp_matrix(width, height, angle, (0.0, 0.0, float(width), float(height)), hflip, vflip)
-    warp.sample = lambda w, h: theta
-    return warp(image)
+    return warp.apply(image[None], theta[None])[0]
 
 
 @pytest.fixture
@@ -96,6 +95,22 @@ def test_a_cached_item_is_the_uncached_item_for_training_and_evaluation(prepared
     assert torch.equal(train[(3, 7)][0], train[(3, 7)][0]) and not torch.equal(train[(3, 7)][0], train[(3, 8)][0])
 
 
+def test_a_batch_warped_in_one_call_is_the_items_one_by_one_whatever_its_sizes(prepared_synthetic):
+    spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
+    plain = ManifestDataset(prepared_synthetic, "train", train_transform(spec))
+    cached = ManifestDataset(prepared_synthetic, "train", train_transform(spec))
+    assert cached.cache_in_memory(64) and cached.batches_warp and not plain.batches_warp
+    odd = torch.full((50, 44, 3), 90, dtype=torch.uint8)  # another size: warped in a call of its own
+    cached._prepared = lambda index, prepared=cached._prepared: odd if index == 4 else prepared(index)
+    keys = [(index, 99 + index) for index in (3, 4, 8, 3)]
+    batch = cached.__getitems__(keys)
+    assert [label for _, label in batch] == [plain.samples[index][1] for index, _ in keys]
+    assert torch.equal(batch[1][0], cached._item(odd, 103))
+    for position in (0, 2, 3):
+        assert torch.equal(batch[position][0], plain[keys[position]][0])
+    assert not torch.equal(batch[0][0], cached[(3, 100)][0])  # another seed, another sample
+
+
 @pytest.mark.slow
 def test_loader_workers_fill_one_cache_that_the_main_process_reads(prepared_synthetic):
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=32)
@@ -141,6 +156,7 @@ def test_the_warp_reads_a_source_just_large_enough_and_workers_follow_the_cache(
     assert working_side(56, 0.7) == math.ceil(56 / math.sqrt(0.7)) == 67
     assert working_side(224, 1.0) == 224
     assert auto_workers(cached=True, local_processes=1, cores=16) == 1
+    assert auto_workers(cached=True, local_processes=1, cores=16, in_process=True) == 0
     assert auto_workers(cached=False, local_processes=1, cores=2) == 2
     assert auto_workers(cached=False, local_processes=2, cores=16) == 4
     assert auto_workers(cached=False, local_processes=1, cores=64) == 8

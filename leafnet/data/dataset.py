@@ -16,6 +16,7 @@ from leafnet.data.cache import DecodedCache, decode
 from leafnet.data.prepared import PreparedData
 from leafnet.data.split import SPLITS
 from leafnet.data.transforms import ImagePipeline
+from leafnet.data.warp import AffineWarp
 from leafnet.errors import LeafnetError
 
 
@@ -59,16 +60,57 @@ class ManifestDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         if self.cache is not None:
-            prepared = self.cache.get(index, lambda: self._prepared(index))
-            with seeded_rng(seed) if seed is not None else contextlib.nullcontext():
-                return self.transform.item(prepared), label
+            return self._item(self.cache.get(index, lambda: self._prepared(index)), seed), label
+        if isinstance(self.transform, ImagePipeline):
+            return self._item(self.transform.prepare(decode(path)), seed), label
         image = decode(path)
         if self.transform is None:
             return image, label
-        if seed is None:
+        with seeded_rng(seed) if seed is not None else contextlib.nullcontext():
             return self.transform(image), label
-        with seeded_rng(seed):
-            return self.transform(image), label
+
+    def _item(self, prepared: torch.Tensor, seed: int | None) -> torch.Tensor:
+        """The pipeline's per-item step on a prepared image, its randomness drawn from `seed`."""
+        item = self.transform.item
+        if isinstance(item, AffineWarp):  # draws from a generator of its own: no global state to swap
+            return item(prepared, _generator(seed))
+        with seeded_rng(seed) if seed is not None else contextlib.nullcontext():
+            return item(prepared)
+
+    def __getitems__(self, keys: list) -> list[tuple[torch.Tensor, int]]:
+        """A batch of samples, exactly as `[self[key] for key in keys]` gives them. When the cached split's
+        per-item step is a warp (`leafnet.data.warp.AffineWarp`), each sample's geometry is drawn from its
+        own seed as always, but the images of one size are resampled together in one call: a DataLoader
+        (which calls this for each batch) then costs a fraction of the per-item path, cheap enough to run in
+        the training process itself (`leafnet.data.loaders.auto_workers`)."""
+        if not self.batches_warp:
+            return [self[key] for key in keys]
+        warp = self.transform.item
+        images, thetas, labels = [], [], []
+        for key in keys:
+            index, seed = key if isinstance(key, tuple) else (key, None)
+            image = self.cache.get(index, lambda index=index: self._prepared(index))
+            images.append(image)
+            thetas.append(warp.sample(image.shape[1], image.shape[0], _generator(seed)))
+            labels.append(self.samples[index][1])
+        by_size: dict[tuple, list[int]] = {}  # a split's cached images share a size; a few may not
+        for position, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape), []).append(position)
+        warped: list[torch.Tensor | None] = [None] * len(keys)
+        for positions in by_size.values():
+            batch = warp.apply(torch.stack([images[p] for p in positions]), torch.stack([thetas[p] for p in positions]))
+            for position, tensor in zip(positions, batch, strict=True):
+                warped[position] = tensor
+        return list(zip(warped, labels, strict=True))
+
+    @property
+    def batches_warp(self) -> bool:
+        """True when `__getitems__` warps a batch in one call: the split is cached and its step is a warp."""
+        return self.cache is not None and isinstance(getattr(self.transform, "item", None), AffineWarp)
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return torch.Generator().manual_seed(seed) if seed is not None else None
 
 
 @contextmanager

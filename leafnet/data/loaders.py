@@ -130,10 +130,15 @@ def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
-def auto_workers(cached: bool, local_processes: int = 1, cores: int | None = None) -> int:
-    """Loader workers per training process for data.workers=-1. A cached split's sample is a slice and one
-    warp, a fraction of a training step's compute: one worker keeps up without taking a core from compute.
-    Decoding per item needs more: half of this process's share of the cores, between 2 and 8."""
+def auto_workers(cached: bool, local_processes: int = 1, cores: int | None = None, in_process: bool = False) -> int:
+    """Loader workers per training process for data.workers=-1.
+    - `in_process`: the batch is cheapest built in the training process itself (a cached split warped a
+      batch at a time on a CPU that also computes the steps): no worker, so no process competes with the
+      step's threads for the cores (docs/training.md measures it).
+    - A cached split otherwise: a sample is a slice and one transform, and one worker keeps up.
+    - Decoding per item needs more: half of this process's share of the cores, between 2 and 8."""
+    if cached and in_process:
+        return 0
     if cached:
         return 1
     share = max(1, (cores or os.cpu_count() or 1) // max(1, local_processes))

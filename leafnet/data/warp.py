@@ -13,8 +13,8 @@ machine's training throughput; docs/training.md has the measurement.
 The sampled geometry follows the pipeline it replaces: the rotation (uniform in ±rotation_deg about the
 centre, the uncovered corners filled with the background) happens before the crop, and the crop is
 timm's RandomResizedCrop's (area share uniform in `scale`, log aspect ratio uniform in `ratio`, ten
-tries to fit, else the whole image). Randomness comes from torch's default generator, which the dataset
-seeds per sample (`leafnet.data.dataset.seeded_rng`), so a sample's pixels depend only on its seed.
+tries to fit, else the whole image). A sample's numbers come from its own generator, which the dataset
+seeds with the sample's seed, so its pixels depend on that seed alone, whichever batch or process draws it.
 """
 
 from __future__ import annotations
@@ -35,23 +35,36 @@ def working_side(output_size: int, min_scale: float) -> int:
     return math.ceil(output_size / math.sqrt(max(min_scale, 1e-6)))
 
 
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * torch.rand(()).item()
+# Uniform draws a sample may need, taken in one call: the angle, CROP_TRIES x (area, log ratio, x, y), two flips
+DRAWS = 1 + 4 * CROP_TRIES + 2
 
 
-def crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]) -> tuple:
+class _Draws:
+    """Uniform [0, 1) numbers for one sample, drawn in one call from `generator` (torch's default when
+    None) and handed out in order: one generator call per sample instead of one per number."""
+
+    def __init__(self, generator: torch.Generator | None) -> None:
+        self.values = iter(torch.rand(DRAWS, generator=generator, dtype=torch.float64).tolist())
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * next(self.values)
+
+
+def crop_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], draws: _Draws | None = None
+) -> tuple:
     """(centre x, centre y, crop width, crop height) in pixels from the image's centre, sampled as
     timm's RandomResizedCrop samples them (continuous positions instead of whole pixels)."""
+    draws = draws or _Draws(None)
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(CROP_TRIES):
-        target = area * _uniform(*scale)
-        aspect = math.exp(_uniform(*log_ratio))
+        target = area * draws.uniform(*scale)
+        aspect = math.exp(draws.uniform(*log_ratio))
+        cx_unit, cy_unit = draws.uniform(-0.5, 0.5), draws.uniform(-0.5, 0.5)
         w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
         if w <= width and h <= height:
-            cx = _uniform(-(width - w) / 2, (width - w) / 2)
-            cy = _uniform(-(height - h) / 2, (height - h) / 2)
-            return cx, cy, w, h
+            return cx_unit * (width - w), cy_unit * (height - h), w, h
     return 0.0, 0.0, float(width), float(height)
 
 
@@ -68,11 +81,15 @@ def warp_matrix(
     cx, cy, w, h = box
     theta = math.radians(angle_deg)
     cos, sin = math.cos(theta), math.sin(theta)
-    # output -> crop, in pixels from the image centre; a flip mirrors the output about the crop's axis
-    a = torch.tensor([[(-w if hflip else w) / 2, 0.0, cx], [0.0, (-h if vflip else h) / 2, cy]], dtype=torch.float64)
-    rotate = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
-    to_normalised = torch.diag(torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float64))
-    return (to_normalised @ rotate @ a).float()
+    # output -> crop, in pixels from the image centre (a flip mirrors the output about the crop's axis):
+    # [[sx, 0, cx], [0, sy, cy]]; then the rotation [[cos, -sin], [sin, cos]]; then pixels -> [-1, 1]
+    sx, sy = (-w if hflip else w) / 2, (-h if vflip else h) / 2
+    to_x, to_y = 2.0 / width, 2.0 / height
+    rows = [
+        [to_x * cos * sx, -to_x * sin * sy, to_x * (cos * cx - sin * cy)],
+        [to_y * sin * sx, to_y * cos * sy, to_y * (sin * cx + cos * cy)],
+    ]
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 class AffineWarp:
@@ -102,21 +119,28 @@ class AffineWarp:
         self.gain = 1.0 / (255.0 * std_t)
         self.offset = (background_t / 255.0 - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / std_t
 
-    def sample(self, width: int, height: int) -> torch.Tensor:
-        angle = _uniform(-self.rotation_deg, self.rotation_deg) if self.rotation_deg > 0 else 0.0
-        box = crop_box(width, height, self.scale, self.ratio)
-        hflip = self.hflip > 0 and torch.rand(()).item() < self.hflip
-        vflip = self.vflip > 0 and torch.rand(()).item() < self.vflip
+    def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One sample's 2x3 matrix (`warp_matrix`), every number drawn from `generator` (a sample's own,
+        seeded with its seed, so that its pixels depend on that seed alone; torch's default when None)."""
+        draws = _Draws(generator)
+        angle = draws.uniform(-self.rotation_deg, self.rotation_deg)
+        box = crop_box(width, height, self.scale, self.ratio, draws)
+        hflip = draws.uniform(0.0, 1.0) < self.hflip
+        vflip = draws.uniform(0.0, 1.0) < self.vflip
         return warp_matrix(width, height, angle, box, hflip, vflip)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        height, width = image.shape[:2]
-        theta = self.sample(width, height)
+    def apply(self, images: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC images of one size and a `sample`d 2x3 matrix each -> normalised float NCHW: one
+        resampling call for the whole batch, which spreads over the intra-op threads."""
         # Shifted so the background is 0: grid_sample's zero padding then fills uncovered pixels with it.
-        source = (image.permute(2, 0, 1).float() - self.background)[None]
-        size = (1, source.shape[1], self.output_size, self.output_size)
-        grid = affine_grid(theta[None], list(size), align_corners=False)
-        warped = grid_sample(source, grid, mode=self.mode, padding_mode="zeros", align_corners=False)[0]
+        source = images.permute(0, 3, 1, 2).float() - self.background
+        size = (source.shape[0], source.shape[1], self.output_size, self.output_size)
+        grid = affine_grid(thetas, list(size), align_corners=False)
+        warped = grid_sample(source, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
         if self.mode == "bicubic":  # bicubic overshoots; PIL clamps to the pixel range, so does this
             warped = torch.maximum(torch.minimum(warped, 255.0 - self.background), -self.background)
         return warped * self.gain + self.offset
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        height, width = image.shape[:2]
+        return self.apply(image[None], self.sample(width, height, generator)[None])[0]
