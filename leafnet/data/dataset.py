@@ -48,6 +48,9 @@ class ManifestDataset(Dataset):
     def _prepared(self, index: int):
         return self.transform.prepare(decode(self.samples[index][0]))
 
+    def _cached(self, index: int) -> torch.Tensor:
+        return self.cache.get(index, lambda: self._prepared(index))
+
     @property
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
@@ -60,7 +63,7 @@ class ManifestDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         if self.cache is not None:
-            return self._item(self.cache.get(index, lambda: self._prepared(index)), seed), label
+            return self._item(self._cached(index), seed), label
         if isinstance(self.transform, ImagePipeline):
             return self._item(self.transform.prepare(decode(path)), seed), label
         image = decode(path)
@@ -89,7 +92,7 @@ class ManifestDataset(Dataset):
         images, thetas, labels = [], [], []
         for key in keys:
             index, seed = key if isinstance(key, tuple) else (key, None)
-            image = self.cache.get(index, lambda index=index: self._prepared(index))
+            image = self._cached(index)
             images.append(image)
             thetas.append(warp.sample(image.shape[1], image.shape[0], _generator(seed)))
             labels.append(self.samples[index][1])

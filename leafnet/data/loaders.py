@@ -137,7 +137,7 @@ def auto_workers(cached: bool, local_processes: int = 1, cores: int | None = Non
       step's threads for the cores (docs/training.md measures it).
     - A cached split otherwise: a sample is a slice and one transform, and one worker keeps up.
     - Decoding per item needs more: half of this process's share of the cores, between 2 and 8."""
-    if cached and in_process:
+    if in_process:
         return 0
     if cached:
         return 1
