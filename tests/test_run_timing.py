@@ -10,8 +10,10 @@ import time
 
 import pytest
 import torch
+import yaml
 
 import leafnet.checkpoint_writer as writer_module
+from leafnet.bench.train import TrainBenchConfig, run_train_benchmark
 from leafnet.checkpoint import load_checkpoint
 from leafnet.checkpoint_writer import CheckpointWriter
 from leafnet.errors import LeafnetError
@@ -136,14 +138,37 @@ def test_the_run_benchmark_reports_time_to_accuracy_for_each_variant(tiny_leaves
         f"base=[{','.join(base)}]",
         "variants={before: [data.augment.implementation=timm,data.cache_mb=0,checkpoint.background=false], after: []}",
         "targets=[0.25,1.01]",
+        "seeds=[0,5]",
         f"output={out}",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| variant | epochs |" in done.stdout + done.stderr
     result = json.loads(out.read_text())
     assert list(result["variants"]) == ["before", "after"] and result["targets"] == [0.25, 1.01]
-    for row in result["variants"].values():
+    assert result["repeats"] == 2 and result["turns"] == [["train.seed=0"], ["train.seed=5"]]
+    for name, row in result["variants"].items():
         assert row["epochs"] == 2 and row["time_to_1.01"] is None and 0 < row["efficiency"] <= 1
         assert row["process_wall_s"] >= row["wall"] > 0 and 0 <= row["test_top1"] <= 1
-        assert (tmp_path / "bench" / "train_runs" / "turn1").is_dir()
+        low, high = row["test_top1_range"]
+        assert low <= row["test_top1"] <= high and len(row["runs"]) == 2
+        for turn, seed in ((1, 0), (2, 5)):  # each turn trained with its own seed
+            saved = yaml.safe_load(
+                (tmp_path / "bench" / "train_runs" / f"turn{turn}" / name / "config.yaml").read_text()
+            )
+            assert saved["train"]["seed"] == seed
     assert result["variants"]["before"]["wall_vs_first"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "config, culprit",
+    [
+        (TrainBenchConfig(mode="run", seeds=[0, 1], repeats=3), "seeds= gives 2 turns, repeats=3"),
+        (TrainBenchConfig(mode="steps", seeds=[0, 1]), "seeds= applies to mode=run"),
+        (TrainBenchConfig(mode="run", repeats=0), "repeats must be at least 1"),
+    ],
+)
+def test_the_run_benchmark_refuses_turns_it_cannot_honour_before_training(config, culprit, tmp_path):
+    config.output = str(tmp_path / "train.json")
+    with pytest.raises(LeafnetError, match=culprit):
+        run_train_benchmark(config, log=lambda _: None)
+    assert not (tmp_path / "train_runs").exists()

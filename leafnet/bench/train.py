@@ -50,6 +50,9 @@ class TrainBenchConfig:
     warmup: int = 5  # steps: steps run before timing
     targets: list[float] = field(default_factory=lambda: [0.9, 0.95])  # run: val top-1 levels to time
     repeats: int = 1  # runs per variant, in turns; the median is reported
+    # run: the train.seed of each turn, so that medians span seeds (test top-1 on a small split moves by a point or
+    # two between seeds); its length is the number of turns. Empty = the configured seed in every turn.
+    seeds: list[int] = field(default_factory=list)
     output: str = "runs/benchmarks/train.json"  # where the results go (run: the runs beside it, in train_runs/)
 
 
@@ -121,16 +124,22 @@ def measure(cfg: TrainConfig, steps: int, warmup: int) -> dict:
 
 
 def run_train_benchmark(config: TrainBenchConfig, log=logger.info) -> dict:
+    if config.repeats < 1:
+        raise LeafnetError(f"repeats must be at least 1, got {config.repeats}")
     if config.mode == "run":
         if config.config:
             raise LeafnetError("config= applies to mode=steps; give mode=run its options in base=[...]")
         runs = Path(config.output).with_name("train_runs")
         variants = config.variants or BASELINE_VARIANTS
-        return run_time_to_accuracy(variants, config.base, list(config.targets), config.repeats, runs, log)
+        seeds = list(config.seeds)
+        if seeds and config.repeats not in (1, len(seeds)):
+            raise LeafnetError(f"seeds= gives {len(seeds)} turns, repeats={config.repeats}: give one or the other")
+        turns = [[f"train.seed={seed}"] for seed in seeds] or [[]] * config.repeats
+        return run_time_to_accuracy(variants, config.base, list(config.targets), turns, runs, log)
+    if config.seeds:
+        raise LeafnetError("seeds= applies to mode=run; mode=steps times steps, not accuracy")
     if config.mode != "steps":
         raise LeafnetError(f"mode must be steps or run, got {config.mode!r}")
-    if config.repeats < 1:
-        raise LeafnetError(f"repeats must be at least 1, got {config.repeats}")
     files = [config.config] if config.config else []
     variants = config.variants or DEFAULT_VARIANTS
     measured: dict[str, list[dict]] = {name: [] for name in variants}

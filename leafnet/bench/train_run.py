@@ -47,7 +47,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def run_variant(name: str, overrides: list[str], base: list[str], output: Path, log) -> dict:
-    """One `leafnet train` in a fresh process, then its best checkpoint on the test split."""
+    """One `leafnet train` in a fresh process, then its best checkpoint on the test split. `base` comes
+    first, so a variant's own overrides win."""
     run_name = name.replace("/", "_").replace(" ", "_")
     command = [sys.executable, "-m", "leafnet", "train", f"train.output_dir={output}", f"train.name={run_name}"]
     command += [*base, *overrides]
@@ -94,6 +95,7 @@ def summarise(runs: list[dict], targets: list[float]) -> dict:
         row[f"time_to_{target:g}"] = median(reached) if all(t is not None for t in reached) else None
     row["best_val_top1"] = median([r["best_val_top1"] for r in runs])
     row["test_top1"] = median([r["test_top1"] for r in runs])
+    row["test_top1_range"] = [min(r["test_top1"] for r in runs), max(r["test_top1"] for r in runs)]
     row["runs"] = runs
     return row
 
@@ -106,15 +108,15 @@ def _rows(run: dict) -> list[dict]:
 
 
 def run_time_to_accuracy(
-    variants: dict[str, list[str]], base: list[str], targets: list[float], repeats: int, output: Path, log
+    variants: dict[str, list[str]], base: list[str], targets: list[float], turns: list[list[str]], output: Path, log
 ) -> dict:
-    if repeats < 1:
-        raise LeafnetError(f"repeats must be at least 1, got {repeats}")
+    """`turns`: one list of overrides per turn, applied after `base` (a seed per turn, or nothing)."""
     runs: dict[str, list[dict]] = {name: [] for name in variants}
-    for turn in range(repeats):  # in turns, so drift over the minutes touches every variant alike
+    for turn, turn_overrides in enumerate(turns):  # in turns, so drift over the minutes touches every variant alike
         for name, overrides in variants.items():
-            label = name if repeats == 1 else f"{name}#{turn + 1}"
-            runs[name].append(run_variant(name, overrides, base, output / f"turn{turn + 1}", log))
+            label = name if len(turns) == 1 else f"{name}#{turn + 1}"
+            found = run_variant(name, overrides, [*base, *turn_overrides], output / f"turn{turn + 1}", log)
+            runs[name].append(found | {"overrides": turn_overrides})
             log(f"{label}: {_brief(runs[name][-1], targets)}")
     rows = {name: summarise(found, targets) for name, found in runs.items()}
     first = next(iter(rows.values()))
@@ -125,7 +127,7 @@ def run_time_to_accuracy(
                 row[f"{key}_vs_first"] = round(row[key] / first[key], 3)
         row["wall_vs_first"] = round(row["wall"] / first["wall"], 3)
     log(format_run_table(rows, targets))
-    return {"mode": "run", "base": base, "targets": targets, "repeats": repeats, "variants": rows}
+    return {"mode": "run", "base": base, "targets": targets, "repeats": len(turns), "turns": turns, "variants": rows}
 
 
 def _brief(run: dict, targets: list[float]) -> str:
@@ -144,7 +146,7 @@ def _seconds(value) -> str:
 def format_run_table(rows: dict[str, dict], targets: list[float]) -> str:
     reach = [f"val {t:.0%} at s (ratio)" for t in targets]
     header = ["variant", "epochs", "process s", "wall s", *PHASES, "other", "efficiency", "of process", *reach]
-    header += ["best val", "test top-1"]
+    header += ["best val", "test top-1 (runs' range)"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for name, row in rows.items():
         cells = [name, str(row["epochs"]), _seconds(row["process_wall_s"]), _seconds(row["wall"])]
@@ -157,6 +159,8 @@ def format_run_table(rows: dict[str, dict], targets: list[float]) -> str:
                 cells.append("not reached")
             else:
                 cells.append(f"{row[key]:.1f}" + (f" ({ratio:.2f}x)" if ratio is not None else ""))
-        cells += [f"{row['best_val_top1']:.2%}", f"{row['test_top1']:.2%}"]
+        low, high = row["test_top1_range"]
+        spread = f" ({low:.2%} to {high:.2%})" if row["repeats"] > 1 else ""
+        cells += [f"{row['best_val_top1']:.2%}", f"{row['test_top1']:.2%}{spread}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
