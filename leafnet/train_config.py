@@ -93,7 +93,8 @@ class AmpSection:
 @dataclass
 class EmaSection:
     # keep an exponential moving average of the weights: validation, best.pt and export use it (checkpoints deploy it).
-    # Off in the demo recipe: it reached 95% val sooner, but its int8 variants lost 2 test images, failing export's gate
+    # Off in the demo recipe: over three seeds it did not reach 95% val reliably sooner (docs/training.md), and its int8
+    # variants once lost 2 test images, failing export's gate
     enabled: bool = False
     # EMA decay per optimizer step: 0.95 averages about the last 20 steps (one demo epoch); more steps per epoch
     # or a longer run want it nearer 1 (0.999 for 1,000 steps an epoch)

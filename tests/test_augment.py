@@ -78,9 +78,11 @@ def test_the_warp_samples_timms_crop_distribution(prepared_synthetic):
     assert abs(warp_mean - timm_mean) < 0.1 * timm_mean and abs(warp_std - timm_std) < 0.25 * timm_std
 
 
-def test_a_cached_item_is_the_uncached_item_for_training_and_evaluation(prepared_synthetic):
+@pytest.mark.parametrize("implementation", ["warp", "timm"])
+def test_a_cached_item_is_the_uncached_item_for_training_and_evaluation(prepared_synthetic, implementation):
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
-    for split, transform in [("train", train_transform(spec)), ("val", eval_transform(spec))]:
+    augment = AugmentConfig(implementation=implementation)
+    for split, transform in [("train", train_transform(spec, augment)), ("val", eval_transform(spec))]:
         plain = ManifestDataset(prepared_synthetic, split, transform)
         cached = ManifestDataset(prepared_synthetic, split, transform)
         assert cached.cache_in_memory(64)
@@ -91,15 +93,18 @@ def test_a_cached_item_is_the_uncached_item_for_training_and_evaluation(prepared
         assert cached.cache.filled[[0, 5, 17]].all()
     # the same seed gives the same sample; another seed another
     assert torch.equal(cached[3][0], plain[3][0])
-    train = ManifestDataset(prepared_synthetic, "train", train_transform(spec))
+    train = ManifestDataset(prepared_synthetic, "train", train_transform(spec, augment))
     assert torch.equal(train[(3, 7)][0], train[(3, 7)][0]) and not torch.equal(train[(3, 7)][0], train[(3, 8)][0])
 
 
 def test_a_batch_warped_in_one_call_is_the_items_one_by_one_whatever_its_sizes(prepared_synthetic):
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
-    plain = ManifestDataset(prepared_synthetic, "train", train_transform(spec))
-    cached = ManifestDataset(prepared_synthetic, "train", train_transform(spec))
+    warp = AugmentConfig(implementation="warp")
+    plain = ManifestDataset(prepared_synthetic, "train", train_transform(spec, warp))
+    cached = ManifestDataset(prepared_synthetic, "train", train_transform(spec, warp))
     assert cached.cache_in_memory(64) and cached.batches_warp and not plain.batches_warp
+    timm = ManifestDataset(prepared_synthetic, "train", train_transform(spec))  # the default: no batched warp
+    assert timm.cache_in_memory(64) and not timm.batches_warp
     odd = torch.full((50, 44, 3), 90, dtype=torch.uint8)  # another size: warped in a call of its own
     cached._prepared = lambda index, prepared=cached._prepared: odd if index == 4 else prepared(index)
     keys = [(index, 99 + index) for index in (3, 4, 8, 3)]
@@ -143,7 +148,9 @@ def test_an_image_of_another_shape_is_never_stored():
 
 
 def test_the_implementation_follows_the_options_and_contradictions_are_one_line():
-    assert augment_implementation(AugmentConfig()) == "warp"
+    assert augment_implementation(AugmentConfig()) == "timm"
+    assert augment_implementation(AugmentConfig(implementation="auto")) == "warp"
+    assert augment_implementation(AugmentConfig(implementation="auto", re_prob=0.25)) == "timm"
     assert augment_implementation(AugmentConfig(auto_augment="rand-m9-mstd0.5")) == "timm"
     assert augment_implementation(AugmentConfig(implementation="timm")) == "timm"
     with pytest.raises(LeafnetError, match="implementation=warp cannot apply color_jitter"):

@@ -4,8 +4,10 @@ prefix, whose uint8 output a dataset may decode once and cache (`leafnet.data.ca
 The spec is the single description of eval preprocessing: checkpoints, exports and the serving
 handler carry it (as preprocess.json), so what the server does to an image is what evaluation did.
 Eval is timm's transform factory's, split before its to-tensor step, so a cached image gives exactly the
-tensor an uncached one does. Training warps (`leafnet.data.warp`) unless an option only timm's
-pipeline has is set (colour jitter, auto-augment, random erasing), or `augment.implementation=timm`.
+tensor an uncached one does. Training runs timm's pipeline (rotation first, then timm's factory) by
+default; `augment.implementation=warp` (or `auto`, where no option needs timm) warps instead
+(`leafnet.data.warp`): much cheaper, but on the demo data its models ended one to two points of test
+top-1 lower over three seeds, for a reason not yet found (docs/training.md).
 """
 
 from __future__ import annotations
@@ -100,9 +102,10 @@ class AugmentConfig:
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 = off
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
     re_prob: float = 0.0  # random erasing
-    # auto = one affine warp (rotation, crop, flips) when nothing below needs timm's PIL pipeline, else timm;
-    # warp | timm force one (timm rotates the whole image first, then runs timm's factory: the older, slower way)
-    implementation: str = "auto"
+    # timm = rotate the whole image, then timm's factory (PIL, per item); warp = rotation, crop and flips as one
+    # affine warp a batch at a time, far cheaper but its demo models ended 1-2 points lower in test top-1 over three
+    # seeds (docs/training.md); auto = the warp when nothing above needs timm's pipeline, else timm
+    implementation: str = "timm"
 
 
 AUGMENT_IMPLEMENTATIONS = ("auto", "warp", "timm")
