@@ -115,8 +115,7 @@ def run_time_to_accuracy(
     for turn, turn_overrides in enumerate(turns):  # in turns, so drift over the minutes touches every variant alike
         for name, overrides in variants.items():
             label = name if len(turns) == 1 else f"{name}#{turn + 1}"
-            found = run_variant(name, overrides, [*base, *turn_overrides], output / f"turn{turn + 1}", log)
-            runs[name].append(found | {"overrides": turn_overrides})
+            runs[name].append(run_variant(name, overrides, [*base, *turn_overrides], output / f"turn{turn + 1}", log))
             log(f"{label}: {_brief(runs[name][-1], targets)}")
     rows = {name: summarise(found, targets) for name, found in runs.items()}
     first = next(iter(rows.values()))
