@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import leafnet.bench.train_run as train_run
 import leafnet.checkpoint_writer as writer_module
 from leafnet.bench.train import TrainBenchConfig, run_train_benchmark
 from leafnet.checkpoint import load_checkpoint
@@ -172,3 +173,42 @@ def test_the_run_benchmark_refuses_turns_it_cannot_honour_before_training(config
     with pytest.raises(LeafnetError, match=culprit):
         run_train_benchmark(config, log=lambda _: None)
     assert not (tmp_path / "train_runs").exists()
+
+
+def test_the_source_fingerprint_follows_every_python_file_of_the_package(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("X = 1\n")
+    (package / "sub" / "b.py").write_text("Y = 2\n")
+    (package / "notes.txt").write_text("not code")
+    first = train_run.source_fingerprint(package)
+    assert train_run.source_fingerprint(package) == first
+    (package / "notes.txt").write_text("still not code")
+    assert train_run.source_fingerprint(package) == first
+    (package / "sub" / "b.py").write_text("Y = 3\n")
+    assert train_run.source_fingerprint(package) != first
+
+
+def test_the_run_benchmark_stops_when_the_source_changes_between_runs(tmp_path, monkeypatch):
+    """Every run is a fresh process importing the tree as it is then: an edit mid-benchmark (a default
+    changed while it ran) would make the later turns of a variant another configuration than the first."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "defaults.py").write_text("IMPLEMENTATION = 'warp'\n")
+    fingerprint = train_run.source_fingerprint
+    monkeypatch.setattr(train_run, "source_fingerprint", lambda: fingerprint(package))
+    trained = []
+
+    def train_once(name, overrides, base, output, log):  # stands in for a training process: the edit is the point
+        trained.append(name)
+        if len(trained) == 2:
+            (package / "defaults.py").write_text("IMPLEMENTATION = 'timm'\n")
+        return {"timing": {"wall": 1.0, "efficiency": 1.0}, "process_wall_s": 1.0}
+
+    monkeypatch.setattr(train_run, "run_variant", train_once)
+    monkeypatch.setattr(train_run, "_brief", lambda run, targets: "")
+    with pytest.raises(LeafnetError, match=r"source changed during the benchmark, before run a#2"):
+        train_run.run_time_to_accuracy(
+            {"a": [], "b": []}, [], [0.9], [["train.seed=0"], ["train.seed=1"]], tmp_path, print
+        )
+    assert trained == ["a", "b"]

@@ -14,6 +14,7 @@ top-1, and the test top-1 of the best checkpoint.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import statistics
 import subprocess
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import leafnet
 from leafnet.errors import LeafnetError
 from leafnet.evaluation import EvalConfig, evaluate_checkpoint
 from leafnet.run_clock import PHASES, time_to_accuracy
@@ -39,6 +41,17 @@ BEFORE = [
     "checkpoint.background=false",
 ]
 BASELINE_VARIANTS = {"before": BEFORE, "after": []}
+
+
+def source_fingerprint(package: Path | None = None) -> str:
+    """A digest of every file of the leafnet package that a run executes or reads its defaults from. Each
+    variant is a fresh `leafnet train` importing the package as it is on disk at that moment, so an edit
+    during a benchmark would silently change the later runs: the benchmark compares this before each run."""
+    package = package or Path(leafnet.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -112,9 +125,15 @@ def run_time_to_accuracy(
 ) -> dict:
     """`turns`: one list of overrides per turn, applied after `base` (a seed per turn, or nothing)."""
     runs: dict[str, list[dict]] = {name: [] for name in variants}
+    source = source_fingerprint()
     for turn, turn_overrides in enumerate(turns):  # in turns, so drift over the minutes touches every variant alike
         for name, overrides in variants.items():
             label = name if len(turns) == 1 else f"{name}#{turn + 1}"
+            if source_fingerprint() != source:
+                raise LeafnetError(
+                    f"leafnet's source changed during the benchmark, before run {label}: the runs so far and the "
+                    "rest would not be the same code; leave the tree alone while it runs and start it again"
+                )
             runs[name].append(run_variant(name, overrides, [*base, *turn_overrides], output / f"turn{turn + 1}", log))
             log(f"{label}: {_brief(runs[name][-1], targets)}")
     rows = {name: summarise(found, targets) for name, found in runs.items()}
@@ -126,7 +145,15 @@ def run_time_to_accuracy(
                 row[f"{key}_vs_first"] = round(row[key] / first[key], 3)
         row["wall_vs_first"] = round(row["wall"] / first["wall"], 3)
     log(format_run_table(rows, targets))
-    return {"mode": "run", "base": base, "targets": targets, "repeats": len(turns), "turns": turns, "variants": rows}
+    return {
+        "mode": "run",
+        "base": base,
+        "targets": targets,
+        "repeats": len(turns),
+        "turns": turns,
+        "source_sha256": source,
+        "variants": rows,
+    }
 
 
 def _brief(run: dict, targets: list[float]) -> str:

@@ -7,7 +7,7 @@ Eval is timm's transform factory's, split before its to-tensor step, so a cached
 tensor an uncached one does. Training runs timm's pipeline (rotation first, then timm's factory) by
 default; `augment.implementation=warp` (or `auto`, where no option needs timm) warps instead
 (`leafnet.data.warp`): much cheaper, but on the demo data its models ended one to two points of test
-top-1 lower over three seeds, for a reason not yet found (docs/training.md).
+top-1 lower in every seed compared, for a reason not yet found (docs/training.md).
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ class AugmentConfig:
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
     re_prob: float = 0.0  # random erasing
     # timm = rotate the whole image, then timm's factory (PIL, per item); warp = rotation, crop and flips as one
-    # affine warp a batch at a time, far cheaper but its demo models ended 1-2 points lower in test top-1 over three
-    # seeds (docs/training.md); auto = the warp when nothing above needs timm's pipeline, else timm
+    # affine warp a batch at a time, far cheaper but its demo models ended 1-2 points lower in test top-1 in every seed
+    # compared (docs/training.md); auto = the warp when nothing above needs timm's pipeline, else timm
     implementation: str = "timm"
 
 
