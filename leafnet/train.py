@@ -322,8 +322,8 @@ class Trainer:
             if budget > 0 and dataset.cache_in_memory(budget, sharers=local):
                 budget -= dataset.cache.megabytes
                 cached.append(f"{dataset.split} {dataset.cache.megabytes:.0f} MB")
-        # On a CPU the warp's batch is built beside the step on the same cores; a GPU's steps leave them free.
-        in_process = self.train_set.batches_warp and self.device.type == "cpu"
+        # On a CPU a batch augmentation runs beside the step on the same cores; a GPU's steps leave them free.
+        in_process = self.train_set.batches_augment and self.device.type == "cpu"
         workers = (
             data.workers
             if data.workers >= 0

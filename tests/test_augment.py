@@ -1,6 +1,7 @@
-"""Training augmentation as one affine warp (leafnet/data/warp.py) and the in-memory cache of decoded
-images (leafnet/data/cache.py): the geometry is the one it replaces, a cached item is the uncached
-item, and workers fill one cache that every process sees."""
+"""Training augmentation built a batch at a time, as one affine warp (leafnet/data/warp.py) or as timm's
+steps in torch (leafnet/data/staged.py), and the in-memory cache of decoded images (leafnet/data/cache.py):
+the geometry is the one they replace, a cached item is the uncached item, and workers fill one cache that
+every process sees."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torchvision.transforms import functional as tvf
 from leafnet.data.cache import DecodedCache
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
+from leafnet.data.staged import RotateCropResize, crop_pixels
 from leafnet.data.transforms import (
     AugmentConfig,
     PreprocessSpec,
@@ -22,7 +24,7 @@ from leafnet.data.transforms import (
     eval_transform,
     train_transform,
 )
-from leafnet.data.warp import AffineWarp, warp_matrix, working_side
+from leafnet.data.warp import AffineWarp, _Draws, warp_matrix, working_side
 from leafnet.errors import LeafnetError
 
 MEAN, STD = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
@@ -61,11 +63,11 @@ def test_a_quarter_turn_is_a_pixel_exact_rotation_and_uncovered_corners_take_the
     assert torch.allclose(tilted[:, 0, 0], white, atol=1e-4)  # a corner: outside the rotated image
 
 
-def test_the_warp_samples_timms_crop_distribution(prepared_synthetic):
+def test_the_batch_augmentations_sample_timms_crop_distribution(prepared_synthetic):
     """Same options, two implementations: the share of leaf pixels (the crop's zoom) and its spread agree."""
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=32)
     foreground = {}
-    for implementation in ("warp", "timm"):
+    for implementation in ("warp", "staged", "timm"):
         augment = AugmentConfig(implementation=implementation)
         dataset = ManifestDataset(prepared_synthetic, "train", train_transform(spec, augment))
         background = torch.tensor([(0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)])[:, None, None]
@@ -74,11 +76,13 @@ def test_the_warp_samples_timms_crop_distribution(prepared_synthetic):
             for seed, i in enumerate(range(0, 400, 2))
         ]
         foreground[implementation] = (np.mean(shares), np.std(shares))
-    (warp_mean, warp_std), (timm_mean, timm_std) = foreground["warp"], foreground["timm"]
-    assert abs(warp_mean - timm_mean) < 0.1 * timm_mean and abs(warp_std - timm_std) < 0.25 * timm_std
+    timm_mean, timm_std = foreground["timm"]
+    for implementation in ("warp", "staged"):
+        mean, std = foreground[implementation]
+        assert abs(mean - timm_mean) < 0.1 * timm_mean and abs(std - timm_std) < 0.25 * timm_std, implementation
 
 
-@pytest.mark.parametrize("implementation", ["warp", "timm"])
+@pytest.mark.parametrize("implementation", ["warp", "staged", "timm"])
 def test_a_cached_item_is_the_uncached_item_for_training_and_evaluation(prepared_synthetic, implementation):
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
     augment = AugmentConfig(implementation=implementation)
@@ -97,14 +101,15 @@ def test_a_cached_item_is_the_uncached_item_for_training_and_evaluation(prepared
     assert torch.equal(train[(3, 7)][0], train[(3, 7)][0]) and not torch.equal(train[(3, 7)][0], train[(3, 8)][0])
 
 
-def test_a_batch_warped_in_one_call_is_the_items_one_by_one_whatever_its_sizes(prepared_synthetic):
+@pytest.mark.parametrize("implementation", ["warp", "staged"])
+def test_a_batch_rendered_in_one_call_is_the_items_one_by_one_whatever_its_sizes(prepared_synthetic, implementation):
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
-    warp = AugmentConfig(implementation="warp")
+    warp = AugmentConfig(implementation=implementation)
     plain = ManifestDataset(prepared_synthetic, "train", train_transform(spec, warp))
     cached = ManifestDataset(prepared_synthetic, "train", train_transform(spec, warp))
-    assert cached.cache_in_memory(64) and cached.batches_warp and not plain.batches_warp
-    timm = ManifestDataset(prepared_synthetic, "train", train_transform(spec))  # the default: no batched warp
-    assert timm.cache_in_memory(64) and not timm.batches_warp
+    assert cached.cache_in_memory(64) and cached.batches_augment and not plain.batches_augment
+    timm = ManifestDataset(prepared_synthetic, "train", train_transform(spec, AugmentConfig(implementation="timm")))
+    assert timm.cache_in_memory(64) and not timm.batches_augment
     odd = torch.full((50, 44, 3), 90, dtype=torch.uint8)  # another size: warped in a call of its own
     cached._prepared = lambda index, prepared=cached._prepared: odd if index == 4 else prepared(index)
     keys = [(index, 99 + index) for index in (3, 4, 8, 3)]
@@ -114,6 +119,59 @@ def test_a_batch_warped_in_one_call_is_the_items_one_by_one_whatever_its_sizes(p
     for position in (0, 2, 3):
         assert torch.equal(batch[position][0], plain[keys[position]][0])
     assert not torch.equal(batch[0][0], cached[(3, 100)][0])  # another seed, another sample
+
+
+def test_the_staged_pipeline_is_timms_pil_steps_up_to_rounding(prepared_synthetic):
+    """Rotation of the whole image, whole-pixel crop, antialiased resize, flip: torchvision's PIL functions
+    (what the timm pipeline runs) and the staged batch give the same tensor up to PIL's uint8 rounding."""
+    spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=24)
+    background = [40, 90, 160]
+    staged = RotateCropResize(24, MEAN, STD, background, "bilinear", 20.0, (0.5, 1.0), (0.75, 1.33), 0.5)
+    dataset = ManifestDataset(prepared_synthetic, "train", eval_transform(spec))
+    images = [dataset._prepared(i) for i in range(8)]
+    height, width = images[0].shape[:2]
+    params = torch.stack([staged.sample(width, height, torch.Generator().manual_seed(seed)) for seed in range(8)])
+    assert params[:, 5].any() and not params[:, 5].all() and params[:, 0].abs().max() > 5  # flips and turns drawn
+    batch = staged.apply(torch.stack(images), params)
+    for image, row, rendered in zip(images, params.tolist(), batch, strict=True):
+        angle, left, top, w, h, hflip, _ = row
+        bilinear = tvf.InterpolationMode.BILINEAR
+        pil = tvf.rotate(tvf.to_pil_image(image.permute(2, 0, 1)), angle, interpolation=bilinear, fill=background)
+        pil = tvf.resized_crop(pil, int(top), int(left), int(h), int(w), [24, 24], bilinear, antialias=True)
+        expected = tvf.normalize(tvf.to_tensor(tvf.hflip(pil) if hflip else pil), MEAN, STD)
+        # A uint8 step is 1/255/std = 0.006 here. Along the rotated image's edge PIL takes either the fill or
+        # the image where torch blends the two: a line of pixels, a few percent of the image.
+        difference = (rendered - expected).abs()
+        assert difference.mean() < 0.015 and (difference > 0.1).float().mean() < 0.04
+
+
+@pytest.mark.parametrize("output_size", [24, 72])  # shrinking and enlarging crops
+def test_the_staged_bilinear_resize_as_matrix_products_is_torchs_antialiased_interpolate(output_size):
+    generator = torch.Generator().manual_seed(3)
+    source = torch.rand(6, 3, 40, 50, generator=generator) * 255
+    boxes = torch.tensor(
+        [[0, 0, 50, 40], [3, 5, 30, 33], [10, 2, 17, 20], [0, 7, 49, 25], [20, 20, 30, 20], [1, 1, 5, 6]]
+    )
+    hflip = torch.tensor([False, True, False, True, False, True])
+    vflip = torch.tensor([False, False, True, True, False, False])
+    staged = RotateCropResize(output_size, MEAN, STD, [0, 0, 0])
+    by_matrices = staged._resize_bilinear(source, boxes, hflip, vflip)
+    by_interpolate = staged._resize_each(source, boxes, hflip, vflip)
+    assert (by_matrices - by_interpolate).abs().max() < 0.01  # of 255
+
+
+def test_staged_crops_are_whole_pixels_inside_the_image_with_timms_area_and_ratio():
+    boxes = [
+        crop_pixels(100, 80, (0.3, 0.9), (0.8, 1.25), _Draws(torch.Generator().manual_seed(i))) for i in range(300)
+    ]
+    for left, top, w, h in boxes:
+        assert all(isinstance(v, int) for v in (left, top, w, h))
+        assert left >= 0 and left + w <= 100 and top >= 0 and top + h <= 80
+    shares = np.array([w * h / 8000 for _, _, w, h in boxes])
+    ratios = np.array([w / h for _, _, w, h in boxes])
+    assert shares.min() >= 0.28 and shares.max() <= 0.92 and 0.55 < shares.mean() < 0.65
+    assert ratios.min() >= 0.77 and ratios.max() <= 1.3
+    assert crop_pixels(10, 10, (2.0, 3.0), (1.0, 1.0), _Draws(None)) == (0, 0, 10, 10)  # never fits: whole image
 
 
 @pytest.mark.slow
@@ -148,14 +206,16 @@ def test_an_image_of_another_shape_is_never_stored():
 
 
 def test_the_implementation_follows_the_options_and_contradictions_are_one_line():
-    assert augment_implementation(AugmentConfig()) == "timm"
-    assert augment_implementation(AugmentConfig(implementation="auto")) == "warp"
+    assert AugmentConfig().implementation == "auto" and augment_implementation(AugmentConfig()) == "staged"
+    assert augment_implementation(AugmentConfig(implementation="warp")) == "warp"
     assert augment_implementation(AugmentConfig(implementation="auto", re_prob=0.25)) == "timm"
     assert augment_implementation(AugmentConfig(auto_augment="rand-m9-mstd0.5")) == "timm"
     assert augment_implementation(AugmentConfig(implementation="timm")) == "timm"
     with pytest.raises(LeafnetError, match="implementation=warp cannot apply color_jitter"):
         augment_implementation(AugmentConfig(implementation="warp", color_jitter=0.4))
-    with pytest.raises(LeafnetError, match="must be one of auto, warp, timm, got 'fast'"):
+    with pytest.raises(LeafnetError, match="implementation=staged cannot apply re_prob"):
+        augment_implementation(AugmentConfig(implementation="staged", re_prob=0.25))
+    with pytest.raises(LeafnetError, match="must be one of auto, warp, staged, timm, got 'fast'"):
         augment_implementation(AugmentConfig(implementation="fast"))
 
 

@@ -140,10 +140,11 @@ def test_the_run_benchmark_reports_time_to_accuracy_for_each_variant(tiny_leaves
         "variants={before: [data.augment.implementation=timm,data.cache_mb=0,checkpoint.background=false], after: []}",
         "targets=[0.25,1.01]",
         "seeds=[0,5]",
+        f"holdout={tiny_leaves}",  # its own test split again: the same classes, scored a second way
         f"output={out}",
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "| variant | epochs |" in done.stdout + done.stderr
+    assert "| variant | epochs |" in done.stdout + done.stderr and "holdout top-1" in done.stdout + done.stderr
     result = json.loads(out.read_text())
     assert list(result["variants"]) == ["before", "after"] and result["targets"] == [0.25, 1.01]
     assert result["repeats"] == 2 and result["turns"] == [["train.seed=0"], ["train.seed=5"]]
@@ -152,6 +153,7 @@ def test_the_run_benchmark_reports_time_to_accuracy_for_each_variant(tiny_leaves
         assert row["process_wall_s"] >= row["wall"] > 0 and 0 <= row["test_top1"] <= 1
         low, high = row["test_top1_range"]
         assert low <= row["test_top1"] <= high and len(row["runs"]) == 2
+        assert [run["holdout_top1"] for run in row["runs"]] == [run["test_top1"] for run in row["runs"]]
         for turn, seed in ((1, 0), (2, 5)):  # each turn trained with its own seed
             saved = yaml.safe_load(
                 (tmp_path / "bench" / "train_runs" / f"turn{turn}" / name / "config.yaml").read_text()
@@ -166,6 +168,11 @@ def test_the_run_benchmark_reports_time_to_accuracy_for_each_variant(tiny_leaves
         (TrainBenchConfig(mode="run", seeds=[0, 1], repeats=3), "seeds= gives 2 turns, repeats=3"),
         (TrainBenchConfig(mode="steps", seeds=[0, 1]), "seeds= applies to mode=run"),
         (TrainBenchConfig(mode="run", repeats=0), "repeats must be at least 1"),
+        (TrainBenchConfig(mode="steps", holdout="data/processed/synthetic"), "holdout= applies to mode=run"),
+        (
+            TrainBenchConfig(mode="run", holdout="/nonexistent/holdout"),
+            "holdout=/nonexistent/holdout has no test split",
+        ),
     ],
 )
 def test_the_run_benchmark_refuses_turns_it_cannot_honour_before_training(config, culprit, tmp_path):
@@ -199,7 +206,9 @@ def test_the_run_benchmark_stops_when_the_source_changes_between_runs(tmp_path, 
     monkeypatch.setattr(train_run, "source_fingerprint", lambda: fingerprint(package))
     trained = []
 
-    def train_once(name, overrides, base, output, log):  # stands in for a training process: the edit is the point
+    def train_once(
+        name, overrides, base, output, log, holdout=None
+    ):  # stands in for a training process: the edit is the point
         trained.append(name)
         if len(trained) == 2:
             (package / "defaults.py").write_text("IMPLEMENTATION = 'timm'\n")

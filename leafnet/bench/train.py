@@ -53,6 +53,10 @@ class TrainBenchConfig:
     # run: the train.seed of each turn, so that medians span seeds (test top-1 on a small split moves by a point or
     # two between seeds); its length is the number of turns. Empty = the configured seed in every turn.
     seeds: list[int] = field(default_factory=list)
+    # run: a prepared data root (same classes) whose test split also scores every run's best checkpoint: on the
+    # demo's 198 test images one image is half a point, so a larger set from another generator seed tells
+    # recipes apart that the test split cannot (docs/training.md makes one). None = the test split only.
+    holdout: str | None = None
     output: str = "runs/benchmarks/train.json"  # where the results go (run: the runs beside it, in train_runs/)
 
 
@@ -135,7 +139,11 @@ def run_train_benchmark(config: TrainBenchConfig, log=logger.info) -> dict:
         if seeds and config.repeats not in (1, len(seeds)):
             raise LeafnetError(f"seeds= gives {len(seeds)} turns, repeats={config.repeats}: give one or the other")
         turns = [[f"train.seed={seed}"] for seed in seeds] or [[]] * config.repeats
-        return run_time_to_accuracy(variants, config.base, list(config.targets), turns, runs, log)
+        if config.holdout and not (Path(config.holdout) / "test").is_dir():
+            raise LeafnetError(f"holdout={config.holdout} has no test split: give a directory prepare_data.py wrote")
+        return run_time_to_accuracy(variants, config.base, list(config.targets), turns, runs, log, config.holdout)
+    if config.holdout:
+        raise LeafnetError("holdout= applies to mode=run; mode=steps times steps, not accuracy")
     if config.seeds:
         raise LeafnetError("seeds= applies to mode=run; mode=steps times steps, not accuracy")
     if config.mode != "steps":

@@ -59,9 +59,11 @@ def read_metrics(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def run_variant(name: str, overrides: list[str], base: list[str], output: Path, log) -> dict:
-    """One `leafnet train` in a fresh process, then its best checkpoint on the test split. `base` comes
-    first, so a variant's own overrides win."""
+def run_variant(
+    name: str, overrides: list[str], base: list[str], output: Path, log, holdout: str | None = None
+) -> dict:
+    """One `leafnet train` in a fresh process, then its best checkpoint on the test split (and on `holdout`'s
+    test split, when given). `base` comes first, so a variant's own overrides win."""
     run_name = name.replace("/", "_").replace(" ", "_")
     command = [sys.executable, "-m", "leafnet", "train", f"train.output_dir={output}", f"train.name={run_name}"]
     command += [*base, *overrides]
@@ -76,10 +78,13 @@ def run_variant(name: str, overrides: list[str], base: list[str], output: Path, 
     timing = json.loads((run_dir / "timing.json").read_text())
     rows = read_metrics(run_dir / "metrics.csv")
     vals = [float(r["val_top1"]) for r in rows if r.get("val_top1")]
-    test = evaluate_checkpoint(
-        EvalConfig(checkpoint=str(run_dir / "checkpoints" / "best.pt"), split="test", output=str(run_dir)),
-        log=lambda _: None,
-    )
+    best = str(run_dir / "checkpoints" / "best.pt")
+    test = evaluate_checkpoint(EvalConfig(checkpoint=best, split="test", output=str(run_dir)), log=lambda _: None)
+    scores = {"test_top1": test["top1"], "test_count": test["count"]}
+    if holdout:
+        held = EvalConfig(checkpoint=best, split="test", data=holdout, output=str(run_dir / "holdout"))
+        report = evaluate_checkpoint(held, log=lambda _: None)
+        scores |= {"holdout_top1": report["top1"], "holdout_count": report["count"]}
     return {
         "process_wall_s": round(process_wall, 2),
         "timing": timing,
@@ -87,8 +92,7 @@ def run_variant(name: str, overrides: list[str], base: list[str], output: Path, 
         "wall_s_per_epoch": [round(float(r["wall_s"]), 2) for r in rows],
         "val_top1_per_epoch": [round(float(r["val_top1"]), 4) if r.get("val_top1") else None for r in rows],
         "best_val_top1": max(vals) if vals else None,
-        "test_top1": test["top1"],
-        "test_count": test["count"],
+        **scores,
     }
 
 
@@ -107,8 +111,10 @@ def summarise(runs: list[dict], targets: list[float]) -> dict:
         reached = [time_to_accuracy(_rows(r), target) for r in runs]
         row[f"time_to_{target:g}"] = median(reached) if all(t is not None for t in reached) else None
     row["best_val_top1"] = median([r["best_val_top1"] for r in runs])
-    row["test_top1"] = median([r["test_top1"] for r in runs])
-    row["test_top1_range"] = [min(r["test_top1"] for r in runs), max(r["test_top1"] for r in runs)]
+    for key in ("test_top1", "holdout_top1"):
+        if key in runs[0]:
+            row[key] = median([r[key] for r in runs])
+            row[f"{key}_range"] = [min(r[key] for r in runs), max(r[key] for r in runs)]
     row["runs"] = runs
     return row
 
@@ -121,9 +127,16 @@ def _rows(run: dict) -> list[dict]:
 
 
 def run_time_to_accuracy(
-    variants: dict[str, list[str]], base: list[str], targets: list[float], turns: list[list[str]], output: Path, log
+    variants: dict[str, list[str]],
+    base: list[str],
+    targets: list[float],
+    turns: list[list[str]],
+    output: Path,
+    log,
+    holdout: str | None = None,
 ) -> dict:
-    """`turns`: one list of overrides per turn, applied after `base` (a seed per turn, or nothing)."""
+    """`turns`: one list of overrides per turn, applied after `base` (a seed per turn, or nothing);
+    `holdout`: a prepared data root whose test split also scores each run."""
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     source = source_fingerprint()
     for turn, turn_overrides in enumerate(turns):  # in turns, so drift over the minutes touches every variant alike
@@ -134,7 +147,8 @@ def run_time_to_accuracy(
                     f"leafnet's source changed during the benchmark, before run {label}: the runs so far and the "
                     "rest would not be the same code; leave the tree alone while it runs and start it again"
                 )
-            runs[name].append(run_variant(name, overrides, [*base, *turn_overrides], output / f"turn{turn + 1}", log))
+            turn_dir = output / f"turn{turn + 1}"
+            runs[name].append(run_variant(name, overrides, [*base, *turn_overrides], turn_dir, log, holdout))
             log(f"{label}: {_brief(runs[name][-1], targets)}")
     rows = {name: summarise(found, targets) for name, found in runs.items()}
     first = next(iter(rows.values()))
@@ -151,6 +165,7 @@ def run_time_to_accuracy(
         "targets": targets,
         "repeats": len(turns),
         "turns": turns,
+        "holdout": holdout,
         "source_sha256": source,
         "variants": rows,
     }
@@ -158,10 +173,11 @@ def run_time_to_accuracy(
 
 def _brief(run: dict, targets: list[float]) -> str:
     reached = [f"{t:.0%} at {_seconds(time_to_accuracy(_rows(run), t))}s" for t in targets]
+    holdout = f", holdout {run['holdout_top1']:.2%}" if "holdout_top1" in run else ""
     return (
         f"wall {run['timing']['wall']:.1f}s (process {run['process_wall_s']:.1f}s), efficiency "
         f"{run['timing']['efficiency']:.1%}, val {', '.join(reached)}, best val {run['best_val_top1']:.2%}, "
-        f"test {run['test_top1']:.2%}"
+        f"test {run['test_top1']:.2%}{holdout}"
     )
 
 
@@ -172,7 +188,8 @@ def _seconds(value) -> str:
 def format_run_table(rows: dict[str, dict], targets: list[float]) -> str:
     reach = [f"val {t:.0%} at s (ratio)" for t in targets]
     header = ["variant", "epochs", "process s", "wall s", *PHASES, "other", "efficiency", "of process", *reach]
-    header += ["best val", "test top-1 (runs' range)"]
+    held = all("holdout_top1" in row for row in rows.values())
+    header += ["best val", "test top-1 (runs' range)", *(["holdout top-1 (runs' range)"] if held else [])]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for name, row in rows.items():
         cells = [name, str(row["epochs"]), _seconds(row["process_wall_s"]), _seconds(row["wall"])]
@@ -185,8 +202,9 @@ def format_run_table(rows: dict[str, dict], targets: list[float]) -> str:
                 cells.append("not reached")
             else:
                 cells.append(f"{row[key]:.1f}" + (f" ({ratio:.2f}x)" if ratio is not None else ""))
-        low, high = row["test_top1_range"]
-        spread = f" ({low:.2%} to {high:.2%})" if row["repeats"] > 1 else ""
-        cells += [f"{row['best_val_top1']:.2%}", f"{row['test_top1']:.2%}{spread}"]
+        cells.append(f"{row['best_val_top1']:.2%}")
+        for key in ("test_top1", *(["holdout_top1"] if held else [])):
+            low, high = row[f"{key}_range"]
+            cells.append(f"{row[key]:.2%}" + (f" ({low:.2%} to {high:.2%})" if row["repeats"] > 1 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from leafnet.data.cache import DecodedCache, decode
 from leafnet.data.prepared import PreparedData
 from leafnet.data.split import SPLITS
 from leafnet.data.transforms import ImagePipeline
-from leafnet.data.warp import AffineWarp
+from leafnet.data.warp import BatchAugment
 from leafnet.errors import LeafnetError
 
 
@@ -75,41 +75,43 @@ class ManifestDataset(Dataset):
     def _item(self, prepared: torch.Tensor, seed: int | None) -> torch.Tensor:
         """The pipeline's per-item step on a prepared image, its randomness drawn from `seed`."""
         item = self.transform.item
-        if isinstance(item, AffineWarp):  # draws from a generator of its own: no global state to swap
+        if isinstance(item, BatchAugment):  # draws from a generator of its own: no global state to swap
             return item(prepared, _generator(seed))
         with seeded_rng(seed) if seed is not None else contextlib.nullcontext():
             return item(prepared)
 
     def __getitems__(self, keys: list) -> list[tuple[torch.Tensor, int]]:
         """A batch of samples, exactly as `[self[key] for key in keys]` gives them. When the cached split's
-        per-item step is a warp (`leafnet.data.warp.AffineWarp`), each sample's geometry is drawn from its
-        own seed as always, but the images of one size are resampled together in one call: a DataLoader
-        (which calls this for each batch) then costs a fraction of the per-item path, cheap enough to run in
-        the training process itself (`leafnet.data.loaders.auto_workers`)."""
-        if not self.batches_warp:
+        per-item step is a batch augmentation (`leafnet.data.warp.BatchAugment`: the warp, the staged
+        pipeline), each sample's parameters are drawn from its own seed as always, but the images of one size
+        are rendered together: a DataLoader (which calls this for each batch) then costs a fraction of the
+        per-item path, cheap enough to run in the training process itself (`leafnet.data.loaders.auto_workers`)."""
+        if not self.batches_augment:
             return [self[key] for key in keys]
-        warp = self.transform.item
-        images, thetas, labels = [], [], []
+        augment = self.transform.item
+        images, params, labels = [], [], []
         for key in keys:
             index, seed = key if isinstance(key, tuple) else (key, None)
             image = self._cached(index)
             images.append(image)
-            thetas.append(warp.sample(image.shape[1], image.shape[0], _generator(seed)))
+            params.append(augment.sample(image.shape[1], image.shape[0], _generator(seed)))
             labels.append(self.samples[index][1])
         by_size: dict[tuple, list[int]] = {}  # a split's cached images share a size; a few may not
         for position, image in enumerate(images):
             by_size.setdefault(tuple(image.shape), []).append(position)
-        warped: list[torch.Tensor | None] = [None] * len(keys)
+        rendered: list[torch.Tensor | None] = [None] * len(keys)
         for positions in by_size.values():
-            batch = warp.apply(torch.stack([images[p] for p in positions]), torch.stack([thetas[p] for p in positions]))
+            batch = augment.apply(
+                torch.stack([images[p] for p in positions]), torch.stack([params[p] for p in positions])
+            )
             for position, tensor in zip(positions, batch, strict=True):
-                warped[position] = tensor
-        return list(zip(warped, labels, strict=True))
+                rendered[position] = tensor
+        return list(zip(rendered, labels, strict=True))
 
     @property
-    def batches_warp(self) -> bool:
-        """True when `__getitems__` warps a batch in one call: the split is cached and its step is a warp."""
-        return self.cache is not None and isinstance(getattr(self.transform, "item", None), AffineWarp)
+    def batches_augment(self) -> bool:
+        """True when `__getitems__` renders a batch at once: the split is cached and its step is a BatchAugment."""
+        return self.cache is not None and isinstance(getattr(self.transform, "item", None), BatchAugment)
 
 
 def _generator(seed: int | None) -> torch.Generator | None:

@@ -4,10 +4,13 @@ prefix, whose uint8 output a dataset may decode once and cache (`leafnet.data.ca
 The spec is the single description of eval preprocessing: checkpoints, exports and the serving
 handler carry it (as preprocess.json), so what the server does to an image is what evaluation did.
 Eval is timm's transform factory's, split before its to-tensor step, so a cached image gives exactly the
-tensor an uncached one does. Training runs timm's pipeline (rotation first, then timm's factory) by
-default; `augment.implementation=warp` (or `auto`, where no option needs timm) warps instead
-(`leafnet.data.warp`): much cheaper, but on the demo data its models ended one to two points of test
-top-1 lower in every seed compared, for a reason not yet found (docs/training.md).
+tensor an uncached one does. Training takes timm's steps in the same order (rotate the whole image, a
+random-resized crop resized with antialiasing, flips) either as torch ops on a batch in the training
+process (`augment.implementation=staged`, `leafnet.data.staged`; what `auto`, the default, picks) or
+through timm's own PIL pipeline per item in loader workers (`timm`, which `auto` picks when an option
+only timm's factory applies is set). `warp` (`leafnet.data.warp`) does rotation, crop and flips as one
+resampling: the cheapest, but its models score 2 to 3 points lower on a large held-out set
+(docs/training.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from timm.data.transforms import MaybeToTensor
 from torchvision import transforms as tv_transforms
 
 from leafnet.data.prepared import PreparedData
+from leafnet.data.staged import RotateCropResize
 from leafnet.data.warp import AffineWarp, working_side
 from leafnet.errors import LeafnetError
 
@@ -102,13 +106,14 @@ class AugmentConfig:
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 = off
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
     re_prob: float = 0.0  # random erasing
-    # timm = rotate the whole image, then timm's factory (PIL, per item); warp = rotation, crop and flips as one
-    # affine warp a batch at a time, far cheaper but its demo models ended 1-2 points lower in test top-1 in every seed
-    # compared (docs/training.md); auto = the warp when nothing above needs timm's pipeline, else timm
-    implementation: str = "timm"
+    # staged = timm's steps (whole-image rotation, crop resized with antialiasing, flips) on a batch in the training
+    # process; timm = timm's PIL pipeline per item in loader workers (same images, far more CPU); warp = the three
+    # as one resampling, cheapest but 2-3 points lower on a held-out set (docs/training.md); auto = staged unless
+    # an option above needs timm's factory, then timm
+    implementation: str = "auto"
 
 
-AUGMENT_IMPLEMENTATIONS = ("auto", "warp", "timm")
+AUGMENT_IMPLEMENTATIONS = ("auto", "warp", "staged", "timm")
 PIL_RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -204,10 +209,13 @@ def augment_implementation(augment: AugmentConfig) -> str:
         "re_prob": augment.re_prob,
     }
     needs_timm = [name for name, value in timm_only.items() if value]
-    if augment.implementation == "warp" and needs_timm:
-        raise LeafnetError(f"data.augment.implementation=warp cannot apply {', '.join(needs_timm)}; use auto or timm")
+    if augment.implementation in ("warp", "staged") and needs_timm:
+        culprits = ", ".join(needs_timm)
+        raise LeafnetError(
+            f"data.augment.implementation={augment.implementation} cannot apply {culprits}; use auto or timm"
+        )
     if augment.implementation == "auto":
-        return "timm" if needs_timm else "warp"
+        return "timm" if needs_timm else "staged"
     return augment.implementation
 
 
@@ -221,22 +229,25 @@ def augments(augment: AugmentConfig) -> bool:
 def train_transform(spec: PreprocessSpec, augment: AugmentConfig | None = None) -> ImagePipeline:
     augment = augment or AugmentConfig()
     implementation = augment_implementation(augment)
-    if not augments(augment) and implementation == "warp":
+    if not augments(augment) and implementation in ("warp", "staged"):
         return eval_transform(spec)  # nothing random: the cheapest pipeline, and the one served
+    geometry = (
+        spec.input_size,
+        spec.mean,
+        spec.std,
+        spec.background,
+        spec.interpolation,
+        augment.rotation_deg,
+        tuple(augment.scale),
+        tuple(augment.ratio),
+        augment.hflip,
+        augment.vflip,
+    )
+    if implementation == "staged":
+        return ImagePipeline(None, RotateCropResize(*geometry))
     if implementation == "warp":
-        warp = AffineWarp(
-            spec.input_size,
-            spec.mean,
-            spec.std,
-            spec.background,
-            spec.interpolation,
-            augment.rotation_deg,
-            tuple(augment.scale),
-            tuple(augment.ratio),
-            augment.hflip,
-            augment.vflip,
-        )
-        return ImagePipeline(_Shrink(working_side(spec.input_size, augment.scale[0]), spec.interpolation), warp)
+        shrink = _Shrink(working_side(spec.input_size, augment.scale[0]), spec.interpolation)
+        return ImagePipeline(shrink, AffineWarp(*geometry))
     return ImagePipeline(None, _PilThen(_timm_train(spec, augment)))
 
 

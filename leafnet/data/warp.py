@@ -92,7 +92,32 @@ def warp_matrix(
     return torch.tensor(rows, dtype=torch.float32)
 
 
-class AffineWarp:
+class BatchAugment:
+    """A training augmentation built a batch at a time: `sample` draws one sample's parameters as a tensor
+    row (from the sample's own generator), `apply` renders uint8 NHWC images of one size with a row each
+    into normalised float NCHW. The dataset batches any subclass (`ManifestDataset.__getitems__`)."""
+
+    def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        height, width = image.shape[:2]
+        return self.apply(image[None], self.sample(width, height, generator)[None])[0]
+
+
+def _normaliser(mean: list[float], std: list[float], background: list[int]) -> tuple:
+    """(background, gain, offset) for images shifted so the background is 0: normalise((v + background) / 255)
+    = v * gain + offset. Zero padding then fills uncovered pixels with the background."""
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    background_t = torch.tensor(background, dtype=torch.float32)[:, None, None]
+    offset = (background_t / 255.0 - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / std_t
+    return background_t, 1.0 / (255.0 * std_t), offset
+
+
+class AffineWarp(BatchAugment):
     """uint8 HWC image tensor -> normalised float CHW tensor of `output_size`, randomly rotated,
     cropped and flipped in one resampling."""
 
@@ -112,12 +137,7 @@ class AffineWarp:
         self.output_size, self.mode = output_size, GRID_MODES[interpolation]
         self.rotation_deg, self.scale, self.ratio = rotation_deg, tuple(scale), tuple(ratio)
         self.hflip, self.vflip = hflip, vflip
-        std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
-        background_t = torch.tensor(background, dtype=torch.float32)[:, None, None]
-        self.background = background_t
-        # normalise((v + background) / 255) = v * gain + offset, for v = the warped (image - background)
-        self.gain = 1.0 / (255.0 * std_t)
-        self.offset = (background_t / 255.0 - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / std_t
+        self.background, self.gain, self.offset = _normaliser(mean, std, background)
 
     def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One sample's 2x3 matrix (`warp_matrix`), every number drawn from `generator` (a sample's own,
@@ -140,7 +160,3 @@ class AffineWarp:
         if self.mode == "bicubic":  # bicubic overshoots; PIL clamps to the pixel range, so does this
             warped = torch.maximum(torch.minimum(warped, 255.0 - self.background), -self.background)
         return warped * self.gain + self.offset
-
-    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        height, width = image.shape[:2]
-        return self.apply(image[None], self.sample(width, height, generator)[None])[0]

@@ -1,0 +1,150 @@
+"""Training augmentation in timm's order, on uint8 tensors a batch at a time.
+
+timm's pipeline (`augment.implementation=timm`) rotates the whole prepared image, takes an integer
+random-resized crop, resizes it to the output with antialiasing, then flips: four PIL resamplings per
+sample per epoch in a loader process, which on a 2-core machine takes a third of the cores from the steps.
+This does the same steps in the same order with torch: one `grid_sample` rotates the whole batch at the
+prepared size (uncovered corners take the background), each sample's crop is resized by torch's
+antialiased interpolation (the filter PIL's resize uses), and the flips are index reversals. It costs
+a few percent of a step, so it runs in the training process.
+
+Unlike the one-resampling warp (`leafnet.data.warp`), nothing is resampled at the output's scale before
+the antialiased resize: the images are timm's up to rounding (PIL rounds to uint8 after each step).
+The parameters are drawn as timm draws them (the angle uniform in ±rotation_deg; the crop's area share
+uniform in `scale`, its log aspect ratio uniform in `ratio`, whole-pixel sizes and offsets, ten tries,
+else the whole image), each sample's from its own generator, which the dataset seeds with the sample's
+seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn.functional import affine_grid, grid_sample, interpolate
+
+from leafnet.data.warp import CROP_TRIES, BatchAugment, _Draws, _normaliser, warp_matrix
+
+# interpolate's modes for a PreprocessSpec's interpolation (it has no lanczos; bicubic is the nearest)
+RESIZE_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "lanczos": "bicubic"}
+
+
+def crop_pixels(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], draws: _Draws
+) -> tuple[int, int, int, int]:
+    """(left, top, width, height) in whole pixels, as timm's RandomResizedCrop samples them."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(CROP_TRIES):
+        target = area * draws.uniform(*scale)
+        aspect = math.exp(draws.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        x_unit, y_unit = draws.uniform(0.0, 1.0), draws.uniform(0.0, 1.0)
+        if 0 < w <= width and 0 < h <= height:
+            return int(x_unit * (width - w + 1)), int(y_unit * (height - h + 1)), w, h
+    return 0, 0, width, height
+
+
+class RotateCropResize(BatchAugment):
+    """uint8 HWC image tensor -> normalised float CHW tensor of `output_size`: rotated whole, cropped,
+    resized with antialiasing and flipped, as timm's pipeline does it."""
+
+    def __init__(
+        self,
+        output_size: int,
+        mean: list[float],
+        std: list[float],
+        background: list[int],
+        interpolation: str = "bilinear",
+        rotation_deg: float = 0.0,
+        scale: tuple[float, float] = (1.0, 1.0),
+        ratio: tuple[float, float] = (1.0, 1.0),
+        hflip: float = 0.0,
+        vflip: float = 0.0,
+    ) -> None:
+        self.output_size = output_size
+        self.resize_mode = RESIZE_MODES[interpolation]  # the rotation is bilinear whatever this says, as timm's path
+        self.rotation_deg, self.scale, self.ratio = rotation_deg, tuple(scale), tuple(ratio)
+        self.hflip, self.vflip = hflip, vflip
+        self.background, self.gain, self.offset = _normaliser(mean, std, background)
+        self._grids: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _pixel_grid(self, height: int, width: int) -> torch.Tensor:
+        """(height x width, 3): each pixel's centre as affine_grid's (x, y, 1), align_corners=False."""
+        key = (height, width)
+        if key not in self._grids:
+            identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+            plane = affine_grid(identity, [1, 1, height, width], align_corners=False)[0]
+            self._grids[key] = torch.cat([plane, torch.ones(height, width, 1)], dim=-1).view(height * width, 3)
+        return self._grids[key]
+
+    def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One sample's (angle, left, top, width, height, hflip, vflip), every number from `generator`."""
+        draws = _Draws(generator)
+        angle = draws.uniform(-self.rotation_deg, self.rotation_deg)
+        left, top, w, h = crop_pixels(width, height, self.scale, self.ratio, draws)
+        hflip = draws.uniform(0.0, 1.0) < self.hflip
+        vflip = draws.uniform(0.0, 1.0) < self.vflip
+        return torch.tensor([angle, left, top, w, h, float(hflip), float(vflip)], dtype=torch.float64)
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC images of one size and a `sample`d row each -> normalised float NCHW."""
+        # Shifted so the background is 0: the rotation's zero padding then fills the corners with it.
+        source = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        source.sub_(self.background)
+        count, _, height, width = source.shape
+        angles = params[:, 0].tolist()
+        if any(angles):
+            whole = (0.0, 0.0, float(width), float(height))
+            thetas = torch.stack([warp_matrix(width, height, angle, whole, False, False) for angle in angles])
+            # affine_grid's product, on one cached copy of the pixel grid rather than one built per image per call
+            grid = torch.matmul(self._pixel_grid(height, width), thetas.transpose(1, 2)).view(count, height, width, 2)
+            source = grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        boxes = params[:, 1:5].round().long()
+        if self.resize_mode == "bilinear":
+            out = self._resize_bilinear(source, boxes, params[:, 5].bool(), params[:, 6].bool())
+        else:
+            out = self._resize_each(source, boxes, params[:, 5].bool(), params[:, 6].bool())
+        if self.resize_mode == "bicubic":  # bicubic overshoots; PIL clamps to the pixel range, so does this
+            out = torch.maximum(torch.minimum(out, 255.0 - self.background), -self.background)
+        return out * self.gain + self.offset
+
+    def _resize_bilinear(self, source: torch.Tensor, boxes: torch.Tensor, hflip, vflip) -> torch.Tensor:
+        """Every sample's crop resized with antialiasing as two batched matrix products: the weights are PIL's
+        (and torch's antialiased interpolate's) triangle filter over each crop's rows and columns, zero
+        outside the crop; a flip is the weights' output order reversed."""
+        count, channels, height, width = source.shape
+        left, top, w, h = boxes.unbind(1)
+        rows = resize_weights(top, h, self.output_size, height)  # (N, out, height)
+        columns = resize_weights(left, w, self.output_size, width)  # (N, out, width)
+        rows[vflip] = rows[vflip].flip(1)
+        columns[hflip] = columns[hflip].flip(1)
+        narrowed = torch.matmul(source.view(count, channels * height, width), columns.transpose(1, 2))
+        return torch.matmul(rows.unsqueeze(1), narrowed.view(count, channels, height, self.output_size))
+
+    def _resize_each(self, source: torch.Tensor, boxes: torch.Tensor, hflip, vflip) -> torch.Tensor:
+        """The other filters: torch's interpolate per crop (antialiased but for nearest), then the flips."""
+        size = (self.output_size, self.output_size)
+        options = {} if self.resize_mode == "nearest" else {"align_corners": False, "antialias": True}
+        out = source.new_empty((source.shape[0], source.shape[1], *size))
+        for i, (left, top, w, h) in enumerate(boxes.tolist()):
+            crop = source[i : i + 1, :, top : top + h, left : left + w]
+            out[i] = interpolate(crop, size=size, mode=self.resize_mode, **options)[0]
+        for flipped, dim in ((hflip, 3), (vflip, 2)):
+            if flipped.any():
+                out[flipped] = out[flipped].flip(dim)
+        return out
+
+
+def resize_weights(starts: torch.Tensor, lengths: torch.Tensor, out_size: int, in_size: int) -> torch.Tensor:
+    """(N, out_size, in_size): the weights resizing each window [start, start + length) of a line of `in_size`
+    pixels to `out_size` with PIL's antialiased bilinear filter (a triangle as wide as the scale when shrinking,
+    plain bilinear when enlarging), each row normalised over the window as PIL does at its edges."""
+    starts = starts.float()[:, None, None]
+    lengths = lengths.float()[:, None, None]
+    scale = lengths / out_size
+    centres = starts + (torch.arange(out_size, dtype=torch.float32)[None, :, None] + 0.5) * scale
+    pixels = torch.arange(in_size, dtype=torch.float32)[None, None, :] + 0.5
+    weights = (1 - (pixels - centres).abs_().div_(scale.clamp(min=1.0))).clamp_(min=0)
+    weights.mul_((pixels > starts) & (pixels < starts + lengths))
+    return weights.div_(weights.sum(-1, keepdim=True))
