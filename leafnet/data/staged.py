@@ -23,7 +23,7 @@ import math
 import torch
 from torch.nn.functional import affine_grid, grid_sample, interpolate
 
-from leafnet.data.warp import CROP_TRIES, BatchAugment, _Draws, _normaliser, warp_matrix
+from leafnet.data.warp import CROP_TRIES, BatchAugment, _Draws, warp_matrix
 
 # interpolate's modes for a PreprocessSpec's interpolation (it has no lanczos; bicubic is the nearest)
 RESIZE_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "lanczos": "bicubic"}
@@ -49,29 +49,16 @@ class RotateCropResize(BatchAugment):
     """uint8 HWC image tensor -> normalised float CHW tensor of `output_size`: rotated whole, cropped,
     resized with antialiasing and flipped, as timm's pipeline does it."""
 
-    def __init__(
-        self,
-        output_size: int,
-        mean: list[float],
-        std: list[float],
-        background: list[int],
-        interpolation: str = "bilinear",
-        rotation_deg: float = 0.0,
-        scale: tuple[float, float] = (1.0, 1.0),
-        ratio: tuple[float, float] = (1.0, 1.0),
-        hflip: float = 0.0,
-        vflip: float = 0.0,
-    ) -> None:
-        self.output_size = output_size
-        self.resize_mode = RESIZE_MODES[interpolation]  # the rotation is bilinear whatever this says, as timm's path
-        self.rotation_deg, self.scale, self.ratio = rotation_deg, tuple(scale), tuple(ratio)
-        self.hflip, self.vflip = hflip, vflip
-        self.background, self.gain, self.offset = _normaliser(mean, std, background)
-        self._grids: dict[tuple[int, int], torch.Tensor] = {}
+    _grids: dict[tuple[int, int], torch.Tensor] | None = None
+
+    @property
+    def resize_mode(self) -> str:
+        return RESIZE_MODES[self.interpolation]  # the rotation is bilinear whatever this says, as timm's path
 
     def _pixel_grid(self, height: int, width: int) -> torch.Tensor:
         """(height x width, 3): each pixel's centre as affine_grid's (x, y, 1), align_corners=False."""
         key = (height, width)
+        self._grids = self._grids if self._grids is not None else {}
         if key not in self._grids:
             identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
             plane = affine_grid(identity, [1, 1, height, width], align_corners=False)[0]

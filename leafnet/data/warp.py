@@ -95,7 +95,27 @@ def warp_matrix(
 class BatchAugment:
     """A training augmentation built a batch at a time: `sample` draws one sample's parameters as a tensor
     row (from the sample's own generator), `apply` renders uint8 NHWC images of one size with a row each
-    into normalised float NCHW. The dataset batches any subclass (`ManifestDataset.__getitems__`)."""
+    into normalised float NCHW. The dataset batches any subclass (`ManifestDataset.__getitems__`).
+    The options are timm's: the rotation's range in degrees, RandomResizedCrop's area share and aspect ratio
+    ranges, the flips' probabilities; images are normalised with mean/std after /255."""
+
+    def __init__(
+        self,
+        output_size: int,
+        mean: list[float],
+        std: list[float],
+        background: list[int],
+        interpolation: str = "bilinear",
+        rotation_deg: float = 0.0,
+        scale: tuple[float, float] = (1.0, 1.0),
+        ratio: tuple[float, float] = (1.0, 1.0),
+        hflip: float = 0.0,
+        vflip: float = 0.0,
+    ) -> None:
+        self.output_size, self.interpolation = output_size, interpolation
+        self.rotation_deg, self.scale, self.ratio = rotation_deg, tuple(scale), tuple(ratio)
+        self.hflip, self.vflip = hflip, vflip
+        self.background, self.gain, self.offset = _normaliser(mean, std, background)
 
     def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -121,23 +141,9 @@ class AffineWarp(BatchAugment):
     """uint8 HWC image tensor -> normalised float CHW tensor of `output_size`, randomly rotated,
     cropped and flipped in one resampling."""
 
-    def __init__(
-        self,
-        output_size: int,
-        mean: list[float],
-        std: list[float],
-        background: list[int],
-        interpolation: str = "bilinear",
-        rotation_deg: float = 0.0,
-        scale: tuple[float, float] = (1.0, 1.0),
-        ratio: tuple[float, float] = (1.0, 1.0),
-        hflip: float = 0.0,
-        vflip: float = 0.0,
-    ) -> None:
-        self.output_size, self.mode = output_size, GRID_MODES[interpolation]
-        self.rotation_deg, self.scale, self.ratio = rotation_deg, tuple(scale), tuple(ratio)
-        self.hflip, self.vflip = hflip, vflip
-        self.background, self.gain, self.offset = _normaliser(mean, std, background)
+    @property
+    def mode(self) -> str:
+        return GRID_MODES[self.interpolation]
 
     def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One sample's 2x3 matrix (`warp_matrix`), every number drawn from `generator` (a sample's own,
