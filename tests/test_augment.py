@@ -13,6 +13,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as tvf
 
+from leafnet.data.batch_augment import Draws
 from leafnet.data.cache import DecodedCache
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
@@ -24,7 +25,7 @@ from leafnet.data.transforms import (
     eval_transform,
     train_transform,
 )
-from leafnet.data.warp import AffineWarp, _Draws, warp_matrix, working_side
+from leafnet.data.warp import AffineWarp, warp_matrix, working_side
 from leafnet.errors import LeafnetError
 
 MEAN, STD = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
@@ -161,9 +162,7 @@ def test_the_staged_bilinear_resize_as_matrix_products_is_torchs_antialiased_int
 
 
 def test_staged_crops_are_whole_pixels_inside_the_image_with_timms_area_and_ratio():
-    boxes = [
-        crop_pixels(100, 80, (0.3, 0.9), (0.8, 1.25), _Draws(torch.Generator().manual_seed(i))) for i in range(300)
-    ]
+    boxes = [crop_pixels(100, 80, (0.3, 0.9), (0.8, 1.25), Draws(torch.Generator().manual_seed(i))) for i in range(300)]
     for left, top, w, h in boxes:
         assert all(isinstance(v, int) for v in (left, top, w, h))
         assert left >= 0 and left + w <= 100 and top >= 0 and top + h <= 80
@@ -171,7 +170,7 @@ def test_staged_crops_are_whole_pixels_inside_the_image_with_timms_area_and_rati
     ratios = np.array([w / h for _, _, w, h in boxes])
     assert shares.min() >= 0.28 and shares.max() <= 0.92 and 0.55 < shares.mean() < 0.65
     assert ratios.min() >= 0.77 and ratios.max() <= 1.3
-    assert crop_pixels(10, 10, (2.0, 3.0), (1.0, 1.0), _Draws(None)) == (0, 0, 10, 10)  # never fits: whole image
+    assert crop_pixels(10, 10, (2.0, 3.0), (1.0, 1.0), Draws(None)) == (0, 0, 10, 10)  # never fits: whole image
 
 
 @pytest.mark.slow

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from leafnet.data.batch_augment import BatchAugment
 from leafnet.data.cache import DecodedCache, decode
 from leafnet.data.prepared import PreparedData
 from leafnet.data.split import SPLITS
 from leafnet.data.transforms import ImagePipeline
-from leafnet.data.warp import BatchAugment
 from leafnet.errors import LeafnetError
 
 
@@ -82,7 +82,7 @@ class ManifestDataset(Dataset):
 
     def __getitems__(self, keys: list) -> list[tuple[torch.Tensor, int]]:
         """A batch of samples, exactly as `[self[key] for key in keys]` gives them. When the cached split's
-        per-item step is a batch augmentation (`leafnet.data.warp.BatchAugment`: the warp, the staged
+        per-item step is a batch augmentation (`leafnet.data.batch_augment.BatchAugment`: the warp, the staged
         pipeline), each sample's parameters are drawn from its own seed as always, but the images of one size
         are rendered together: a DataLoader (which calls this for each batch) then costs a fraction of the
         per-item path, cheap enough to run in the training process itself (`leafnet.data.loaders.auto_workers`)."""

@@ -132,9 +132,9 @@ def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
 
 def auto_workers(cached: bool, local_processes: int = 1, cores: int | None = None, in_process: bool = False) -> int:
     """Loader workers per training process for data.workers=-1.
-    - `in_process`: the batch is cheapest built in the training process itself (a cached split warped a
-      batch at a time on a CPU that also computes the steps): no worker, so no process competes with the
-      step's threads for the cores (docs/training.md measures it).
+    - `in_process`: the batch is cheapest built in the training process itself (a cached split augmented a
+      batch at a time, `leafnet.data.batch_augment.BatchAugment`, on a CPU that also computes the steps):
+      no worker, so no process competes with the step's threads for the cores (docs/training.md measures it).
     - A cached split otherwise: a sample is a slice and one transform, and one worker keeps up.
     - Decoding per item needs more: half of this process's share of the cores, between 2 and 8."""
     if in_process:

@@ -23,14 +23,14 @@ import math
 import torch
 from torch.nn.functional import affine_grid, grid_sample, interpolate
 
-from leafnet.data.warp import CROP_TRIES, BatchAugment, _Draws, warp_matrix
+from leafnet.data.batch_augment import CROP_TRIES, BatchAugment, Draws
 
 # interpolate's modes for a PreprocessSpec's interpolation (it has no lanczos; bicubic is the nearest)
 RESIZE_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "lanczos": "bicubic"}
 
 
 def crop_pixels(
-    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], draws: _Draws
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], draws: Draws
 ) -> tuple[int, int, int, int]:
     """(left, top, width, height) in whole pixels, as timm's RandomResizedCrop samples them."""
     area = width * height
@@ -67,7 +67,7 @@ class RotateCropResize(BatchAugment):
 
     def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One sample's (angle, left, top, width, height, hflip, vflip), every number from `generator`."""
-        draws = _Draws(generator)
+        draws = Draws(generator)
         angle = draws.uniform(-self.rotation_deg, self.rotation_deg)
         left, top, w, h = crop_pixels(width, height, self.scale, self.ratio, draws)
         hflip = draws.uniform(0.0, 1.0) < self.hflip
@@ -80,10 +80,9 @@ class RotateCropResize(BatchAugment):
         source = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         source.sub_(self.background)
         count, _, height, width = source.shape
-        angles = params[:, 0].tolist()
-        if any(angles):
-            whole = (0.0, 0.0, float(width), float(height))
-            thetas = torch.stack([warp_matrix(width, height, angle, whole, False, False) for angle in angles])
+        angles = params[:, 0]
+        if angles.any():
+            thetas = rotation_matrices(width, height, angles)
             # affine_grid's product, on one cached copy of the pixel grid rather than one built per image per call
             grid = torch.matmul(self._pixel_grid(height, width), thetas.transpose(1, 2)).view(count, height, width, 2)
             source = grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -121,6 +120,15 @@ class RotateCropResize(BatchAugment):
             if flipped.any():
                 out[flipped] = out[flipped].flip(dim)
         return out
+
+
+def rotation_matrices(width: int, height: int, angles_deg: torch.Tensor) -> torch.Tensor:
+    """(N, 2, 3) `affine_grid` matrices (output -> source, [-1, 1], align_corners=False) turning a width x height
+    image about its centre by each angle, as torchvision's rotate turns it (counter-clockwise on screen)."""
+    radians = torch.deg2rad(angles_deg.double())
+    cos, sin, zero = radians.cos(), radians.sin(), torch.zeros_like(radians)
+    rows = [torch.stack([cos, -sin * height / width, zero], 1), torch.stack([sin * width / height, cos, zero], 1)]
+    return torch.stack(rows, 1).float()
 
 
 def resize_weights(starts: torch.Tensor, lengths: torch.Tensor, out_size: int, in_size: int) -> torch.Tensor:

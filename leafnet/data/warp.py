@@ -6,15 +6,15 @@ antialiasing, once, and cached; `leafnet.data.cache`) so that the smallest crop 
 per output pixel; a larger crop is shrunk by the warp without antialiasing, by at most 1/sqrt(min scale)
 (1.2x for the leaves' scale of 0.7; photos' 0.08 would be 3.5x, and they take timm's pipeline anyway when
 they use its colour or RandAugment options).
-The pixel-by-pixel pipeline it replaces (rotate the whole prepared image, crop, resize, flip: four
-resamplings of up to 128 x 128 images, in PIL, per sample per epoch) cost about a fifth of a 2-core
-machine's training throughput; docs/training.md has the measurement.
+The cheapest augmentation leafnet has, and an option only (`data.augment.implementation=warp`): its
+models score 2 to 3 points lower on a large held-out set than timm's pipeline's, because the rotation is
+resampled at the output's scale, blurring fine margins by an amount that varies with the angle
+(docs/training.md). The default (`leafnet.data.staged`) keeps timm's separate steps instead.
 
 The sampled geometry follows the pipeline it replaces: the rotation (uniform in ±rotation_deg about the
 centre, the uncovered corners filled with the background) happens before the crop, and the crop is
 timm's RandomResizedCrop's (area share uniform in `scale`, log aspect ratio uniform in `ratio`, ten
-tries to fit, else the whole image). A sample's numbers come from its own generator, which the dataset
-seeds with the sample's seed, so its pixels depend on that seed alone, whichever batch or process draws it.
+tries to fit, else the whole image), each sample's from its own seed (`leafnet.data.batch_augment`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import math
 import torch
 from torch.nn.functional import affine_grid, grid_sample
 
+from leafnet.data.batch_augment import CROP_TRIES, BatchAugment, Draws
+
 # grid_sample's modes for a PreprocessSpec's interpolation (it has no lanczos; bicubic is the nearest)
 GRID_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "lanczos": "bicubic"}
-CROP_TRIES = 10  # as timm's RandomResizedCrop
 
 
 def working_side(output_size: int, min_scale: float) -> int:
@@ -35,27 +36,12 @@ def working_side(output_size: int, min_scale: float) -> int:
     return math.ceil(output_size / math.sqrt(max(min_scale, 1e-6)))
 
 
-# Uniform draws a sample may need, taken in one call: the angle, CROP_TRIES x (area, log ratio, x, y), two flips
-DRAWS = 1 + 4 * CROP_TRIES + 2
-
-
-class _Draws:
-    """Uniform [0, 1) numbers for one sample, drawn in one call from `generator` (torch's default when
-    None) and handed out in order: one generator call per sample instead of one per number."""
-
-    def __init__(self, generator: torch.Generator | None) -> None:
-        self.values = iter(torch.rand(DRAWS, generator=generator, dtype=torch.float64).tolist())
-
-    def uniform(self, low: float, high: float) -> float:
-        return low + (high - low) * next(self.values)
-
-
 def crop_box(
-    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], draws: _Draws | None = None
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], draws: Draws | None = None
 ) -> tuple:
     """(centre x, centre y, crop width, crop height) in pixels from the image's centre, sampled as
     timm's RandomResizedCrop samples them (continuous positions instead of whole pixels)."""
-    draws = draws or _Draws(None)
+    draws = draws or Draws(None)
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(CROP_TRIES):
@@ -92,51 +78,6 @@ def warp_matrix(
     return torch.tensor(rows, dtype=torch.float32)
 
 
-class BatchAugment:
-    """A training augmentation built a batch at a time: `sample` draws one sample's parameters as a tensor
-    row (from the sample's own generator), `apply` renders uint8 NHWC images of one size with a row each
-    into normalised float NCHW. The dataset batches any subclass (`ManifestDataset.__getitems__`).
-    The options are timm's: the rotation's range in degrees, RandomResizedCrop's area share and aspect ratio
-    ranges, the flips' probabilities; images are normalised with mean/std after /255."""
-
-    def __init__(
-        self,
-        output_size: int,
-        mean: list[float],
-        std: list[float],
-        background: list[int],
-        interpolation: str = "bilinear",
-        rotation_deg: float = 0.0,
-        scale: tuple[float, float] = (1.0, 1.0),
-        ratio: tuple[float, float] = (1.0, 1.0),
-        hflip: float = 0.0,
-        vflip: float = 0.0,
-    ) -> None:
-        self.output_size, self.interpolation = output_size, interpolation
-        self.rotation_deg, self.scale, self.ratio = rotation_deg, tuple(scale), tuple(ratio)
-        self.hflip, self.vflip = hflip, vflip
-        self.background, self.gain, self.offset = _normaliser(mean, std, background)
-
-    def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        height, width = image.shape[:2]
-        return self.apply(image[None], self.sample(width, height, generator)[None])[0]
-
-
-def _normaliser(mean: list[float], std: list[float], background: list[int]) -> tuple:
-    """(background, gain, offset) for images shifted so the background is 0: normalise((v + background) / 255)
-    = v * gain + offset. Zero padding then fills uncovered pixels with the background."""
-    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    background_t = torch.tensor(background, dtype=torch.float32)[:, None, None]
-    offset = (background_t / 255.0 - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / std_t
-    return background_t, 1.0 / (255.0 * std_t), offset
-
-
 class AffineWarp(BatchAugment):
     """uint8 HWC image tensor -> normalised float CHW tensor of `output_size`, randomly rotated,
     cropped and flipped in one resampling."""
@@ -148,7 +89,7 @@ class AffineWarp(BatchAugment):
     def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One sample's 2x3 matrix (`warp_matrix`), every number drawn from `generator` (a sample's own,
         seeded with its seed, so that its pixels depend on that seed alone; torch's default when None)."""
-        draws = _Draws(generator)
+        draws = Draws(generator)
         angle = draws.uniform(-self.rotation_deg, self.rotation_deg)
         box = crop_box(width, height, self.scale, self.ratio, draws)
         hflip = draws.uniform(0.0, 1.0) < self.hflip
