@@ -86,7 +86,7 @@ class TrainSection:
 class AmpSection:
     # none | auto | bfloat16 | float16 (float16 uses a GradScaler on CUDA); auto = bfloat16 where the device computes
     # it natively (a recent GPU; a CPU with AVX512-BF16 or AMX), else none. none here: the demo recipe in bfloat16
-    # reached 95% val top-1 sooner but lost about a point of test top-1 (docs/training.md)
+    # reached 95% val top-1 sooner, with the same held-out top-1 but one test image fewer (docs/training.md)
     dtype: str = "none"
 
 
