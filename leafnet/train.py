@@ -41,11 +41,11 @@ from leafnet import distributed
 from leafnet.callable_stage import callable_module
 from leafnet.checkpoint import load_checkpoint, rank_top, restore_rng_state, rng_state, save_checkpoint
 from leafnet.checkpoint_writer import CheckpointWriter
+from leafnet.data.batch_augment import INTERPOLATIONS
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
 from leafnet.data.prepared import PreparedData
 from leafnet.data.transforms import (
-    INTERPOLATIONS,
     PreprocessSpec,
     augment_implementation,
     augments,

@@ -19,8 +19,9 @@ from timm.models import adapt_input_conv
 
 import leafnet.export.exporter as exporter
 from leafnet.checkpoint import load_checkpoint, save_checkpoint
+from leafnet.data.batch_augment import INTERPOLATIONS
 from leafnet.data.prepared import PreparedData
-from leafnet.data.transforms import INTERPOLATIONS, PreprocessSpec, eval_transform
+from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
 from leafnet.models import ModelConfig, create_model, model_from_checkpoint, model_preprocessing
 from leafnet.pretrained import load_pretrained, read_weights

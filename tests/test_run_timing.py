@@ -171,7 +171,7 @@ def test_the_run_benchmark_reports_time_to_accuracy_for_each_variant(tiny_leaves
         (TrainBenchConfig(mode="steps", holdout="data/processed/synthetic"), "holdout= applies to mode=run"),
         (
             TrainBenchConfig(mode="run", holdout="/nonexistent/holdout"),
-            "holdout=/nonexistent/holdout has no test split",
+            "holdout=/nonexistent/holdout is not a prepared data directory",
         ),
     ],
 )
@@ -206,9 +206,8 @@ def test_the_run_benchmark_stops_when_the_source_changes_between_runs(tmp_path, 
     monkeypatch.setattr(train_run, "source_fingerprint", lambda: fingerprint(package))
     trained = []
 
-    def train_once(
-        name, overrides, base, output, log, holdout=None
-    ):  # stands in for a training process: the edit is the point
+    def train_once(name, overrides, base, output, log, holdout=None):
+        """Stands in for a training process: the edit during the second run is the point."""
         trained.append(name)
         if len(trained) == 2:
             (package / "defaults.py").write_text("IMPLEMENTATION = 'timm'\n")
@@ -216,7 +215,7 @@ def test_the_run_benchmark_stops_when_the_source_changes_between_runs(tmp_path, 
 
     monkeypatch.setattr(train_run, "run_variant", train_once)
     monkeypatch.setattr(train_run, "_brief", lambda run, targets: "")
-    with pytest.raises(LeafnetError, match=r"source changed during the benchmark, before run a#2"):
+    with pytest.raises(LeafnetError, match=r"source changed during the benchmark, by the end of run b#1"):
         train_run.run_time_to_accuracy(
             {"a": [], "b": []}, [], [0.9], [["train.seed=0"], ["train.seed=1"]], tmp_path, print
         )

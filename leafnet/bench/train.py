@@ -20,6 +20,7 @@ import torch
 
 from leafnet.bench.train_run import BASELINE_VARIANTS, run_time_to_accuracy
 from leafnet.config import load_config
+from leafnet.data.prepared import PreparedData
 from leafnet.distributed import DistInfo, select_device
 from leafnet.engine import train_one_epoch
 from leafnet.errors import LeafnetError
@@ -139,8 +140,8 @@ def run_train_benchmark(config: TrainBenchConfig, log=logger.info) -> dict:
         if seeds and config.repeats not in (1, len(seeds)):
             raise LeafnetError(f"seeds= gives {len(seeds)} turns, repeats={config.repeats}: give one or the other")
         turns = [[f"train.seed={seed}"] for seed in seeds] or [[]] * config.repeats
-        if config.holdout and not (Path(config.holdout) / "test").is_dir():
-            raise LeafnetError(f"holdout={config.holdout} has no test split: give a directory prepare_data.py wrote")
+        if config.holdout:
+            check_holdout(config.holdout, load_config(TrainConfig, config.base).data.root)
         return run_time_to_accuracy(variants, config.base, list(config.targets), turns, runs, log, config.holdout)
     if config.holdout:
         raise LeafnetError("holdout= applies to mode=run; mode=steps times steps, not accuracy")
@@ -164,6 +165,15 @@ def run_train_benchmark(config: TrainBenchConfig, log=logger.info) -> dict:
     log(format_table(results))
     summary = {"base": config.base, "steps": config.steps, "warmup": config.warmup, "repeats": config.repeats}
     return {**summary, "variants": results}
+
+
+def check_holdout(holdout: str, data_root: str) -> None:
+    """Before any training: `holdout` is prepared, has test images, and has the training data's classes."""
+    held = PreparedData(holdout).require("holdout")
+    if not held.rows("test"):
+        raise LeafnetError(f"holdout={holdout} has no test images: prepare it with a test_fraction above 0")
+    if PreparedData(data_root).is_prepared() and held.classes() != PreparedData(data_root).classes():
+        raise LeafnetError(f"holdout={holdout} has other classes than data.root={data_root}")
 
 
 def _median_row(rows: list[dict]) -> dict:

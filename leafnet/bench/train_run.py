@@ -43,11 +43,22 @@ BEFORE = [
 BASELINE_VARIANTS = {"before": BEFORE, "after": []}
 
 
+def run_package() -> Path:
+    """The leafnet package a run imports: `python -m leafnet` from this directory puts it first on the path,
+    so a checkout here wins over the one this process (or an editable install) imported."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import leafnet, pathlib; print(pathlib.Path(leafnet.__file__).parent)"],
+        capture_output=True,
+        text=True,
+    )
+    return Path(found.stdout.strip()) if found.returncode == 0 else Path(leafnet.__file__).parent
+
+
 def source_fingerprint(package: Path | None = None) -> str:
     """A digest of every file of the leafnet package that a run executes or reads its defaults from. Each
     variant is a fresh `leafnet train` importing the package as it is on disk at that moment, so an edit
-    during a benchmark would silently change the later runs: the benchmark compares this before each run."""
-    package = package or Path(leafnet.__file__).parent
+    during a benchmark would silently change the later runs: the benchmark compares this after each run."""
+    package = package or run_package()
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -142,13 +153,13 @@ def run_time_to_accuracy(
     for turn, turn_overrides in enumerate(turns):  # in turns, so drift over the minutes touches every variant alike
         for name, overrides in variants.items():
             label = name if len(turns) == 1 else f"{name}#{turn + 1}"
-            if source_fingerprint() != source:
-                raise LeafnetError(
-                    f"leafnet's source changed during the benchmark, before run {label}: the runs so far and the "
-                    "rest would not be the same code; leave the tree alone while it runs and start it again"
-                )
             turn_dir = output / f"turn{turn + 1}"
             runs[name].append(run_variant(name, overrides, [*base, *turn_overrides], turn_dir, log, holdout))
+            if source_fingerprint() != source:
+                raise LeafnetError(
+                    f"leafnet's source changed during the benchmark, by the end of run {label}: its runs would not "
+                    "all be the same code; leave the tree alone while it runs and start it again"
+                )
             log(f"{label}: {_brief(runs[name][-1], targets)}")
     rows = {name: summarise(found, targets) for name, found in runs.items()}
     first = next(iter(rows.values()))

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from leafnet.errors import LeafnetError
+
+# The interpolations a PreprocessSpec may name: timm's names, each mapped to PIL's by the handler
+# (leafnet/serving/preprocess.py INTERPOLATION; a test keeps the two equal).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
 CROP_TRIES = 10  # as timm's RandomResizedCrop
 
 # Uniform draws a sample may need, taken in one call: the angle, CROP_TRIES x (area, log ratio, x, y), two flips
@@ -46,6 +51,8 @@ class BatchAugment:
         hflip: float = 0.0,
         vflip: float = 0.0,
     ) -> None:
+        if interpolation not in INTERPOLATIONS:
+            raise LeafnetError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
         self.output_size, self.interpolation = output_size, interpolation
         self.rotation_deg, self.scale, self.ratio = rotation_deg, tuple(scale), tuple(ratio)
         self.hflip, self.vflip = hflip, vflip

@@ -6,13 +6,13 @@ sample per epoch in a loader process, which on a 2-core machine takes a third of
 This does the same steps in the same order with torch: one `grid_sample` rotates the whole batch at the
 prepared size (uncovered corners take the background), each sample's crop is resized by torch's
 antialiased interpolation (the filter PIL's resize uses), and the flips are index reversals. It costs
-a few percent of a step, so it runs in the training process.
+a few percent of a step, so on a CPU it runs in the training process (`data.workers=-1`; on a GPU in a loader worker).
 
 Unlike the one-resampling warp (`leafnet.data.warp`), nothing is resampled at the output's scale before
 the antialiased resize: the images are timm's up to rounding (PIL rounds to uint8 after each step).
 The parameters are drawn as timm draws them (the angle uniform in ±rotation_deg; the crop's area share
 uniform in `scale`, its log aspect ratio uniform in `ratio`, whole-pixel sizes and offsets, ten tries,
-else the whole image), each sample's from its own generator, which the dataset seeds with the sample's
+else a centred crop within `ratio`), each sample's from its own generator, which the dataset seeds with the sample's
 seed.
 """
 
@@ -26,13 +26,16 @@ from torch.nn.functional import affine_grid, grid_sample, interpolate
 from leafnet.data.batch_augment import CROP_TRIES, BatchAugment, Draws
 
 # interpolate's modes for a PreprocessSpec's interpolation (it has no lanczos; bicubic is the nearest)
-RESIZE_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "lanczos": "bicubic"}
+# (nearest-exact samples pixel centres, as PIL's NEAREST does; torch's "nearest" is half a pixel off)
+RESIZE_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact", "lanczos": "bicubic"}
+GRIDS_KEPT = 4  # pixel grids cached per image size: a prepared split has one size; unprepared photos many
 
 
 def crop_pixels(
     width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], draws: Draws
 ) -> tuple[int, int, int, int]:
-    """(left, top, width, height) in whole pixels, as timm's RandomResizedCrop samples them."""
+    """(left, top, width, height) in whole pixels, as timm's RandomResizedCrop samples them, including its
+    fallback after ten misses: a centred crop, clamped to `ratio` when the image's own aspect is outside it."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(CROP_TRIES):
@@ -42,7 +45,12 @@ def crop_pixels(
         x_unit, y_unit = draws.uniform(0.0, 1.0), draws.uniform(0.0, 1.0)
         if 0 < w <= width and 0 < h <= height:
             return int(x_unit * (width - w + 1)), int(y_unit * (height - h + 1)), w, h
-    return 0, 0, width, height
+    w, h = width, height
+    if width / height < min(ratio):
+        h = round(w / min(ratio))
+    elif width / height > max(ratio):
+        w = round(h * max(ratio))
+    return (width - w) // 2, (height - h) // 2, w, h
 
 
 class RotateCropResize(BatchAugment):
@@ -59,6 +67,8 @@ class RotateCropResize(BatchAugment):
         """(height x width, 3): each pixel's centre as affine_grid's (x, y, 1), align_corners=False."""
         key = (height, width)
         self._grids = self._grids if self._grids is not None else {}
+        if key not in self._grids and len(self._grids) >= GRIDS_KEPT:
+            self._grids.pop(next(iter(self._grids)))  # the oldest: images of many sizes must not grow this
         if key not in self._grids:
             identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
             plane = affine_grid(identity, [1, 1, height, width], align_corners=False)[0]

@@ -31,10 +31,6 @@ from leafnet.data.staged import RotateCropResize
 from leafnet.data.warp import AffineWarp, working_side
 from leafnet.errors import LeafnetError
 
-# The interpolations a PreprocessSpec may name: timm's names, each mapped to PIL's by the handler
-# (leafnet/serving/preprocess.py INTERPOLATION; a test keeps the two equal).
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
-
 
 @dataclass
 class PreprocessSpec:
@@ -107,9 +103,9 @@ class AugmentConfig:
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
     re_prob: float = 0.0  # random erasing
     # timm = timm's PIL pipeline per item in loader workers (the reference); staged = the same steps on a batch in
-    # the training process, 3-4x less CPU, 0.2-0.3 points lower on a held-out set over 13 runs, within the seeds'
-    # spread; warp = the three as one resampling, cheapest but 2-3 points lower (docs/training.md); auto = staged
-    # unless an option above needs timm's factory, then timm
+    # the training process, 0-3% of the step rate against timm's 28%, 0.2-0.3 points lower on a held-out set over
+    # 13 runs, within the seeds' spread; warp = the three as one resampling, cheapest but 2-3 points lower
+    # (docs/training.md); auto = staged unless an option above needs timm's factory, then timm
     implementation: str = "timm"
 
 
@@ -197,7 +193,7 @@ def eval_transform(spec: PreprocessSpec) -> ImagePipeline:
 
 
 def augment_implementation(augment: AugmentConfig) -> str:
-    """warp or timm: what `train_transform` builds for these options."""
+    """timm, staged or warp: what `train_transform` builds for these options."""
     if augment.implementation not in AUGMENT_IMPLEMENTATIONS:
         raise LeafnetError(
             f"data.augment.implementation must be one of {', '.join(AUGMENT_IMPLEMENTATIONS)}, "
