@@ -67,7 +67,10 @@ def test_every_variant_is_written_and_matches_eager(exported):
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a symbolic batch dimension
     assert not list(out.glob("*.data"))
     assert sorted(report["archives"]) == ["leafnet-onnx-int8.mar", "leafnet.mar"]
-    assert {p.name for p in Path(config.model_store).iterdir()} == set(report["archives"])  # no staging left
+    # No staging left (the export stages in hidden directories of the store). The store is the session's
+    # shared export, which serving tests running beside this one add their own rebuilt archives to.
+    stored = {p.name for p in Path(config.model_store).iterdir()}
+    assert set(report["archives"]) <= stored and not [name for name in stored if name.startswith(".")]
 
 
 @pytest.mark.slow
