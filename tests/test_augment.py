@@ -181,6 +181,9 @@ def test_staged_crops_are_whole_pixels_inside_the_image_with_timms_area_and_rati
     assert crop_pixels(10, 10, (2.0, 3.0), (1.0, 1.0), Draws(None)) == (0, 0, 10, 10)
     assert crop_pixels(20, 10, (2.0, 3.0), (0.8, 1.25), Draws(None)) == (4, 0, 12, 10)
     assert crop_pixels(10, 20, (2.0, 3.0), (0.8, 1.25), Draws(None)) == (0, 4, 10, 12)
+    nearest = RotateCropResize(8, MEAN, STD, [0, 0, 0], "nearest", 10.0, (0.5, 1.0), (0.8, 1.25), 0.5)
+    image = torch.randint(0, 256, (30, 40, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert nearest(image, torch.Generator().manual_seed(1)).shape == (3, 8, 8)  # the per-crop path, unfiltered
     with pytest.raises(
         LeafnetError, match="interpolation must be one of bilinear, bicubic, nearest, lanczos, got 'cubic'"
     ):

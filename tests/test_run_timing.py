@@ -202,8 +202,7 @@ def test_the_run_benchmark_stops_when_the_source_changes_between_runs(tmp_path, 
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "defaults.py").write_text("IMPLEMENTATION = 'warp'\n")
-    fingerprint = train_run.source_fingerprint
-    monkeypatch.setattr(train_run, "source_fingerprint", lambda: fingerprint(package))
+    monkeypatch.setattr(train_run, "run_package", lambda: package)
     trained = []
 
     def train_once(name, overrides, base, output, log, holdout=None):

@@ -54,11 +54,10 @@ def run_package() -> Path:
     return Path(found.stdout.strip()) if found.returncode == 0 else Path(leafnet.__file__).parent
 
 
-def source_fingerprint(package: Path | None = None) -> str:
+def source_fingerprint(package: Path) -> str:
     """A digest of every file of the leafnet package that a run executes or reads its defaults from. Each
     variant is a fresh `leafnet train` importing the package as it is on disk at that moment, so an edit
     during a benchmark would silently change the later runs: the benchmark compares this after each run."""
-    package = package or run_package()
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -149,13 +148,14 @@ def run_time_to_accuracy(
     """`turns`: one list of overrides per turn, applied after `base` (a seed per turn, or nothing);
     `holdout`: a prepared data root whose test split also scores each run."""
     runs: dict[str, list[dict]] = {name: [] for name in variants}
-    source = source_fingerprint()
+    package = run_package()
+    source = source_fingerprint(package)
     for turn, turn_overrides in enumerate(turns):  # in turns, so drift over the minutes touches every variant alike
         for name, overrides in variants.items():
             label = name if len(turns) == 1 else f"{name}#{turn + 1}"
             turn_dir = output / f"turn{turn + 1}"
             runs[name].append(run_variant(name, overrides, [*base, *turn_overrides], turn_dir, log, holdout))
-            if source_fingerprint() != source:
+            if source_fingerprint(package) != source:
                 raise LeafnetError(
                     f"leafnet's source changed during the benchmark, by the end of run {label}: its runs would not "
                     "all be the same code; leave the tree alone while it runs and start it again"

@@ -18,6 +18,7 @@ seed.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,7 +29,6 @@ from leafnet.data.batch_augment import CROP_TRIES, BatchAugment, Draws
 # interpolate's modes for a PreprocessSpec's interpolation (it has no lanczos; bicubic is the nearest)
 # (nearest-exact samples pixel centres, as PIL's NEAREST does; torch's "nearest" is half a pixel off)
 RESIZE_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact", "lanczos": "bicubic"}
-GRIDS_KEPT = 4  # pixel grids cached per image size: a prepared split has one size; unprepared photos many
 
 
 def crop_pixels(
@@ -57,23 +57,9 @@ class RotateCropResize(BatchAugment):
     """uint8 HWC image tensor -> normalised float CHW tensor of `output_size`: rotated whole, cropped,
     resized with antialiasing and flipped, as timm's pipeline does it."""
 
-    _grids: dict[tuple[int, int], torch.Tensor] | None = None
-
     @property
     def resize_mode(self) -> str:
         return RESIZE_MODES[self.interpolation]  # the rotation is bilinear whatever this says, as timm's path
-
-    def _pixel_grid(self, height: int, width: int) -> torch.Tensor:
-        """(height x width, 3): each pixel's centre as affine_grid's (x, y, 1), align_corners=False."""
-        key = (height, width)
-        self._grids = self._grids if self._grids is not None else {}
-        if key not in self._grids and len(self._grids) >= GRIDS_KEPT:
-            self._grids.pop(next(iter(self._grids)))  # the oldest: images of many sizes must not grow this
-        if key not in self._grids:
-            identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
-            plane = affine_grid(identity, [1, 1, height, width], align_corners=False)[0]
-            self._grids[key] = torch.cat([plane, torch.ones(height, width, 1)], dim=-1).view(height * width, 3)
-        return self._grids[key]
 
     def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One sample's (angle, left, top, width, height, hflip, vflip), every number from `generator`."""
@@ -94,13 +80,11 @@ class RotateCropResize(BatchAugment):
         if angles.any():
             thetas = rotation_matrices(width, height, angles)
             # affine_grid's product, on one cached copy of the pixel grid rather than one built per image per call
-            grid = torch.matmul(self._pixel_grid(height, width), thetas.transpose(1, 2)).view(count, height, width, 2)
+            grid = torch.matmul(pixel_grid(height, width), thetas.transpose(1, 2)).view(count, height, width, 2)
             source = grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        boxes = params[:, 1:5].round().long()
-        if self.resize_mode == "bilinear":
-            out = self._resize_bilinear(source, boxes, params[:, 5].bool(), params[:, 6].bool())
-        else:
-            out = self._resize_each(source, boxes, params[:, 5].bool(), params[:, 6].bool())
+        boxes, hflip, vflip = params[:, 1:5].round().long(), params[:, 5].bool(), params[:, 6].bool()
+        resize = self._resize_bilinear if self.resize_mode == "bilinear" else self._resize_each
+        out = resize(source, boxes, hflip, vflip)
         if self.resize_mode == "bicubic":  # bicubic overshoots; PIL clamps to the pixel range, so does this
             out = torch.maximum(torch.minimum(out, 255.0 - self.background), -self.background)
         return out * self.gain + self.offset
@@ -121,7 +105,7 @@ class RotateCropResize(BatchAugment):
     def _resize_each(self, source: torch.Tensor, boxes: torch.Tensor, hflip, vflip) -> torch.Tensor:
         """The other filters: torch's interpolate per crop (antialiased but for nearest), then the flips."""
         size = (self.output_size, self.output_size)
-        options = {} if self.resize_mode == "nearest" else {"align_corners": False, "antialias": True}
+        options = {} if self.resize_mode == "nearest-exact" else {"align_corners": False, "antialias": True}
         out = source.new_empty((source.shape[0], source.shape[1], *size))
         for i, (left, top, w, h) in enumerate(boxes.tolist()):
             crop = source[i : i + 1, :, top : top + h, left : left + w]
@@ -130,6 +114,14 @@ class RotateCropResize(BatchAugment):
             if flipped.any():
                 out[flipped] = out[flipped].flip(dim)
         return out
+
+
+@functools.lru_cache(maxsize=4)  # a prepared split has one size; unprepared photos many, so only the latest few
+def pixel_grid(height: int, width: int) -> torch.Tensor:
+    """(height x width, 3): each pixel's centre as affine_grid's (x, y, 1), align_corners=False."""
+    identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    plane = affine_grid(identity, [1, 1, height, width], align_corners=False)[0]
+    return torch.cat([plane, torch.ones(height, width, 1)], dim=-1).view(height * width, 3)
 
 
 def rotation_matrices(width: int, height: int, angles_deg: torch.Tensor) -> torch.Tensor:
