@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.font_manager import FontProperties
 from PIL import Image
 from torchvision.utils import make_grid
 
@@ -33,35 +34,62 @@ METRIC_COLUMNS = (
 )
 
 
-def confusion_figure(confusion: torch.Tensor, class_names: list[str], title: str = "confusion matrix"):
+FIGURE_DPI = 120
+
+
+def confusion_figure(
+    confusion: torch.Tensor, class_names: list[str], title: str = "confusion matrix", dpi: int = FIGURE_DPI
+):
     """Row-normalised confusion matrix (rows: true class) with class names on both axes."""
     matrix = confusion.double()
     matrix = (matrix / matrix.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
     n = len(class_names)
-    side = min(4 + 0.16 * n, 24)
-    figure, axes = plt.subplots(figsize=(side, side))
-    image = axes.imshow(matrix, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    side = min(4 + 0.16 * n, 24)  # the matrix's, in inches; the margins come on top
     font = max(3.0, min(9.0, 400 / max(n, 1)))
+    figure = plt.figure(dpi=dpi)
+    # Margins from the widest class name, measured once: tight_layout would lay out every label twice more,
+    # which with 99 classes took longer than drawing the figure.
+    label = _widest_text(figure, class_names, font) + 30 / 72  # ticks, the axis label and a gap
+    right, top = 0.6, 0.45  # the colour bar's labels; the title
+    width, height = label + side + right, label + side + top
+    figure.set_size_inches(width, height)
+    figure.subplots_adjust(left=label / width, bottom=label / height, right=1 - right / width, top=1 - top / height)
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     axes.set_xticks(range(n), class_names, rotation=90, fontsize=font)
     axes.set_yticks(range(n), class_names, fontsize=font)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02)
-    figure.tight_layout()
     return figure
 
 
+def _widest_text(figure, texts: list[str], fontsize: float) -> float:
+    """Inches: the widest of `texts` in the default font at `fontsize`, as the figure's renderer draws it."""
+    renderer = figure.canvas.get_renderer()
+    font = FontProperties(size=fontsize)
+    widths = (renderer.get_text_width_height_descent(text, font, ismath=False)[0] for text in texts)
+    return max(widths, default=0.0) / figure.dpi
+
+
 def save_figure(figure, path: str | Path) -> None:
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=FIGURE_DPI)
     plt.close(figure)
 
 
-def figure_png(figure, dpi: int = 120) -> bytes:
-    """The figure as PNG bytes, rendered once (a file and TensorBoard can share them), then closed."""
+def figure_pixels(figure) -> np.ndarray:
+    """The figure drawn once at its own dpi, as RGB pixels (HWC uint8), then closed: a file and TensorBoard
+    can share them without drawing it again or decoding a PNG."""
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(figure)
+    return pixels
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    plt.close(figure)
+    Image.fromarray(pixels).save(buffer, format="png")
     return buffer.getvalue()
 
 
@@ -107,11 +135,9 @@ class Tracker:
         if self.writer:
             self.writer.add_image(tag, grid, step)
 
-    def log_png(self, tag: str, png: bytes, step: int = 0) -> None:
-        """A rendered figure (`figure_png`), without drawing it again."""
+    def log_pixels(self, tag: str, pixels: np.ndarray, step: int = 0) -> None:
+        """A drawn figure (`figure_pixels`): RGB HWC uint8."""
         if self.writer:
-            with Image.open(io.BytesIO(png)) as image:
-                pixels = np.asarray(image.convert("RGB"))
             self.writer.add_image(tag, pixels, step, dataformats="HWC")
 
     def log_hparams(self, hparams: dict, metrics: dict) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -69,7 +70,7 @@ from leafnet.models import create_model, model_preprocessing
 from leafnet.profiling import StepProfiler
 from leafnet.progress import progress_bar
 from leafnet.run_clock import PHASES, RunClock
-from leafnet.tracking import Tracker, confusion_figure, denormalised_grid, figure_png
+from leafnet.tracking import Tracker, confusion_figure, denormalised_grid, figure_pixels, png_bytes
 from leafnet.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -401,6 +402,11 @@ class Trainer:
         # Unwrapped: a DDP forward is a collective, which would hang if a rank's shard were empty.
         return self.ema.module if self.ema is not None else unwrap(self.model)
 
+    @functools.cached_property
+    def config_dict(self) -> dict:
+        """The run's config as plain containers, built once: OmegaConf takes ~10 ms each time, every epoch."""
+        return OmegaConf.to_container(OmegaConf.structured(self.cfg))
+
     def _payload(self, epoch: int, metrics: dict) -> dict:
         return {
             "model_name": self.cfg.model.name,
@@ -417,7 +423,7 @@ class Trainer:
             "stale_validations": self.stale,
             "top_checkpoints": self.top,
             "metrics": metrics,
-            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+            "config": self.config_dict,
             "rng": rng_state(),
             "interrupted": None,  # where SIGTERM stopped an epoch, in a mid-epoch checkpoint
         }
@@ -548,9 +554,9 @@ class Trainer:
                 summary |= {"val_top1": val.top1, "val_top5": val.top5, "val_loss": val.loss}
                 if main and cfg.logging.confusion_matrix:
                     title = "validation confusion matrix (last epoch)"
-                    png = figure_png(confusion_figure(val.confusion, self.classes, title))
-                    atomic_write_bytes(self.run_dir / "val_confusion_matrix.png", png)
-                    tracker.log_png("val/confusion_matrix", png, val_epoch)
+                    pixels = figure_pixels(confusion_figure(val.confusion, self.classes, title))
+                    atomic_write_bytes(self.run_dir / "val_confusion_matrix.png", png_bytes(pixels))
+                    tracker.log_pixels("val/confusion_matrix", pixels, val_epoch)
             if main:
                 hparams = {
                     "model": cfg.model.name,
