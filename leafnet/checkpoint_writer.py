@@ -5,14 +5,16 @@ values of this moment) and hands the copy to one background thread, which serial
 writes it atomically (`leafnet.checkpoint.save_checkpoint`'s format, fsynced). The same bytes then
 become the other names asked for (best.pt beside last.pt) as hard links where the filesystem has them,
 else as a second write of the same bytes: never a second serialisation. Files are written in the order
-they were saved, at most one payload waits behind the one being written (memory stays bounded), and an
-error in the thread is raised by the next `save()`, `flush()` or `close()`.
+they were saved, at most one payload waits behind the one being written (memory stays bounded), the copy
+goes into the tensors of the last payload written where they fit (memory already touched), and an error in
+the thread is raised by the next `save()`, `flush()` or `close()`.
 
 With `background=False` the same work happens inline, which is what a run measured "before" did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -30,15 +32,32 @@ from leafnet.fsutil import atomic_write_bytes, fsync_directory
 logger = logging.getLogger(__name__)
 
 
-def detached_copy(value: Any) -> Any:
-    """The payload with every tensor copied to the CPU (a GPU tensor's copy is also a transfer)."""
+def detached_copy(value: Any, spare: Any = None) -> Any:
+    """The payload with every tensor copied to the CPU (a GPU tensor's copy is also a transfer). Where `spare`
+    (an earlier copy, already written) holds a CPU tensor of the same shape and dtype at the same place, the
+    values go into it: a copy into memory already touched takes a quarter of the time of one into new memory."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        source = value.detach()
+        if _fits(spare, source):
+            return spare.copy_(source)
+        return source.to("cpu", copy=True)
     if isinstance(value, dict):
-        return {key: detached_copy(item) for key, item in value.items()}
+        spares = spare if isinstance(spare, dict) else {}
+        return {key: detached_copy(item, spares.get(key)) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(detached_copy(item) for item in value)
+        spares = spare if isinstance(spare, list | tuple) and len(spare) == len(value) else [None] * len(value)
+        return type(value)(detached_copy(item, old) for item, old in zip(value, spares, strict=True))
     return value
+
+
+def _fits(spare: Any, source: torch.Tensor) -> bool:
+    return (
+        isinstance(spare, torch.Tensor)
+        and spare.device.type == "cpu"
+        and spare.shape == source.shape
+        and spare.dtype == source.dtype
+        and spare.layout == source.layout == torch.strided
+    )
 
 
 def link_or_write(source: Path, target: Path, data: bytes) -> None:
@@ -74,6 +93,9 @@ class CheckpointWriter:
     def __init__(self, background: bool = True) -> None:
         self.background = background
         self._jobs: queue.Queue = queue.Queue(maxsize=1)
+        # The last payload written, whose tensors the next save() copies into; one at most, so the memory a run
+        # keeps is one copy of its state beside the one being written.
+        self._spare: queue.Queue = queue.Queue(maxsize=1)
         self._error: tuple[Path, BaseException] | None = None
         self._thread: threading.Thread | None = None
         if background:
@@ -89,7 +111,8 @@ class CheckpointWriter:
         if not self.background:
             write_checkpoint(path, payload, also, remove)
             return
-        self._jobs.put((path, detached_copy(payload), also, remove))  # waits while one is already queued
+        spare = self._spare.get_nowait() if not self._spare.empty() else None
+        self._jobs.put((path, detached_copy(payload, spare), also, remove))  # waits while one is already queued
 
     def flush(self, raise_error: bool = True) -> None:
         """Waits until every saved checkpoint is on disk (or failed: raised unless `raise_error` is False,
@@ -104,6 +127,8 @@ class CheckpointWriter:
             self._jobs.put(None)
             self._thread.join()
             self._thread = None
+        with contextlib.suppress(queue.Empty):
+            self._spare.get_nowait()  # the run's memory goes back when its writer is done
         self._raise_error(raise_error)
 
     def _raise_error(self, raise_error: bool = True) -> None:
@@ -130,5 +155,7 @@ class CheckpointWriter:
                         write_checkpoint(path, payload, also, remove)
                     except BaseException as error:  # handed to the training thread
                         self._error = (path, error)
+                with contextlib.suppress(queue.Full):  # its bytes are on disk: its memory may take the next copy
+                    self._spare.put_nowait(payload)
             finally:
                 self._jobs.task_done()

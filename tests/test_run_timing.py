@@ -42,6 +42,27 @@ def test_one_serialisation_then_links_and_a_later_file_leaves_the_linked_one_alo
     assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(best)["epoch"] == 1
 
 
+def test_a_later_copy_reuses_the_memory_of_one_written_and_each_file_keeps_its_moment(tmp_path):
+    writer = CheckpointWriter()
+    live = {"model": {"weight": torch.full((4,), 1.0), "steps": torch.tensor(1)}, "epoch": 1, "rng": [torch.ones(2)]}
+    writer.save(tmp_path / "e1.pt", live)
+    writer.flush()
+    first_copy = writer._spare.queue[0]["model"]["weight"]  # written, offered for the next copy
+    live["model"]["weight"].fill_(2.0)
+    live["model"]["steps"].fill_(2)
+    live["epoch"] = 2
+    live["rng"] = [torch.ones(3)]  # another shape: a new tensor, not the spare's
+    writer.save(tmp_path / "e2.pt", live)
+    live["model"]["weight"].fill_(3.0)  # training goes on in place while e2.pt is written
+    writer.close()
+    first, second = load_checkpoint(tmp_path / "e1.pt"), load_checkpoint(tmp_path / "e2.pt")
+    assert first["model"]["weight"].tolist() == [1.0] * 4 and first["epoch"] == 1 and first["rng"][0].numel() == 2
+    assert second["model"]["weight"].tolist() == [2.0] * 4 and second["model"]["steps"].item() == 2
+    assert second["epoch"] == 2 and second["rng"][0].numel() == 3
+    assert first_copy.tolist() == [2.0] * 4  # e2's copy went into e1's memory, after e1 was on disk
+    assert writer._spare.empty()  # closed: the memory is let go
+
+
 def test_files_are_written_in_order_with_the_pruning_between(tmp_path, monkeypatch):
     """Each save: its first file, then the pruning, then the links (last.pt names the kept top files, so it
     comes after both); saves land in the order they were made."""
