@@ -203,6 +203,7 @@ def test_ddp_on_two_gloo_processes_reports_exact_validation_metrics(tiny_leaves,
         "schedule.epochs=2",
         "train.threads=1",
         "logging.tensorboard=false",
+        "amp.dtype=none",  # evaluate's float32 is what the ranks' validation must reproduce
     ]
     command = [
         sys.executable,

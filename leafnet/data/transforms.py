@@ -6,9 +6,9 @@ handler carry it (as preprocess.json), so what the server does to an image is wh
 Eval is timm's transform factory's, split before its to-tensor step, so a cached image gives exactly the
 tensor an uncached one does. Training takes timm's steps in timm's order (rotate the whole image, a
 random-resized crop resized with antialiasing, flips) either through timm's own PIL pipeline per item in
-loader workers (`augment.implementation=timm`, the default) or as torch ops on a batch in the training
-process (`staged`, `leafnet.data.staged`; what `auto` picks unless an option only timm's factory applies
-is set). `warp` (`leafnet.data.warp`) does rotation, crop and flips as one
+loader workers (`augment.implementation=timm`) or as torch ops on a batch in the training process
+(`staged`, `leafnet.data.staged`; what the default, `auto`, picks unless an option only timm's factory
+applies is set). `warp` (`leafnet.data.warp`) does rotation, crop and flips as one
 resampling: the cheapest, but its models score 2 to 3 points lower on a large held-out set
 (docs/training.md).
 """
@@ -102,11 +102,11 @@ class AugmentConfig:
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 = off
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
     re_prob: float = 0.0  # random erasing
-    # timm = timm's PIL pipeline per item in loader workers (the reference); staged = the same steps on a batch in
-    # the training process, 0-3% of the step rate against timm's 28%, 0.2-0.3 points lower on a held-out set over
-    # 13 runs, within the seeds' spread; warp = the three as one resampling, cheapest but 2-3 points lower
-    # (docs/training.md); auto = staged unless an option above needs timm's factory, then timm
-    implementation: str = "timm"
+    # auto = staged unless an option above needs timm's factory, then timm; staged = timm's steps as torch ops on a
+    # batch in the training process, 0-3% of the step rate against timm's 28%, the same held-out top-1 as timm's over
+    # 8 seeds each; timm = timm's PIL pipeline per item in loader workers (the reference); warp = the three as one
+    # resampling, cheapest but 2-3 points lower (docs/training.md)
+    implementation: str = "auto"
 
 
 AUGMENT_IMPLEMENTATIONS = ("auto", "warp", "staged", "timm")
