@@ -93,8 +93,8 @@ class CheckpointWriter:
     def __init__(self, background: bool = True) -> None:
         self.background = background
         self._jobs: queue.Queue = queue.Queue(maxsize=1)
-        # The last payload written, whose tensors the next save() copies into; one at most, so the memory a run
-        # keeps is one copy of its state beside the one being written.
+        # The last payload written, whose tensors the next save() copies into; one at most, so a run holds at most
+        # three copies of its state (this one, one being written, one queued), the peak it had before.
         self._spare: queue.Queue = queue.Queue(maxsize=1)
         self._error: tuple[Path, BaseException] | None = None
         self._thread: threading.Thread | None = None
@@ -111,7 +111,10 @@ class CheckpointWriter:
         if not self.background:
             write_checkpoint(path, payload, also, remove)
             return
-        spare = self._spare.get_nowait() if not self._spare.empty() else None
+        try:
+            spare = self._spare.get_nowait()
+        except queue.Empty:
+            spare = None
         self._jobs.put((path, detached_copy(payload, spare), also, remove))  # waits while one is already queued
 
     def flush(self, raise_error: bool = True) -> None:

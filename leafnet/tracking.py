@@ -37,16 +37,14 @@ METRIC_COLUMNS = (
 FIGURE_DPI = 120
 
 
-def confusion_figure(
-    confusion: torch.Tensor, class_names: list[str], title: str = "confusion matrix", dpi: int = FIGURE_DPI
-):
+def confusion_figure(confusion: torch.Tensor, class_names: list[str], title: str = "confusion matrix"):
     """Row-normalised confusion matrix (rows: true class) with class names on both axes."""
     matrix = confusion.double()
     matrix = (matrix / matrix.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
     n = len(class_names)
     side = min(4 + 0.16 * n, 24)  # the matrix's, in inches; the margins come on top
     font = max(3.0, min(9.0, 400 / max(n, 1)))
-    figure = plt.figure(dpi=dpi)
+    figure = plt.figure(dpi=FIGURE_DPI)  # the dpi it is saved at: the margins are measured in its pixels
     # Margins from the widest class name, measured once: tight_layout would lay out every label twice more,
     # which with 99 classes took longer than drawing the figure.
     label = _widest_text(figure, class_names, font) + 30 / 72  # ticks, the axis label and a gap

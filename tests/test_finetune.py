@@ -282,7 +282,7 @@ def test_ddp_with_freeze_mixing_and_balanced_sampling_keeps_exact_metrics(tiny_l
     cfg = tiny_config(tiny_leaves, tmp_path, *args)
     initial = copy.deepcopy(Trainer(cfg, DistInfo(), CPU).model.state_dict())  # rank 0 starts from this
     overrides = [f"data.root={tiny_leaves}", f"train.output_dir={tmp_path}", "train.name=run", "data.workers=0"]
-    overrides += ["schedule.epochs=2", "train.threads=1", "data.input_size=0", *args]
+    overrides += ["schedule.epochs=2", "train.threads=1", "data.input_size=0", "amp.dtype=none", *args]  # as evaluate
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(

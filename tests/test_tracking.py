@@ -2,6 +2,7 @@
 
 import io
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -34,6 +35,7 @@ def test_every_class_name_title_and_colour_bar_label_is_inside_the_figure(names)
         box = text.get_window_extent(renderer)
         inside = box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height
         assert inside, f"{text.get_text()!r} at {box} outside a {width}x{height} figure"
+    plt.close(figure)
 
 
 def test_a_figure_is_drawn_once_for_its_png_and_tensorboard():

@@ -33,7 +33,7 @@ DEFAULT_VARIANTS = {
     "default": [],
     "contiguous": ["model.channels_last=false"],
     "workers=0": ["data.workers=0"],
-    "bf16": ["amp.dtype=bfloat16"],
+    "fp32": ["amp.dtype=none"],  # the default is bfloat16 where it is native
 }
 
 
@@ -44,7 +44,7 @@ class TrainBenchConfig:
     mode: str = "steps"
     config: str | None = None  # steps: a YAML of training options under the variants; default: TrainConfig's
     base: list[str] = field(default_factory=list)  # overrides applied to every variant
-    # name -> overrides; empty = the mode's defaults (steps: default, contiguous, workers=0, bf16; run: before,
+    # name -> overrides; empty = the mode's defaults (steps: default, contiguous, workers=0, fp32; run: before,
     # after). A dict given on the command line replaces them, where a non-empty default would be merged into.
     variants: dict[str, list[str]] = field(default_factory=dict)
     steps: int = 20  # steps: measured steps per variant and mode
