@@ -47,6 +47,7 @@ from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
 from leafnet.data.prepared import PreparedData
 from leafnet.data.transforms import (
+    AugmentConfig,
     PreprocessSpec,
     augment_implementation,
     augments,
@@ -373,6 +374,7 @@ class Trainer:
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_state(checkpoint["rng"])
+        self._warn_numerics_changed(path, checkpoint)
         self.start_epoch, self.best_top1 = checkpoint["epoch"] + 1, checkpoint["best_top1"]
         self.last_metrics = checkpoint["metrics"]
         self.stale, self.top = checkpoint.get("stale_validations", 0), checkpoint.get("top_checkpoints", [])
@@ -401,6 +403,33 @@ class Trainer:
     def eval_model(self) -> nn.Module:
         # Unwrapped: a DDP forward is a collective, which would hang if a rank's shard were empty.
         return self.ema.module if self.ema is not None else unwrap(self.model)
+
+    def _numerics(self, config: dict) -> dict[str, str]:
+        """The choices that change a run's numbers but not its state's shapes, as `config` (a checkpoint's
+        stored config, or this run's) resolves them on this device: `auto` is resolved, not compared."""
+        fields = {field.name for field in dataclasses.fields(AugmentConfig)}  # an older run's config may lack some
+        augment = AugmentConfig(**{k: v for k, v in config["data"]["augment"].items() if k in fields})
+        return {
+            "amp.dtype": resolve_amp(config["amp"]["dtype"], self.device),
+            "data.augment.implementation": augment_implementation(augment) if augments(augment) else "none",
+        }
+
+    def _warn_numerics_changed(self, path: Path, checkpoint: dict) -> None:
+        """A resumed run goes on in what this run resolves, which may not be what the run that wrote the
+        checkpoint used (the defaults changed, or another machine resolves `auto` otherwise): legal, since
+        nothing's shape differs, but the curve will not be the one an uninterrupted run would have drawn."""
+        stored = checkpoint.get("config")
+        if not stored:
+            return
+        before, now = self._numerics(stored), self._numerics(self.config_dict)
+        changed = {key: (before[key], now[key]) for key in now if before[key] != now[key]}
+        if changed:
+            differences = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+            restore = " ".join(f"{key}={old}" for key, (old, _) in changed.items())
+            logger.warning(
+                f"resuming {path} with {differences} (the run that wrote it used the former); "
+                f"pass {restore} to go on as it started"
+            )
 
     @functools.cached_property
     def config_dict(self) -> dict:

@@ -70,6 +70,23 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(tiny_leaves, tm
     assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
 
 
+def test_resume_names_numerics_that_differ_from_the_run_that_wrote_the_checkpoint(tiny_leaves, tmp_path, caplog):
+    """Defaults change and `auto` resolves per machine: a resume says so, and how to go on as it started."""
+    first = ("schedule.epochs=2", "train.stop_after_epoch=0", "data.augment.implementation=timm", "amp.dtype=none")
+    train(tiny_config(tiny_leaves, tmp_path, *first))
+    with caplog.at_level("WARNING", logger="leafnet.train"):
+        train(tiny_config(tiny_leaves, tmp_path, "schedule.epochs=2", "amp.dtype=bfloat16", "train.resume=auto"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "resuming" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "amp.dtype none -> bfloat16, data.augment.implementation timm -> staged" in warnings[0]
+    assert warnings[0].endswith("pass amp.dtype=none data.augment.implementation=timm to go on as it started")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="leafnet.train"):  # the same choices: nothing to say
+        train(tiny_config(tiny_leaves, tmp_path / "b", "schedule.epochs=2", "train.stop_after_epoch=0"))
+        train(tiny_config(tiny_leaves, tmp_path / "b", "schedule.epochs=2", "train.resume=auto"))
+    assert not [r for r in caplog.records if "resuming" in r.getMessage()]
+
+
 # Runs scripts/train.py as __main__ in a fresh process whose Nth optimizer step sends SIGTERM to the
 # process itself: a real signal through the real handler, at a known step (an outside kill would land
 # at whatever step the machine's load allows).
