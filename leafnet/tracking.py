@@ -46,7 +46,7 @@ def confusion_figure(confusion: torch.Tensor, class_names: list[str], title: str
     font = max(3.0, min(9.0, 400 / max(n, 1)))
     figure = plt.figure(dpi=FIGURE_DPI)  # the dpi it is saved at: the margins are measured in its pixels
     # Margins from the widest class name, measured once: tight_layout would lay out every label twice more,
-    # which with 99 classes took longer than drawing the figure.
+    # a large share of the figure's cost with 99 classes (docs/training.md).
     label = _widest_text(figure, class_names, font) + 30 / 72  # ticks, the axis label and a gap
     right, top = 0.6, 0.45  # the colour bar's labels; the title
     width, height = label + side + right, label + side + top
