@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from leafnet.checkpoint import load_checkpoint
+from leafnet.confusion_image import confusion_image, write_png
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, build_loader
 from leafnet.data.transforms import PreprocessSpec, eval_transform
@@ -24,7 +25,6 @@ from leafnet.engine import evaluate
 from leafnet.errors import LeafnetError
 from leafnet.fsutil import write_json
 from leafnet.models import model_from_checkpoint
-from leafnet.tracking import confusion_figure, save_figure
 from leafnet.tta import checked_mode, mean_of_probabilities, mirrored
 
 logger = logging.getLogger(__name__)
@@ -110,8 +110,8 @@ def evaluate_checkpoint(config: EvalConfig, log=logger.info) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if config.split == "test" else f"_{config.split}"
     write_json(out_dir / f"eval{suffix}.json", report)
-    figure = confusion_figure(result.confusion, classes, f"{config.split} confusion matrix ({result.count} images)")
-    save_figure(figure, out_dir / f"confusion_matrix{suffix}.png")
+    title = f"{config.split} confusion matrix ({result.count} images)"
+    write_png(out_dir / f"confusion_matrix{suffix}.png", confusion_image(result.confusion, classes, title))
     log(f"{config.split}: {summary}  ({result.count} images) -> {out_dir / f'eval{suffix}.json'}")
     return report
 

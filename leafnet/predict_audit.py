@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
+from leafnet.confusion_image import confusion_image, write_png
 from leafnet.evaluation import macro_average, per_class_metrics
 from leafnet.fsutil import write_json
 from leafnet.predict import Outcome
 from leafnet.predict_output import tta_mode
-from leafnet.tracking import confusion_figure, save_figure
 
 TOP5 = 5
 
@@ -63,7 +63,7 @@ def _figures(answers: list[dict | None], truth: list[str], classes: list[str]) -
 def write_audit(report: dict, confusion: torch.Tensor, classes: list[str], json_path: Path, figure_path: Path) -> None:
     write_json(json_path, report)
     title = f"confusion matrix ({report['count']} images)"
-    save_figure(confusion_figure(confusion, classes, title), figure_path)
+    write_png(figure_path, confusion_image(confusion, classes, title))
 
 
 def per_class_table(report: dict, confusion: torch.Tensor) -> str:

@@ -6,17 +6,10 @@ Other ranks get a `Tracker` whose methods do nothing, so callers never branch on
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers; must precede pyplot
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.font_manager import FontProperties
-from PIL import Image
 from torchvision.utils import make_grid
 
 METRIC_COLUMNS = (
@@ -32,63 +25,6 @@ METRIC_COLUMNS = (
     "epoch_seconds",
     "wall_s",  # seconds since the run's clock started (the process's start, for `leafnet train`), after validation
 )
-
-
-FIGURE_DPI = 120
-
-
-def confusion_figure(confusion: torch.Tensor, class_names: list[str], title: str = "confusion matrix"):
-    """Row-normalised confusion matrix (rows: true class) with class names on both axes."""
-    matrix = confusion.double()
-    matrix = (matrix / matrix.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
-    n = len(class_names)
-    side = min(4 + 0.16 * n, 24)  # the matrix's, in inches; the margins come on top
-    font = max(3.0, min(9.0, 400 / max(n, 1)))
-    figure = plt.figure(dpi=FIGURE_DPI)  # the dpi it is saved at: the margins are measured in its pixels
-    # Margins from the widest class name, measured once: tight_layout would lay out every label twice more,
-    # a large share of the figure's cost with 99 classes (docs/training.md).
-    label = _widest_text(figure, class_names, font) + 30 / 72  # ticks, the axis label and a gap
-    right, top = 0.6, 0.45  # the colour bar's labels; the title
-    width, height = label + side + right, label + side + top
-    figure.set_size_inches(width, height)
-    figure.subplots_adjust(left=label / width, bottom=label / height, right=1 - right / width, top=1 - top / height)
-    axes = figure.add_subplot()
-    image = axes.imshow(matrix, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    axes.set_xticks(range(n), class_names, rotation=90, fontsize=font)
-    axes.set_yticks(range(n), class_names, fontsize=font)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(title)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02)
-    return figure
-
-
-def _widest_text(figure, texts: list[str], fontsize: float) -> float:
-    """Inches: the widest of `texts` in the default font at `fontsize`, as the figure's renderer draws it."""
-    renderer = figure.canvas.get_renderer()
-    font = FontProperties(size=fontsize)
-    widths = (renderer.get_text_width_height_descent(text, font, ismath=False)[0] for text in texts)
-    return max(widths, default=0.0) / figure.dpi
-
-
-def save_figure(figure, path: str | Path) -> None:
-    figure.savefig(path, dpi=FIGURE_DPI)
-    plt.close(figure)
-
-
-def figure_pixels(figure) -> np.ndarray:
-    """The figure drawn once at its own dpi, as RGB pixels (HWC uint8), then closed: a file and TensorBoard
-    can share them without drawing it again or decoding a PNG."""
-    figure.canvas.draw()
-    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(figure)
-    return pixels
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="png")
-    return buffer.getvalue()
 
 
 def denormalised_grid(images: torch.Tensor, mean: list[float], std: list[float], nrow: int = 8) -> torch.Tensor:
@@ -134,7 +70,7 @@ class Tracker:
             self.writer.add_image(tag, grid, step)
 
     def log_pixels(self, tag: str, pixels: np.ndarray, step: int = 0) -> None:
-        """A drawn figure (`figure_pixels`): RGB HWC uint8."""
+        """A drawn figure (leafnet.confusion_image): RGB HWC uint8."""
         if self.writer:
             self.writer.add_image(tag, pixels, step, dataformats="HWC")
 

@@ -42,6 +42,7 @@ from leafnet import distributed
 from leafnet.callable_stage import callable_module
 from leafnet.checkpoint import load_checkpoint, rank_top, restore_rng_state, rng_state, save_checkpoint
 from leafnet.checkpoint_writer import CheckpointWriter
+from leafnet.confusion_image import confusion_image, write_png
 from leafnet.data.batch_augment import INTERPOLATIONS
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
@@ -66,12 +67,12 @@ from leafnet.engine import (
 )
 from leafnet.errors import LeafnetError
 from leafnet.finetune import Freeze, Mixer, build_optimizer, mixing_enabled
-from leafnet.fsutil import atomic_write_bytes, write_json
+from leafnet.fsutil import write_json
 from leafnet.models import create_model, model_preprocessing
 from leafnet.profiling import StepProfiler
 from leafnet.progress import progress_bar
 from leafnet.run_clock import PHASES, RunClock
-from leafnet.tracking import Tracker, confusion_figure, denormalised_grid, figure_pixels, png_bytes
+from leafnet.tracking import Tracker, denormalised_grid
 from leafnet.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -583,8 +584,8 @@ class Trainer:
                 summary |= {"val_top1": val.top1, "val_top5": val.top5, "val_loss": val.loss}
                 if main and cfg.logging.confusion_matrix:
                     title = "validation confusion matrix (last epoch)"
-                    pixels = figure_pixels(confusion_figure(val.confusion, self.classes, title))
-                    atomic_write_bytes(self.run_dir / "val_confusion_matrix.png", png_bytes(pixels))
+                    pixels = confusion_image(val.confusion, self.classes, title)
+                    write_png(self.run_dir / "val_confusion_matrix.png", pixels)
                     tracker.log_pixels("val/confusion_matrix", pixels, val_epoch)
             if main:
                 hparams = {

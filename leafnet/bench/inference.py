@@ -32,7 +32,6 @@ from leafnet.export.runtime import Predictor, load_predictor, torch_predictor
 from leafnet.fsutil import atomic_write_bytes, sha256_file, write_json
 from leafnet.models import model_from_checkpoint
 from leafnet.progress import progress_bar
-from leafnet.tracking import save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +160,9 @@ def run_inference_benchmark(config: InferenceBenchConfig, log=logger.info) -> di
     write_json(output / "benchmark.json", report)
     table = markdown_report(report)
     atomic_write_bytes(output / "benchmark.md", table.encode())
-    save_figure(benchmark_figure(report), output / "benchmark.png")
+    figure = benchmark_figure(report)
+    figure.savefig(output / "benchmark.png", dpi=120)
+    plt.close(figure)
     log(table)
     log(f"wrote {output / 'benchmark.json'}, benchmark.md, benchmark.png")
     return report

@@ -70,6 +70,5 @@ def drift_figure(reference: dict, window: list[Record], result: dict, title: str
 
 
 def save_figure(figure, path: Path) -> None:
-    """Like leafnet.tracking's, without importing torch into a report that needs none."""
     figure.savefig(path, dpi=110)
     plt.close(figure)
