@@ -16,12 +16,12 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 setup: $(STAMP)
 
 # Reinstall only when the dependency spec or the lock changes. torch==2.14.1 resolves to whatever build the
-# indexes pip sees offer (this machine: a local wheel; CI adds PyTorch's CPU index, see ci.yml).
-$(STAMP): pyproject.toml setup.cfg requirements.lock
+# indexes pip is configured with offer (this machine: a local wheel; CI adds PyTorch's CPU index, see
+# ci.yml). scripts/install_deps.py installs with uv from those same indexes (pip if uv cannot be had).
+$(STAMP): pyproject.toml setup.cfg requirements.lock scripts/install_deps.py
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip 2>&1 | { grep -v "is ignored" || true; }
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]' 2>&1 | { grep -v "is ignored" || true; }
+	$(PY) scripts/install_deps.py -c requirements.lock -e '.[dev]' 2>&1 | { grep -v "is ignored" || true; }
 	$(PY) -c "import leafnet, torch, timm; print('leafnet', leafnet.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"
 	touch $(STAMP)
 
