@@ -3,9 +3,9 @@
     .venv/bin/python scripts/install_deps.py -c requirements.lock -e '.[dev]'
 
 The arguments are pip's. torch's CUDA build is gigabytes of wheels: unpacking and byte-compiling them one
-file at a time was pip's share of a fresh `make demo`, and uv does both in parallel and hard-links from its
-cache on a second install (docs/development.md has the figures). uv itself comes through pip, pinned by
-requirements.lock (`make lock` writes it there, as it does every package in the venv).
+file at a time was a third of a fresh `make demo` with pip; uv does both in parallel, and hard-links from
+its cache on a second install (the README's timing of `make demo` has the figures). uv itself comes
+through pip, pinned by requirements.lock (`make lock` writes it there, as it does every package in the venv).
 
 uv reads neither pip's configuration files nor its PIP_* variables, so what pip is configured to install
 from (`pip config list`: its files and environment) is handed to uv as arguments, and both install the
