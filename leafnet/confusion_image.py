@@ -8,6 +8,7 @@ pixels go to the PNG file and to TensorBoard, so the figure is drawn once.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,7 +28,7 @@ _STOPS = np.array([0.0, 0.5, 1.0])
 _COLOURS = np.array([(247, 251, 255), (107, 174, 214), (8, 48, 107)], dtype=np.float64)
 
 MATRIX_PX = 1400  # the matrix's side is about this many pixels, within the cell limits below
-MIN_CELL, MAX_CELL = 4, 40
+MIN_CELL, MAX_CELL = 1, 40
 MIN_LABEL_CELL = 8  # cells smaller than this get no class names: they would overlap
 PAD = 6
 
@@ -39,9 +40,22 @@ def colour(values: np.ndarray) -> np.ndarray:
     return np.rint(np.stack(channels, axis=-1)).astype(np.uint8)
 
 
+@lru_cache(maxsize=1)
+def _font_file() -> str | None:
+    """matplotlib's DejaVu Sans, found without importing matplotlib: it covers the accented, Greek and
+    Cyrillic letters of class names (and the x of hybrids) that Pillow's own default font draws as boxes."""
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
 @lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont:
-    font = ImageFont.load_default(size)
+    path = _font_file()
+    font = ImageFont.truetype(path, size) if path else ImageFont.load_default(size)
     if not isinstance(font, ImageFont.FreeTypeFont):
         raise RuntimeError("Pillow was built without FreeType, which the confusion figure's text needs")
     return font
@@ -49,13 +63,15 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where everything lies, in pixels: the matrix's top-left corner, one cell's side, the class names'
-    margin and font size (0: too many classes to name), and the image's size."""
+    """Where everything lies, in pixels: the matrix's top-left corner, its rows (classes, or blocks of
+    `group` classes when there are more classes than pixels to give them), one cell's side, the class
+    names' margin and font size (0: too many classes to name), and the image's size."""
 
     left: int
     top: int
     cell: int
-    n: int
+    rows: int
+    group: int
     label: int
     label_size: int
     width: int
@@ -63,7 +79,7 @@ class Layout:
 
     @property
     def side(self) -> int:
-        return self.cell * self.n
+        return self.cell * self.rows
 
 
 TITLE_SIZE, HEADING_SIZE, BAR = 16, 14, 14
@@ -71,10 +87,14 @@ TITLE_SIZE, HEADING_SIZE, BAR = 16, 14, 14
 
 def layout(class_names: list[str], title: str) -> Layout:
     n = len(class_names)
-    cell = int(np.clip(MATRIX_PX // max(n, 1), MIN_CELL, MAX_CELL))
+    if n == 0:
+        raise ValueError("a confusion matrix needs at least one class")
+    group = -(-n // MATRIX_PX)  # classes per drawn row: 1 up to MATRIX_PX classes
+    rows = -(-n // group)
+    cell = int(np.clip(MATRIX_PX // rows, MIN_CELL, MAX_CELL))
     label_size = int(np.clip(cell - 2, 8, 14)) if cell >= MIN_LABEL_CELL else 0
     label = 0
-    if label_size and class_names:
+    if label_size:
         label = int(np.ceil(max(_font(label_size).getlength(name) for name in class_names))) + PAD
     heading = _font(HEADING_SIZE)
     axis = _text_height(heading) + PAD  # "true" and "predicted"
@@ -82,19 +102,32 @@ def layout(class_names: list[str], title: str) -> Layout:
     left = PAD + axis + label
     top = PAD + _text_height(_font(TITLE_SIZE)) + PAD
     title_width = int(np.ceil(_font(TITLE_SIZE).getlength(title))) + 2 * PAD
-    width = max(left + cell * n + bar + PAD, title_width)
-    height = top + cell * n + 2 + label + axis + PAD  # 2: the matrix's frame, clear of the names
-    return Layout(left, top, cell, n, label, label_size, width, height)
+    width = max(left + cell * rows + bar + PAD, title_width)
+    height = top + cell * rows + 2 + label + axis + PAD  # 2: the matrix's frame, clear of the names
+    return Layout(left, top, cell, rows, group, label, label_size, width, height)
+
+
+def _block_means(rates: np.ndarray, group: int) -> np.ndarray:
+    """The mean rate of each group x group block of cells (the last blocks may be smaller)."""
+    if group == 1:
+        return rates
+    n = rates.shape[0]
+    rows = -(-n // group)
+    padded = np.full((rows * group, rows * group), np.nan)
+    padded[:n, :n] = rates
+    return np.nanmean(padded.reshape(rows, group, rows, group), axis=(1, 3))
 
 
 def confusion_image(confusion: torch.Tensor, class_names: list[str], title: str = "confusion matrix") -> np.ndarray:
     """The row-normalised confusion matrix (a [true, predicted] count matrix) as RGB pixels (HWC uint8)."""
     counts = confusion.double()
     rates = (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
+    # One line each: Pillow anchors only single-line text (a folder name may hold a newline).
+    title, class_names = _one_line(title), [_one_line(name) for name in class_names]
     box = layout(class_names, title)
     side = box.side
     pixels = np.full((box.height, box.width, 3), PAPER, dtype=np.uint8)
-    cells = np.repeat(np.repeat(colour(rates), box.cell, axis=0), box.cell, axis=1)
+    cells = np.repeat(np.repeat(colour(_block_means(rates, box.group)), box.cell, axis=0), box.cell, axis=1)
     pixels[box.top : box.top + side, box.left : box.left + side] = cells
     bar_left = box.left + side + 10
     pixels[box.top : box.top + side, bar_left : bar_left + BAR] = colour(np.linspace(1.0, 0.0, side))[:, None]
@@ -103,7 +136,7 @@ def confusion_image(confusion: torch.Tensor, class_names: list[str], title: str 
     draw.rectangle((box.left - 1, box.top - 1, box.left + side, box.top + side), outline=INK)
     draw.rectangle((bar_left - 1, box.top - 1, bar_left + BAR, box.top + side), outline=INK)
     heading = _font(HEADING_SIZE)
-    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0) if side >= 100 else (0.0, 1.0):  # labels a text line apart
         y = box.top + round((1.0 - value) * (side - 1))
         draw.line((bar_left + BAR, y, bar_left + BAR + 3, y), fill=INK)
         draw.text((bar_left + BAR + 4, y), f"{value:g}", fill=INK, font=heading, anchor="lm")
@@ -127,6 +160,10 @@ def confusion_image(confusion: torch.Tensor, class_names: list[str], title: str 
     turned = true.transpose(Image.Transpose.ROTATE_90)
     image.paste(turned, (PAD, round(box.top + side / 2 - turned.height / 2)))
     return np.asarray(image).copy()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _text_height(font: ImageFont.FreeTypeFont) -> int:

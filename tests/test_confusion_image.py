@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from leafnet.confusion_image import PAD, PAPER, colour, confusion_image, layout, png_bytes
+from leafnet.confusion_image import PAD, PAPER, _font, colour, confusion_image, layout, png_bytes
 
 LONG = "a_name_far_longer_than_the_matrix_is_wide_Profundum"
 
@@ -46,7 +46,9 @@ def test_every_class_name_is_drawn_whole_beside_and_under_the_matrix(names):
     below = ink[box.top + side + 2 : box.top + side + 2 + box.label, box.left : box.left + side]
     rows = np.nonzero(below.any(axis=1))[0]
     assert rows.max() - PAD + 1 == pytest.approx(longest, abs=3)
-    assert below.any(axis=0).sum() > len(names)  # a column of ink under every class, not one smear
+    inked = below.any(axis=0)
+    runs = int(inked[0]) + int(np.count_nonzero(inked[1:] & ~inked[:-1]))
+    assert runs == len(names), f"{runs} separate names under {len(names)} columns"
 
 
 def test_each_cell_is_coloured_by_its_share_of_the_true_class():
@@ -59,16 +61,34 @@ def test_each_cell_is_coloured_by_its_share_of_the_true_class():
         for j in range(3):
             centre = pixels[box.top + i * box.cell + box.cell // 2, box.left + j * box.cell + box.cell // 2]
             assert tuple(centre) == tuple(colour(np.array(rates[i][j])))
-    assert tuple(colour(np.array(0.0))) != tuple(colour(np.array(1.0)))
 
 
 def test_too_many_classes_to_name_still_draw_the_matrix():
     names = [f"class_{i}" for i in range(500)]
     pixels = confusion_image(torch.eye(500, dtype=torch.long), names)
     box = layout(names, "confusion matrix")
-    assert box.label_size == 0 and box.label == 0 and box.side <= 2000
+    assert box.label_size == 0 and box.label == 0 and box.group == 1 and box.side <= 1400
     corner = pixels[box.top + box.side - 1, box.left + box.side - 1]  # the last class's own cell: all of its row
     assert tuple(corner) == tuple(colour(np.array(1.0)))
+
+
+def test_more_classes_than_pixels_are_drawn_as_blocks_of_their_mean_rate():
+    names = [f"class_{i}" for i in range(3000)]
+    pixels = confusion_image(torch.eye(3000, dtype=torch.long), names)
+    box = layout(names, "confusion matrix")
+    assert box.group == 3 and box.rows == 1000 and max(pixels.shape) < 1600
+    corner = pixels[box.top + box.side - 1, box.left + box.side - 1]  # 3 of the block's 9 cells are 1
+    assert tuple(corner) == tuple(colour(np.array(1 / 3)))
+
+
+def test_one_class_and_names_beyond_ascii():
+    names = ["Acer \u00d7 freemanii", "\u00c4rger_\u00df\u00e9\u00f1\u00f8\u0105\u0141", "\u0416\u03bb"]
+    pixels = confusion_image(torch.tensor([[2]]), names[:1], "one class\nand a newline")
+    assert _ink(pixels).any()
+    font = _font(12)
+    missing = font.getmask("\U0010fffd").getbbox(), bytes(font.getmask("\U0010fffd"))
+    for char in "".join(names[1:]) + "\u00d7":
+        assert (font.getmask(char).getbbox(), bytes(font.getmask(char))) != missing, f"{char!r} has no glyph"
 
 
 def test_a_title_wider_than_the_matrix_stays_inside_the_image():

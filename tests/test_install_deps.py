@@ -1,62 +1,78 @@
-"""scripts/install_deps.py hands pip's configuration to uv: the same indexes, links, constraints and
-certificate, with pip's precedence (environment over the install section over [global])."""
+"""scripts/install_deps.py hands where pip installs from to uv, as pip itself resolves its settings, and
+leaves the install to pip when a setting in force would change what gets installed."""
 
 import os
 import runpy
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 install_deps = runpy.run_path(str(REPO / "scripts" / "install_deps.py"))
-pip_settings, uv_arguments = install_deps["pip_settings"], install_deps["uv_arguments"]
+pip_install_options = install_deps["pip_install_options"]
+unsupported, uv_arguments = install_deps["unsupported"], install_deps["uv_arguments"]
 
 
-def test_the_environment_overrides_the_install_section_which_overrides_global():
-    listing = "\n".join(
-        [
-            "global.index-url='https://global.example/simple'",
-            "install.index-url='https://install.example/simple'",
-            ":env:.find-links='/wheels'",
-            "global.find-links='/ignored'",
-            "global.cert='/etc/ssl/certs/ca.crt'",
-            "not a setting",
-        ]
+@pytest.fixture
+def pip_config(tmp_path, monkeypatch):
+    """A pip configuration file of the test's own (PIP_CONFIG_FILE, loaded after the machine's), and no PIP_*
+    variables but the ones a test sets."""
+    for key in [key for key in os.environ if key.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    config = tmp_path / "pip.conf"
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    return config
+
+
+def test_pip_precedence_and_empty_values_are_pips_own(pip_config, monkeypatch):
+    pip_config.write_text(
+        "[global]\nfind-links = /from-file\nconstraint = /file-constraints.txt\n"
+        "extra-index-url = file:///x/simple file:///y/simple\n[install]\ntimeout = 7\n"
     )
-    settings = pip_settings(listing)
-    assert settings == {
-        "index-url": "https://install.example/simple",
-        "find-links": "/wheels",
-        "cert": "/etc/ssl/certs/ca.crt",
-    }
+    monkeypatch.setenv("PIP_FIND_LINKS", "/from-env")  # the environment beats every file
+    monkeypatch.setenv("PIP_CONSTRAINT", "")  # an empty variable is no setting, as pip reads it
+    options = pip_install_options()
+    arguments, environment = uv_arguments(options)
+    pairs = list(zip(arguments[::2], arguments[1::2], strict=False))  # --no-index, a lone flag, comes last
+    assert ("--find-links", "/from-env") in pairs and ("--find-links", "/from-file") not in pairs
+    assert ("--constraint", "/file-constraints.txt") in pairs
+    assert ("--extra-index-url", "file:///x/simple") in pairs and ("--extra-index-url", "file:///y/simple") in pairs
+    assert environment["UV_HTTP_TIMEOUT"] == "7"
+    assert unsupported(options) == []
 
 
-def test_lists_become_one_flag_per_value_and_the_rest_environment():
-    settings = {
-        "extra-index-url": "file:///a/simple file:///b/simple",
-        "constraint": "/etc/pip/constraints.txt",
-        "no-index": "true",
-        "cert": "/ca.pem",
-        "default-timeout": "180",
-        "disable-pip-version-check": "1",  # nothing to do with where packages come from: not passed
-    }
-    arguments, environment = uv_arguments(settings)
+@pytest.mark.parametrize(
+    ("variable", "value", "setting"),
+    [
+        ("PIP_PRE", "1", "pre"),
+        ("PIP_ONLY_BINARY", ":all:", "only-binary"),
+        ("PIP_REQUIRE_HASHES", "yes", "require-hashes"),
+    ],
+)
+def test_a_setting_uv_is_not_told_of_leaves_the_install_to_pip(pip_config, monkeypatch, variable, value, setting):
+    pip_config.write_text("")
+    monkeypatch.setenv(variable, value)
+    assert setting in unsupported(pip_install_options())
+
+
+def test_every_source_becomes_one_flag_per_value_and_the_rest_environment():
+    options = SimpleNamespace(
+        index_url="https://pypi.org/simple",
+        extra_index_urls=["file:///a/simple", "file:///b/simple"],
+        find_links=["/wheels"],
+        constraints=["/etc/pip/constraints.txt"],
+        trusted_hosts=["mirror.local"],
+        no_index=True,
+        cert="/ca.pem",
+        timeout=180.0,
+        proxy="",
+    )
+    arguments, environment = uv_arguments(options)
     assert arguments == [
+        "--index-url", "https://pypi.org/simple",
         "--extra-index-url", "file:///a/simple", "--extra-index-url", "file:///b/simple",
-        "--constraint", "/etc/pip/constraints.txt", "--no-index",
+        "--find-links", "/wheels", "--constraint", "/etc/pip/constraints.txt",
+        "--allow-insecure-host", "mirror.local", "--no-index",
     ]  # fmt: skip
     assert environment == {"SSL_CERT_FILE": "/ca.pem", "UV_HTTP_TIMEOUT": "180"}
-
-
-def test_what_pip_itself_lists_is_read(tmp_path):
-    """pip's own `config list` output, from a config file and a PIP_* variable, parses as pip means it."""
-    config = tmp_path / "pip.conf"
-    config.write_text("[global]\nextra-index-url = file:///x/simple file:///y/simple\nfind-links = /from-file\n")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
-    env |= {"PIP_CONFIG_FILE": str(config), "PIP_FIND_LINKS": "/from-env"}
-    listing = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"], env=env, capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-    settings = pip_settings(listing)
-    assert settings["extra-index-url"] == "file:///x/simple file:///y/simple"
-    assert settings["find-links"] == "/from-env"

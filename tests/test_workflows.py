@@ -121,6 +121,11 @@ def test_ci_runs_make_test_on_pull_requests_with_cached_dependencies():
     (python,) = uses(flow, "actions/setup-python")
     assert python["with"]["python-version"] == "3.11" and python["with"]["cache"] == "pip"
     assert python["with"]["cache-dependency-path"].split() == ["requirements.lock", "pyproject.toml"]
+    (uv_cache,) = uses(flow, "actions/cache")  # make setup installs with uv (scripts/install_deps.py)
+    assert (
+        uv_cache["with"]["path"] == "~/.cache/uv"
+        and "hashFiles('requirements.lock', 'pyproject.toml')" in uv_cache["with"]["key"]
+    )
     (java,) = uses(flow, "actions/setup-java")
     assert str(java["with"]["java-version"]) == "17"
     (node_setup,) = uses(flow, "actions/setup-node")
