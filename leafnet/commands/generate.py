@@ -12,9 +12,13 @@ from leafnet.progress import progress_bar
 
 def main(argv: list[str]) -> None:
     config = load_config(GenerateConfig, argv)
+    config.validate()
     print(f"synthetic leaves: {len(SPECIES)} species x {config.synthetic.per_species} images -> {config.output}")
     generate_leaf_set(
-        config.output, config.synthetic, progress=lambda items: progress_bar(items, desc="generate", unit="img")
+        config.output,
+        config.synthetic,
+        progress=lambda items: progress_bar(items, desc="generate", unit="img"),
+        workers=config.workers,
     )
 
 

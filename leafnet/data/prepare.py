@@ -348,7 +348,10 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = logger.info) -> 
     if config.source == "synthetic":
         log(f"synthetic leaves: {len(SPECIES)} species x {config.synthetic.per_species} images -> {root}")
         generate_leaf_set(
-            root, config.synthetic, progress=lambda items: progress_bar(items, desc="generate", unit="img")
+            root,
+            config.synthetic,
+            progress=lambda items: progress_bar(items, desc="generate", unit="img"),
+            workers=config.workers,
         )
     candidates = list_candidates(config)
     if not candidates:

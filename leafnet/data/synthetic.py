@@ -10,9 +10,12 @@ canvas of its own size, so the species differ in shape while the pictures differ
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,6 +51,12 @@ class GenerateConfig:
 
     output: str = "data/raw/synthetic"  # where the Kaggle-layout set is written
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    workers: int = 0  # drawing processes; 0 = one per CPU core (how fast, not what: the images are the same)
+
+    def validate(self) -> None:
+        self.synthetic.validate()
+        if self.workers < 0:
+            raise LeafnetError(f"workers must not be negative, got {self.workers}")
 
 
 def _jitter(rng: np.random.Generator, value: float, rel_sigma: float) -> float:
@@ -200,8 +209,21 @@ def _generator_params(config: SyntheticConfig) -> dict:
     return {"generator_version": GENERATOR_VERSION, "species_sha256": species, **config.__dict__}
 
 
-def generate_leaf_set(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig(), progress=None) -> Path:
-    """Writes the synthetic set to `out_dir` unless an identical one is already there."""
+MAX_WORKERS = 8
+PARALLEL_FROM = 64  # images; below this, a pool costs more than it saves
+
+
+def _draw_and_save(item: tuple[int, int, int], config: SyntheticConfig, images: Path) -> None:
+    image_id, species_index, sample_index = item
+    rng = np.random.default_rng([config.seed, species_index, sample_index])
+    render_leaf(SPECIES[species_index], rng, config).save(images / f"{image_id}.png", optimize=False)
+
+
+def generate_leaf_set(
+    out_dir: str | Path, config: SyntheticConfig = SyntheticConfig(), progress=None, workers: int = 0
+) -> Path:
+    """Writes the synthetic set to `out_dir` unless an identical one is already there, drawing the images in
+    `workers` processes (0: one per CPU core, at most MAX_WORKERS), as prepare decodes them."""
     config.validate()
     out_dir = Path(out_dir)
     params = _generator_params(config)
@@ -216,10 +238,17 @@ def generate_leaf_set(out_dir: str | Path, config: SyntheticConfig = SyntheticCo
     plan = _sample_plan(config)
     with atomic_directory(out_dir) as staging:
         (staging / "images").mkdir()
-        for image_id, species_index, sample_index in progress(plan) if progress else plan:
-            rng = np.random.default_rng([config.seed, species_index, sample_index])
-            image = render_leaf(SPECIES[species_index], rng, config)
-            image.save(staging / "images" / f"{image_id}.png", optimize=False)
+        draw = functools.partial(_draw_and_save, config=config, images=staging / "images")
+        items = progress(plan) if progress else plan
+        workers = min(workers or os.cpu_count() or 1, MAX_WORKERS)
+        if workers == 1 or len(plan) < PARALLEL_FROM:
+            for item in items:
+                draw(item)
+        else:
+            # Every image has its own generator, so the order they are drawn in changes nothing.
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for _ in zip(items, pool.map(draw, plan, chunksize=16), strict=True):
+                    pass
         with open(staging / "train.csv", "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["id", "species"])
