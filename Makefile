@@ -80,10 +80,11 @@ format: setup
 
 # pytest exits 5 when it collects nothing: say so, and fail rather than pass on zero tests.
 # Two processes (pytest-xdist), a test file each at a time: most of the suite waits on servers and fresh
-# interpreters starting, which overlap; PYTEST_WORKERS=0 runs it in one process.
+# interpreters starting, which overlap; the slowest files go first (tests/conftest.py SLOWEST_FIRST).
+# PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || { status=$$?; if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status; }
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) || { status=$$?; if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status; }
 
 bench-data: prepare
 	$(PY) scripts/benchmark_data.py data=$(DATA)

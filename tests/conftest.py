@@ -39,6 +39,29 @@ REPO = Path(__file__).resolve().parents[1]
 settings.register_profile("leafnet", deadline=None)
 settings.load_profile("leafnet")
 
+# The slowest files, slowest first (from `pytest --durations`): collected first, so `make test`'s two workers
+# (pytest-xdist, a file at a time, --no-loadscope-reorder keeping this order) start on the long files and
+# share out the short ones at the end, instead of one worker finishing a long file alone.
+SLOWEST_FIRST = (
+    "test_pipeline.py",
+    "test_packaging.py",
+    "test_train.py",
+    "test_proxy.py",
+    "test_run_timing.py",
+    "test_gpu_check.py",
+    "test_export.py",
+    "test_serving.py",
+    "test_handler.py",
+    "test_docker.py",
+    "test_finetune.py",
+    "test_bench_finetune.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
 
 def _ephemeral_low() -> int:
     try:
