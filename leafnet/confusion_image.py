@@ -159,7 +159,7 @@ def confusion_image(confusion: torch.Tensor, class_names: list[str], title: str 
     ImageDraw.Draw(true).text((1, 0), "true", fill=INK, font=heading, anchor="lt")
     turned = true.transpose(Image.Transpose.ROTATE_90)
     image.paste(turned, (PAD, round(box.top + side / 2 - turned.height / 2)))
-    return np.asarray(image).copy()
+    return np.array(image)
 
 
 def _one_line(text: str) -> str:

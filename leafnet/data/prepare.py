@@ -22,7 +22,6 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from leafnet.data.split import SPLITS, min_class_size, stratified_split
 from leafnet.data.synthetic import SyntheticConfig, generate_leaf_set
 from leafnet.errors import LeafnetError
 from leafnet.fsutil import atomic_directory, is_replaceable
+from leafnet.process_pool import ordered_map
 from leafnet.progress import progress_bar
 from leafnet.serving.image_io import (
     DEFAULT_MAX_PIXELS,
@@ -179,13 +179,8 @@ def _decode_one(job: tuple[Path, PrepareConfig]) -> _Decoded:
 
 def _decode_all(candidates: list[Candidate], config: PrepareConfig) -> list[_Decoded]:
     jobs = [(c.path, config) for c in candidates if c.reason is None]
-    workers = config.workers or os.cpu_count() or 1
-    if workers == 1 or len(jobs) < 64:  # a pool costs more than it saves on a handful of files
-        decoded = list(progress_bar(map(_decode_one, jobs), total=len(jobs), desc="prepare", unit="img"))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(_decode_one, jobs, chunksize=16)
-            decoded = list(progress_bar(results, total=len(jobs), desc="prepare", unit="img"))
+    results = ordered_map(_decode_one, jobs, config.workers)
+    decoded = list(progress_bar(results, total=len(jobs), desc="prepare", unit="img"))
     results, it = [], iter(decoded)
     for candidate in candidates:
         results.append(next(it) if candidate.reason is None else _Decoded(None, None, candidate.reason))

@@ -14,8 +14,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from PIL import Image, ImageDraw
 from leafnet.data.species import SPECIES, LeafSpecies
 from leafnet.errors import LeafnetError
 from leafnet.fsutil import atomic_directory, is_replaceable
+from leafnet.process_pool import ordered_map
 
 GENERATOR_VERSION = 1
 _POINTS_PER_SIDE = 400
@@ -209,10 +208,6 @@ def _generator_params(config: SyntheticConfig) -> dict:
     return {"generator_version": GENERATOR_VERSION, "species_sha256": species, **config.__dict__}
 
 
-MAX_WORKERS = 8
-PARALLEL_FROM = 64  # images; below this, a pool costs more than it saves
-
-
 def _draw_and_save(item: tuple[int, int, int], config: SyntheticConfig, images: Path) -> None:
     image_id, species_index, sample_index = item
     rng = np.random.default_rng([config.seed, species_index, sample_index])
@@ -223,7 +218,7 @@ def generate_leaf_set(
     out_dir: str | Path, config: SyntheticConfig = SyntheticConfig(), progress=None, workers: int = 0
 ) -> Path:
     """Writes the synthetic set to `out_dir` unless an identical one is already there, drawing the images in
-    `workers` processes (0: one per CPU core, at most MAX_WORKERS), as prepare decodes them."""
+    `workers` processes (0: one per CPU core), as prepare decodes them."""
     config.validate()
     out_dir = Path(out_dir)
     params = _generator_params(config)
@@ -239,16 +234,9 @@ def generate_leaf_set(
     with atomic_directory(out_dir) as staging:
         (staging / "images").mkdir()
         draw = functools.partial(_draw_and_save, config=config, images=staging / "images")
-        items = progress(plan) if progress else plan
-        workers = min(workers or os.cpu_count() or 1, MAX_WORKERS)
-        if workers == 1 or len(plan) < PARALLEL_FROM:
-            for item in items:
-                draw(item)
-        else:
-            # Every image has its own generator, so the order they are drawn in changes nothing.
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for _ in zip(items, pool.map(draw, plan, chunksize=16), strict=True):
-                    pass
+        # Every image has its own generator, so the processes that draw them change nothing.
+        for _ in zip(progress(plan) if progress else plan, ordered_map(draw, plan, workers), strict=True):
+            pass
         with open(staging / "train.csv", "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["id", "species"])
