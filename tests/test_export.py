@@ -24,7 +24,7 @@ from leafnet.data.transforms import PreprocessSpec, eval_transform
 from leafnet.errors import LeafnetError
 from leafnet.export.config import GateConfig
 from leafnet.export.onnx_export import export_onnx
-from leafnet.export.parity import TopK, calibration_gate_failures, compare_logits, gate_failures
+from leafnet.export.parity import TopK, allowed_lost_images, calibration_gate_failures, compare_logits, gate_failures
 from leafnet.export.torchscript import export_torchscript
 from leafnet.models import model_from_checkpoint
 from tests.conftest import REPO, unpack
@@ -166,15 +166,29 @@ def test_compare_logits_and_topk():
 def test_gate_failures_name_the_variant_and_the_limit():
     gates = GateConfig(fp32_max_abs_logit=1e-3, max_top1_drop=1.0)
     close = compare_logits(np.zeros((2, 3)), np.full((2, 3), 1e-4))
-    assert gate_failures("onnx", False, close, 0.9, 0.9, gates) == []
+    assert gate_failures("onnx", False, close, 0.9, 0.9, gates, 100) == []
     far = compare_logits(np.eye(3), np.eye(3)[::-1] * 2)
-    assert any("onnx max |Δlogit| 2 > 0.001" in f for f in gate_failures("onnx", False, far, 0.9, 0.9, gates))
-    assert any("differs from eager on 2 of 3" in f for f in gate_failures("onnx", False, far, 0.9, 0.9, gates))
-    assert gate_failures("onnx-int8", True, far, 0.895, 0.9, gates) == []  # 0.5 points: allowed
-    assert gate_failures("onnx-int8", True, far, 0.89, 0.90, gates) == []  # exactly the limit, despite float error
-    assert gate_failures("onnx-int8", True, far, 0.88, 0.9, gates) == [
-        "onnx-int8 loses 2.00 points of test top-1 (limit 1.0)"
+    assert any("onnx max |Δlogit| 2 > 0.001" in f for f in gate_failures("onnx", False, far, 0.9, 0.9, gates, 100))
+    assert any("differs from eager on 2 of 3" in f for f in gate_failures("onnx", False, far, 0.9, 0.9, gates, 100))
+    assert gate_failures("onnx-int8", True, far, 0.895, 0.9, gates, 200) == []  # 0.5 points: allowed
+    assert gate_failures("onnx-int8", True, far, 0.89, 0.90, gates, 100) == []  # exactly the limit, despite float error
+    assert gate_failures("onnx-int8", True, far, 0.88, 0.9, gates, 100) == [
+        "onnx-int8 loses 2 of 100 test images, 2.00 points of test top-1 (limit 1.0 points: 1 images)"
     ]
+
+
+def test_the_top1_limit_is_the_nearest_whole_number_of_test_images():
+    # 1.0 point of 198 images is 1.98 images: 2 may be lost (1.01 points), not 1, and 3 may not
+    assert allowed_lost_images(1.0, 198) == 2
+    gates = GateConfig(max_top1_drop=1.0)
+    agreement = compare_logits(np.zeros((1, 2)), np.zeros((1, 2)))
+    assert gate_failures("onnx-dynq", True, agreement, 191 / 198, 193 / 198, gates, 198) == []
+    assert gate_failures("onnx-dynq", True, agreement, 190 / 198, 193 / 198, gates, 198) == [
+        "onnx-dynq loses 3 of 198 test images, 1.52 points of test top-1 (limit 1.0 points: 2 images)"
+    ]
+    # the nearest, not the next: 1.0 point of 140 images is 1.4 images, so 1 may be lost
+    assert allowed_lost_images(1.0, 140) == 1
+    assert allowed_lost_images(1.0, 10_000) == 100 and allowed_lost_images(0.0, 198) == 0
 
 
 @pytest.mark.slow

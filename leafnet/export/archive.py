@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -46,7 +48,12 @@ def build_archive(
         str(export_dir),
         "--force",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    # The archiver stages the files in <temp dir>/<model name> and deletes that folder afterwards, so two
+    # archives of one name packed at once (two exports, or a test run in parallel) would collide there:
+    # each run gets a temp dir of its own.
+    with tempfile.TemporaryDirectory(prefix="leafnet-archiver-") as private_tmp:
+        environment = {**os.environ, "TMPDIR": private_tmp, "TEMP": private_tmp, "TMP": private_tmp}
+        result = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     archive = export_dir / f"{name}.mar"
     if result.returncode != 0 or not archive.is_file():
         lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]

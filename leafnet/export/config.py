@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 @dataclass
 class GateConfig:
     fp32_max_abs_logit: float = 1e-3  # largest |logit - eager logit| an fp32 variant may show
-    max_top1_drop: float = 1.0  # test top-1 points a quantized variant may lose against eager
+    max_top1_drop: float = 1.0  # test top-1 points a quantized variant may lose against eager (nearest whole image)
     max_ece_increase: float = 0.02  # calibrated test ECE a quantized variant may add to eager's
     max_auroc_drop: float = 0.05  # unknown-detection AUROC (generated set) a quantized variant may lose to eager
 

@@ -294,6 +294,7 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
                     accuracy[v.name]["top1"],
                     accuracy["eager"]["top1"],
                     config.gates,
+                    len(inputs.splits["test"]),
                 )
                 + calibration_gate_failures(v.name, v.quantized, reports[v.name], reports["eager"], config.gates)
             ]
