@@ -17,7 +17,7 @@ from leafnet.data.batch_augment import Draws
 from leafnet.data.cache import DecodedCache
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
-from leafnet.data.staged import RotateCropResize, crop_pixels
+from leafnet.data.staged import RotateCropResize, crop_pixels, rotation_matrices, sampling_grid
 from leafnet.data.transforms import (
     AugmentConfig,
     PreprocessSpec,
@@ -244,3 +244,10 @@ def test_the_warp_reads_a_source_just_large_enough_and_workers_follow_the_cache(
     assert auto_workers(cached=False, local_processes=1, cores=2) == 2
     assert auto_workers(cached=False, local_processes=2, cores=16) == 4
     assert auto_workers(cached=False, local_processes=1, cores=64) == 8
+
+
+@pytest.mark.parametrize("height, width", [(128, 128), (96, 160), (33, 17)])
+def test_the_rotation_grid_is_affine_grids(height, width):
+    thetas = rotation_matrices(width, height, torch.tensor([0.0, 13.5, -90.0, 179.0]))
+    expected = torch.nn.functional.affine_grid(thetas, [4, 3, height, width], align_corners=False)
+    assert torch.allclose(sampling_grid(thetas, height, width), expected, atol=1e-6)

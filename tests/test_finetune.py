@@ -20,10 +20,10 @@ from leafnet.distributed import DistInfo
 from leafnet.engine import StepConfig, evaluate, train_one_epoch
 from leafnet.errors import LeafnetError
 from leafnet.evaluation import EvalConfig, evaluate_checkpoint
-from leafnet.finetune import Mixer
+from leafnet.finetune import Mixer, build_optimizer
 from leafnet.train import Trainer, validate_config
 from leafnet.train import main as train
-from leafnet.train_config import MixupSection
+from leafnet.train_config import MixupSection, OptimSection
 from tests.conftest import REPO, tiny_config
 from tests.test_train import assert_equal_states, metrics
 
@@ -317,3 +317,25 @@ def test_a_resume_with_other_layer_decay_is_refused_though_the_groups_are_the_sa
     train(tiny_config(tiny_leaves, tmp_path, *common, "optim.layer_decay=0.7", "train.stop_after_epoch=0"))
     with pytest.raises(LeafnetError, match="its optimizer groups the parameters otherwise"):
         train(tiny_config(tiny_leaves, tmp_path, *common, "optim.layer_decay=0.5", "train.resume=auto"))
+
+
+@pytest.mark.parametrize("name, layer_decay", [("adamw", 0.0), ("sgd", 0.0), ("adamw", 0.7)])
+def test_the_optimizer_is_fused_on_the_cpu_and_steps_like_the_foreach_one(name, layer_decay):
+    torch.manual_seed(0)
+    # no bias before the norm: its gradient is rounding noise, which Adam's first steps scale up to the lr
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    twin = copy.deepcopy(model)
+    section = OptimSection(name=name, layer_decay=layer_decay)
+    fused = build_optimizer(model, section)
+    assert all(group["fused"] for group in fused.param_groups)
+    foreach = build_optimizer(twin, section)
+    for group in foreach.param_groups:
+        group["fused"] = False
+    images, targets = torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    for net, optimizer in ((model, fused), (twin, foreach)):
+        for _ in range(3):
+            nn.functional.cross_entropy(net(images), targets).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
