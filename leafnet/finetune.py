@@ -72,7 +72,7 @@ def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimi
     """The run's optimizer over every parameter of `model` (all must require grad: timm's groups skip
     the others, and a frozen parameter still needs its place for when it thaws). Fused (one kernel over all
     parameters instead of a loop of foreach ops) where torch has that kernel for the parameters' device."""
-    options = {"lr": optim.lr, "momentum": optim.momentum, **fused_option(model)}
+    options = {"lr": optim.lr, "momentum": optim.momentum, **(fused_option(model) if optim.fused else {})}
     if not optim.layer_decay and optim.head_lr_scale == 1.0:
         return create_optimizer_v2(model, optim.name, weight_decay=optim.weight_decay, **options)
     groups = finetune_groups(model, optim)

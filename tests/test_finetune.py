@@ -340,3 +340,5 @@ def test_the_optimizer_is_fused_on_the_cpu_and_steps_like_the_foreach_one(name, 
             optimizer.zero_grad()
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+    unfused = build_optimizer(copy.deepcopy(model), replace(section, fused=False))
+    assert not any(group["fused"] for group in unfused.param_groups)
