@@ -115,13 +115,15 @@ class RotateCropResize(BatchAugment):
 
 def sampling_grid(thetas: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """`affine_grid(thetas, (N, C, height, width), align_corners=False)`, as broadcast sums over the pixel centres'
-    x and y, where affine_grid multiplies a (pixels x 3) grid by each matrix: the same numbers up to float rounding,
-    for a fraction of the time."""
+    x and y written straight into a contiguous grid (which grid_sample reads faster than a strided view), where
+    affine_grid multiplies a (pixels x 3) grid by each matrix: the same numbers up to float rounding, in less time."""
     xs = (torch.arange(width, dtype=torch.float32) * 2 + 1) / width - 1
     ys = (torch.arange(height, dtype=torch.float32) * 2 + 1) / height - 1
-    coefficients = thetas[:, :, :, None, None]  # (N, 2 outputs, 3 terms, 1, 1)
-    grid = coefficients[:, :, 0] * xs + coefficients[:, :, 1] * ys[:, None] + coefficients[:, :, 2]
-    return grid.permute(0, 2, 3, 1)  # (N, height, width, 2): grid_sample reads the view as it is
+    grid = torch.empty(thetas.shape[0], height, width, 2)
+    for k in range(2):  # the source's x, then y: a x + (b y + c), one pass over the grid
+        y_term = thetas[:, k, 1, None, None] * ys[:, None] + thetas[:, k, 2, None, None]  # (N, height, 1)
+        torch.add(thetas[:, k, 0, None, None] * xs, y_term, out=grid[..., k])
+    return grid
 
 
 def rotation_matrices(width: int, height: int, angles_deg: torch.Tensor) -> torch.Tensor:
