@@ -45,7 +45,7 @@ from leafnet.checkpoint_writer import CheckpointWriter
 from leafnet.confusion_image import confusion_image, write_png
 from leafnet.data.batch_augment import INTERPOLATIONS
 from leafnet.data.dataset import ManifestDataset
-from leafnet.data.loaders import LoaderConfig, auto_eval_batch, auto_workers, build_loader
+from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
 from leafnet.data.prepared import PreparedData
 from leafnet.data.transforms import (
     AugmentConfig,
@@ -152,8 +152,6 @@ def validate_config(cfg: TrainConfig) -> None:
         raise LeafnetError(f"optim.name must be adamw or sgd, got {cfg.optim.name!r}")
     if cfg.schedule.epochs < 1 or cfg.optim.accumulate < 1 or cfg.data.batch_size < 1:
         raise LeafnetError("schedule.epochs, optim.accumulate and data.batch_size must be at least 1")
-    if cfg.data.eval_batch_size < 0:
-        raise LeafnetError(f"data.eval_batch_size must be 0 (auto) or at least 1, got {cfg.data.eval_batch_size}")
     if cfg.data.workers < -1 or cfg.data.cache_mb < 0:
         raise LeafnetError("data.workers must be -1 (auto) or at least 0, and data.cache_mb at least 0")
     augment_implementation(cfg.data.augment)  # one line naming a bad or contradictory choice
@@ -270,8 +268,7 @@ class Trainer:
         loader = LoaderConfig(batch_size=data.batch_size, workers=self.workers, seed=cfg.train.seed, balanced=balanced)
         rank, world = info.rank, info.world_size
         self.train_loader = build_loader(self.train_set, loader, True, rank, world, device)
-        eval_batch = data.eval_batch_size or auto_eval_batch(device)
-        eval_loader = LoaderConfig(batch_size=eval_batch, workers=self.workers, seed=cfg.train.seed)
+        eval_loader = LoaderConfig(batch_size=data.eval_batch_size, workers=self.workers, seed=cfg.train.seed)
         self.val_loader = build_loader(self.val_set, eval_loader, False, rank, world, device)
 
         model = create_model(model_config, len(self.classes)).to(device)

@@ -27,7 +27,7 @@ class DataSection:
     crop_pct: float | None = None
     interpolation: str | None = None  # bilinear | bicubic | nearest | lanczos; null = the backbone's, else bilinear
     batch_size: int = 64  # per process; the global batch is batch_size x processes x accumulate
-    eval_batch_size: int = 0  # validation batch per process; 0 = auto: 256 on a GPU, 128 on a CPU
+    eval_batch_size: int = 256  # validation batch per process
     # DataLoader worker processes per training process; -1 = auto: none when the cached train split is augmented a
     # batch at a time (staged, warp) on a CPU (cheaper in the training process than in a process competing for its
     # cores), 1 for another cached split or on a GPU, else up to half the cores (2 to 8)

@@ -16,7 +16,7 @@ from torchvision.transforms import functional as tvf
 from leafnet.data.batch_augment import Draws
 from leafnet.data.cache import DecodedCache
 from leafnet.data.dataset import ManifestDataset
-from leafnet.data.loaders import LoaderConfig, auto_eval_batch, auto_workers, build_loader
+from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
 from leafnet.data.staged import RotateCropResize, crop_pixels, rotation_matrices, sampling_grid
 from leafnet.data.transforms import (
     AugmentConfig,
@@ -251,8 +251,3 @@ def test_the_rotation_grid_is_affine_grids(height, width):
     thetas = rotation_matrices(width, height, torch.tensor([0.0, 13.5, -90.0, 179.0]))
     expected = torch.nn.functional.affine_grid(thetas, [4, 3, height, width], align_corners=False)
     assert torch.allclose(sampling_grid(thetas, height, width), expected, atol=1e-6)
-
-
-def test_the_auto_validation_batch_fits_the_device():
-    assert auto_eval_batch(torch.device("cpu")) == 128
-    assert auto_eval_batch(torch.device("cuda", 1)) == 256

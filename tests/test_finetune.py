@@ -264,7 +264,6 @@ def test_rank_top_orders_by_score_then_epoch():
         ("train.freeze_epochs=-1", "train.freeze_epochs must be at least 0"),
         ("checkpoint.keep_top=-2", "checkpoint.keep_top must be at least 0"),
         ("mixup.prob=2", "mixup.prob and mixup.switch_prob must be in"),
-        ("data.eval_batch_size=-1", r"data.eval_batch_size must be 0 \(auto\) or at least 1, got -1"),
     ],
 )
 def test_bad_finetune_values_fail_in_one_line(tiny_leaves, tmp_path, override, message):

@@ -130,13 +130,6 @@ def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
-def auto_eval_batch(device: torch.device) -> int:
-    """The validation batch of `data.eval_batch_size=0`: 256 on a GPU, which a larger batch fills better; 128
-    on a CPU, where a batch whose activations stay in the caches runs faster than a larger one (the demo
-    model's validation forward, docs/training.md)."""
-    return 256 if device.type == "cuda" else 128
-
-
 def auto_workers(cached: bool, local_processes: int = 1, cores: int | None = None, in_process: bool = False) -> int:
     """Loader workers per training process for data.workers=-1.
     - `in_process`: the batch is cheapest built in the training process itself (a cached split augmented a
