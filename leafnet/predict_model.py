@@ -144,6 +144,10 @@ def _from_export(path: Path, variant: str, threads: int, device: str, batch_size
         spec, version, num_classes = record["preprocess"], str(record["version"]), record["num_classes"]
     except (KeyError, TypeError, AttributeError) as error:
         raise LeafnetError(f"{path / EXPORT_RECORD} lacks {error}: re-export with this leafnet") from None
+    withheld = record.get("withheld") or {}
+    if variant in withheld:
+        reasons = "; ".join(withheld[variant].get("reasons", []))
+        raise LeafnetError(f"{path} has no {variant}: export withheld it ({reasons}); it has: {', '.join(variants)}")
     if variant != "auto" and variant not in variants:
         raise LeafnetError(f"unknown variant {variant!r} in {path}; it has: {', '.join(variants)}")
     labels = load_reference(path)["classes"]  # export writes the class names into the drift reference

@@ -353,3 +353,32 @@ def test_the_calibration_and_ood_commands(exported, tmp_path, run_script):
     written_files = sorted((tmp_path / "ood").rglob("*.png"))
     assert [p.parent.name for p in written_files] == ["noise", "noise"]  # no leaves: the leaf families left out
     assert "ood: 2 images" in written.stdout
+
+
+def _staged_report(stage: Path) -> dict:
+    variants = {}
+    for v in exporter.VARIANTS:
+        (stage / v.file).write_bytes(b"model")
+        variants[v.name] = {"file": v.file, "quantized": v.quantized, "bytes": 5, "sha256": "ab", "test_top1": 0.9}
+    return {"variants": variants}
+
+
+def test_an_unserved_quantized_variant_that_fails_is_withheld_and_the_rest_ship(tmp_path):
+    report, lines = _staged_report(tmp_path), []
+    reason = "onnx-dynq loses 3 of 198 test images, 1.52 points of test top-1 (limit 1.0 points: 2 images)"
+    failures = {v.name: [] for v in exporter.VARIANTS} | {"onnx-dynq": [reason]}
+    exporter._withhold_or_fail(failures, ["torchscript", "onnx-int8"], report, tmp_path, lines.append)
+    assert not (tmp_path / "model.dynq.onnx").exists() and (tmp_path / "model.int8.onnx").exists()
+    assert "onnx-dynq" not in report["variants"] and len(report["variants"]) == len(exporter.VARIANTS) - 1
+    assert report["withheld"] == {"onnx-dynq": {"reasons": [reason], "quantized": True, "test_top1": 0.9}}
+    assert lines == [f"  withheld (not written): {reason}"]
+
+
+@pytest.mark.parametrize("failing", ["onnx", "onnx-int8"])  # an fp32 variant; a served quantized one
+def test_a_failing_fp32_or_served_variant_fails_the_export(tmp_path, failing):
+    report = _staged_report(tmp_path)
+    failures = {v.name: [] for v in exporter.VARIANTS} | {failing: [f"{failing} is off"]}
+    with pytest.raises(LeafnetError, match=f"parity gate failed, nothing written: {failing} is off"):
+        exporter._withhold_or_fail(failures, ["torchscript", "onnx-int8"], report, tmp_path, print)
+    assert len(report["variants"]) == len(exporter.VARIANTS)
+    assert all((tmp_path / v.file).exists() for v in exporter.VARIANTS)

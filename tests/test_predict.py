@@ -161,6 +161,18 @@ def test_auto_times_every_variant_and_says_which_it_took(export_dir, archives, c
         Predictor.load(archives["onnx-int8"], "onnx")
 
 
+def test_a_withheld_variant_is_named_as_withheld(export_dir, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    record = json.loads((copy / "export.json").read_text())
+    record["withheld"] = {"onnx-dynq": {"reasons": ["onnx-dynq loses 3 of 198 test images"], "quantized": True}}
+    (copy / record["variants"].pop("onnx-dynq")["file"]).unlink()
+    (copy / "export.json").write_text(json.dumps(record))
+    with pytest.raises(LeafnetError, match=r"has no onnx-dynq: export withheld it \(onnx-dynq loses 3 of 198"):
+        Predictor.load(copy, "onnx-dynq")
+    assert Predictor.load(copy, "onnx-int8").model.variant == "onnx-int8"
+
+
 @pytest.mark.slow
 def test_predictions_need_no_torchserve(archives, images):
     """The base install has no TorchServe: with `ts` unimportable, an archive still answers."""

@@ -284,10 +284,8 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
             _add_calibration(report, fitted, reports, comparison, config)
             _log_table(report, log)
             summary.log_calibration(report, log)
-            failures = [
-                failure
-                for v in VARIANTS
-                for failure in gate_failures(
+            failures = {
+                v.name: gate_failures(
                     v.name,
                     v.quantized,
                     agreements[v.name],
@@ -297,10 +295,10 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
                     len(inputs.splits["test"]),
                 )
                 + calibration_gate_failures(v.name, v.quantized, reports[v.name], reports["eager"], config.gates)
-            ]
-            if failures:
-                raise LeafnetError("parity gate failed, nothing written: " + "; ".join(failures))
-            write_json(stage / CALIBRATION_FILE, _calibration_document(fitted, reports, config))
+                for v in VARIANTS
+            }
+            _withhold_or_fail(failures, config.served, report, stage, log)
+            write_json(stage / CALIBRATION_FILE, _calibration_document(fitted, reports, report, config))
             extras = _write_extras(scratch, inputs)
             unknown_rate = round(1 - reports["eager"]["test_accepted"], 4)
             report["drift_reference"] = timer(
@@ -433,9 +431,32 @@ def _add_calibration(report: dict, fitted, reports: dict, comparison: dict, conf
         variant["ood"] = {key: value for key, value in reports[name].items() if key != "calibration"}
 
 
-def _calibration_document(fitted, reports: dict, config: ExportConfig) -> dict:
+def _withhold_or_fail(failures: dict[str, list[str]], served: list[str], report: dict, stage: Path, log) -> None:
+    """A variant that fails a gate is not written. An fp32 variant that does (a broken export, not a lossy one)
+    or a served one fails the whole export, nothing written; an unserved quantized one is withheld: its file
+    removed from the stage, its entry moved from report["variants"] to report["withheld"] with the reasons,
+    and one line says so, so the model and the variants that passed still ship."""
+    fatal = [
+        reason
+        for name, reasons in failures.items()
+        for reason in reasons
+        if not VARIANT_BY_NAME[name].quantized or name in served
+    ]
+    if fatal:
+        raise LeafnetError("parity gate failed, nothing written: " + "; ".join(fatal))
+    report["withheld"] = {}
+    for name, reasons in failures.items():
+        if reasons:
+            (stage / VARIANT_BY_NAME[name].file).unlink()
+            scores = report["variants"].pop(name)
+            dropped = ("file", "bytes", "sha256")  # of a file that is not written
+            report["withheld"][name] = {"reasons": reasons, **{k: v for k, v in scores.items() if k not in dropped}}
+            log(f"  withheld (not written): {'; '.join(reasons)}")
+
+
+def _calibration_document(fitted, reports: dict, report: dict, config: ExportConfig) -> dict:
     """calibration.json (leafnet/serving/calibration.py reads it): a threshold per model file."""
-    thresholds = {v.file: reports[v.name]["threshold"] for v in VARIANTS}
+    thresholds = {v["file"]: reports[name]["threshold"] for name, v in report["variants"].items()}
     return calibration_document(
         fitted.temperature,
         config.calibration.ood_score,
