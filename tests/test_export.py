@@ -173,7 +173,7 @@ def test_gate_failures_name_the_variant_and_the_limit():
     assert gate_failures("onnx-int8", True, far, 0.895, 0.9, gates, 200) == []  # 0.5 points: allowed
     assert gate_failures("onnx-int8", True, far, 0.89, 0.90, gates, 100) == []  # exactly the limit, despite float error
     assert gate_failures("onnx-int8", True, far, 0.88, 0.9, gates, 100) == [
-        "onnx-int8 loses 2 of 100 test images, 2.00 points of test top-1 (limit 1.0 points: 1 images)"
+        "onnx-int8 loses 2 of 100 test images, 2.00 points of test top-1 (limit 1.0 points: 1 image)"
     ]
 
 

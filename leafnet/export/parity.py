@@ -60,7 +60,7 @@ def gate_failures(
         if lost > allowed:
             return [
                 f"{name} loses {lost} of {images} test images, {100 * lost / images:.2f} points of test top-1 "
-                f"(limit {gates.max_top1_drop} points: {allowed} images)"
+                f"(limit {gates.max_top1_drop} points: {allowed} image{'' if allowed == 1 else 's'})"
             ]
         return []
     failures = []
