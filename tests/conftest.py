@@ -179,7 +179,7 @@ def tiny_config(data: Path, out: Path, *overrides: str) -> TrainConfig:
 def tiny_checkpoint(tiny_leaves, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export_run")
     no_aug = ["data.augment.rotation_deg=0", "data.augment.scale=[1.0,1.0]", "data.augment.hflip=0"]
-    train(tiny_config(tiny_leaves, out, "model.name=resnet10t", "schedule.epochs=12", "optim.lr=0.003", *no_aug))
+    train(tiny_config(tiny_leaves, out, "model.name=resnet10t", "schedule.epochs=20", "optim.lr=0.003", *no_aug))
     return out / "run" / "checkpoints" / "best.pt"
 
 
