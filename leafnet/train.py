@@ -370,7 +370,13 @@ class Trainer:
                 f"cannot resume from {path}: its optimizer groups the parameters otherwise; use the same "
                 "optim.name, optim.weight_decay, optim.layer_decay and optim.head_lr_scale"
             )
+        # load_state_dict restores every group setting saved with it, fused and foreach included: this run's
+        # kernel choice wins (a GradScaler picks its path by the optimizer built here, and a foreach group
+        # under a fused-built optimizer fails its first scaled step).
+        kernels = {key: self.optimizer.param_groups[0].get(key) for key in ("fused", "foreach")}
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        for group in self.optimizer.param_groups:
+            group.update(kernels)
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])

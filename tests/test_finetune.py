@@ -341,3 +341,14 @@ def test_the_optimizer_is_fused_on_the_cpu_and_steps_like_the_foreach_one(name, 
         assert torch.allclose(a, b, atol=1e-5)
     unfused = build_optimizer(copy.deepcopy(model), replace(section, fused=False))
     assert not any(group["fused"] for group in unfused.param_groups)
+
+
+def test_a_resume_steps_with_this_runs_optimizer_kernel(tiny_leaves, tmp_path):
+    # load_state_dict would restore the checkpoint's foreach setting under an optimizer built fused: a float16
+    # GradScaler then fails the first step, and otherwise the fused kernel is silently lost
+    train(tiny_config(tiny_leaves, tmp_path, "optim.fused=false", "train.stop_after_epoch=0"))
+    trainer = Trainer(tiny_config(tiny_leaves, tmp_path, "train.resume=auto"), DistInfo(), CPU)
+    assert trainer.start_epoch == 1
+    assert all(group["fused"] is True and group["foreach"] is None for group in trainer.optimizer.param_groups)
+    back = Trainer(tiny_config(tiny_leaves, tmp_path, "train.resume=auto", "optim.fused=false"), DistInfo(), CPU)
+    assert not any(group["fused"] for group in back.optimizer.param_groups)
