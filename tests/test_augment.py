@@ -122,7 +122,24 @@ def test_a_batch_rendered_in_one_call_is_the_items_one_by_one_whatever_its_sizes
     assert not torch.equal(batch[0][0], cached[(3, 100)][0])  # another seed, another sample
 
 
-def test_the_staged_pipeline_is_timms_pil_steps_up_to_rounding(prepared_synthetic):
+def test_a_cached_eval_batch_is_its_items_one_by_one_to_the_bit(prepared_synthetic):
+    """Validation reads its cached split a batch at a time: the same to-tensor and normalisation, in one call."""
+    spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
+    plain = ManifestDataset(prepared_synthetic, "val", eval_transform(spec))
+    cached = ManifestDataset(prepared_synthetic, "val", eval_transform(spec))
+    assert not plain.batches_items and cached.cache_in_memory(64) and cached.batches_items
+    assert not cached.batches_augment  # nothing random: validation's loader sizing is not a training batch's
+    indices = list(range(len(cached)))
+    batch = cached.__getitems__(indices)
+    assert [label for _, label in batch] == [plain.samples[index][1] for index in indices]
+    for index, (image, _) in zip(indices, batch, strict=True):
+        assert torch.equal(image, plain[index][0])
+    loader = build_loader(cached, LoaderConfig(batch_size=7, workers=0), train=False)
+    assert torch.equal(torch.cat([images for images, _ in loader]), torch.stack([plain[i][0] for i in indices]))
+
+
+@pytest.mark.parametrize("rotation", ["bilinear", "nearest"])
+def test_the_staged_pipeline_is_timms_pil_steps_up_to_rounding(prepared_synthetic, rotation):
     """Rotation of the whole image, whole-pixel crop, antialiased resize, flip: torchvision's PIL functions
     (what the timm pipeline runs) and the staged batch give the same tensor up to PIL's uint8 rounding."""
     spec = PreprocessSpec.from_prepared(prepared_synthetic)  # at the prepared size
@@ -136,7 +153,8 @@ def test_the_staged_pipeline_is_timms_pil_steps_up_to_rounding(prepared_syntheti
         # With the images' own black as the fill the two agree to about a uint8 step (1/255/std = 0.006 here);
         # with another fill they differ along the rotated image's edge, where PIL takes either the fill or the
         # image and torch blends the two: a line of pixels, a few percent of the image.
-        staged = RotateCropResize(16, MEAN, STD, background, "bilinear", 20.0, (0.5, 1.0), (0.75, 1.33), 0.5, 0.5)
+        geometry = (16, MEAN, STD, background, "bilinear", 20.0, (0.5, 1.0), (0.75, 1.33), 0.5, 0.5)
+        staged = RotateCropResize(*geometry, rotation_interpolation=rotation)
         params = torch.stack([staged.sample(width, height, torch.Generator().manual_seed(seed)) for seed in range(8)])
         for column in (5, 6):  # flips of both kinds drawn, and not always
             assert params[:, column].any() and not params[:, column].all()
@@ -145,7 +163,8 @@ def test_the_staged_pipeline_is_timms_pil_steps_up_to_rounding(prepared_syntheti
         for image, row, rendered in zip(images, params.tolist(), batch, strict=True):
             angle, left, top, w, h, hflip, vflip = row
             bilinear = tvf.InterpolationMode.BILINEAR
-            pil = tvf.rotate(tvf.to_pil_image(image.permute(2, 0, 1)), angle, interpolation=bilinear, fill=background)
+            turn = tvf.InterpolationMode(rotation)
+            pil = tvf.rotate(tvf.to_pil_image(image.permute(2, 0, 1)), angle, interpolation=turn, fill=background)
             pil = tvf.resized_crop(pil, int(top), int(left), int(h), int(w), [16, 16], bilinear, antialias=True)
             pil = tvf.vflip(pil) if vflip else pil
             expected = tvf.normalize(tvf.to_tensor(tvf.hflip(pil) if hflip else pil), MEAN, STD)
@@ -234,6 +253,12 @@ def test_the_implementation_follows_the_options_and_contradictions_are_one_line(
         augment_implementation(AugmentConfig(implementation="staged", re_prob=0.25))
     with pytest.raises(LeafnetError, match="must be one of auto, warp, staged, timm, got 'fast'"):
         augment_implementation(AugmentConfig(implementation="fast"))
+    with pytest.raises(LeafnetError, match="rotation_interpolation must be one of bilinear, nearest, got 'bicubic'"):
+        augment_implementation(AugmentConfig(rotation_interpolation="bicubic"))
+    with pytest.raises(LeafnetError, match=r"implementation=warp .* cannot take rotation_interpolation=nearest"):
+        augment_implementation(AugmentConfig(implementation="warp", rotation_interpolation="nearest"))
+    with pytest.raises(LeafnetError, match="rotation interpolation must be one of bilinear, nearest, got 'area'"):
+        RotateCropResize(16, MEAN, STD, [0, 0, 0], rotation_interpolation="area")
 
 
 def test_the_warp_reads_a_source_just_large_enough_and_workers_follow_the_cache():

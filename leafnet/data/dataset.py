@@ -81,37 +81,48 @@ class ManifestDataset(Dataset):
             return item(prepared)
 
     def __getitems__(self, keys: list) -> list[tuple[torch.Tensor, int]]:
-        """A batch of samples, exactly as `[self[key] for key in keys]` gives them. When the cached split's
-        per-item step is a batch augmentation (`leafnet.data.batch_augment.BatchAugment`: the warp, the staged
-        pipeline), each sample's parameters are drawn from its own seed as always, but the images of one size
-        are rendered together: a DataLoader (which calls this for each batch) then costs a fraction of the
-        per-item path, cheap enough to run in the training process itself (`leafnet.data.loaders.auto_workers`)."""
-        if not self.batches_augment:
+        """A batch of samples, exactly as `[self[key] for key in keys]` gives them. A cached split whose per-item
+        step works on a batch renders the images of one size together: a batch augmentation
+        (`leafnet.data.batch_augment.BatchAugment`: the warp, the staged pipeline) draws each sample's parameters
+        from its own seed as always, then renders them in one call; the eval transform's to-tensor and
+        normalisation are element-wise, so a batch of them is the same numbers. A DataLoader (which calls this
+        for each batch) then costs a fraction of the per-item path, cheap enough to run in the training process
+        itself (`leafnet.data.loaders.auto_workers`)."""
+        if not self.batches_items:
             return [self[key] for key in keys]
-        augment = self.transform.item
+        item = self.transform.item
         images, params, labels = [], [], []
         for key in keys:
             index, seed = key if isinstance(key, tuple) else (key, None)
             image = self._cached(index)
             images.append(image)
-            params.append(augment.sample(image.shape[1], image.shape[0], _generator(seed)))
+            if isinstance(item, BatchAugment):
+                params.append(item.sample(image.shape[1], image.shape[0], _generator(seed)))
             labels.append(self.samples[index][1])
         by_size: dict[tuple, list[int]] = {}  # a split's cached images share a size; a few may not
         for position, image in enumerate(images):
             by_size.setdefault(tuple(image.shape), []).append(position)
         rendered: list[torch.Tensor | None] = [None] * len(keys)
         for positions in by_size.values():
-            batch = augment.apply(
-                torch.stack([images[p] for p in positions]), torch.stack([params[p] for p in positions])
-            )
+            stacked = torch.stack([images[p] for p in positions])
+            if isinstance(item, BatchAugment):
+                batch = item.apply(stacked, torch.stack([params[p] for p in positions]))
+            else:
+                batch = item.batch(stacked)
             for position, tensor in zip(positions, batch, strict=True):
                 rendered[position] = tensor
         return list(zip(rendered, labels, strict=True))
 
     @property
     def batches_augment(self) -> bool:
-        """True when `__getitems__` renders a batch at once: the split is cached and its step is a BatchAugment."""
+        """True when `__getitems__` augments a batch at once: the split is cached and its step is a BatchAugment."""
         return self.cache is not None and isinstance(getattr(self.transform, "item", None), BatchAugment)
+
+    @property
+    def batches_items(self) -> bool:
+        """True when `__getitems__` renders a batch at once: a batch augmentation, or a cached split's eval step."""
+        item = getattr(self.transform, "item", None)
+        return self.batches_augment or (self.cache is not None and getattr(item, "batchable", False))
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
