@@ -374,6 +374,19 @@ def test_an_unserved_quantized_variant_that_fails_is_withheld_and_the_rest_ship(
     assert lines == [f"  withheld (not written): {reason}"]
 
 
+def test_the_reliability_diagram_leaves_out_a_withheld_variant(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(exporter, "plot_reliability", lambda curves, path, title: drawn.append(sorted(curves)))
+    probabilities, targets = np.full((4, 2), 0.5), np.array([0, 1, 0, 1])
+    curves = [(label, variant, probabilities) for label, variant in [("before", "eager"), ("after", "eager")]]
+    curves.append(("int8", "onnx-int8", probabilities))
+    report = _staged_report(tmp_path)
+    exporter._plot_reliability(curves, targets, report, tmp_path / "reliability.png")
+    report["variants"].pop("onnx-int8")  # withheld
+    exporter._plot_reliability(curves, targets, report, tmp_path / "reliability.png")
+    assert drawn == [["after", "before", "int8"], ["after", "before"]]
+
+
 @pytest.mark.parametrize("failing", ["onnx", "onnx-int8"])  # an fp32 variant; a served quantized one
 def test_a_failing_fp32_or_served_variant_fails_the_export(tmp_path, failing):
     report = _staged_report(tmp_path)

@@ -180,7 +180,8 @@ def _measure(model, eager, stage: Path, parity_images: np.ndarray, splits, fitte
     """Logit agreement on the parity images with eager, then every variant (and eager) over the val split
     (thresholds), the test split (accuracy, calibration, acceptance) and the generated out-of-distribution set.
     Returns (agreements, {name: accuracy}, {name: calibration and OOD report}, score comparison, eager's
-    calibrated top-1 probability on each test image: the drift reference's confidence)."""
+    calibrated top-1 probability on each test image: the drift reference's confidence, and the reliability
+    diagram's curves with the test split's targets, drawn once the gates have said what ships)."""
     try:
         predictors = {v.name: load_outputs(stage / v.file, config.threads) for v in VARIANTS}
     except Exception as error:
@@ -213,14 +214,24 @@ def _measure(model, eager, stage: Path, parity_images: np.ndarray, splits, fitte
     comparison = score_comparison(
         fitted, (val_f, val_z), (test_f, test_z), (ood_f, ood_z), ood_families, config.calibration
     )
-    curves = {
-        "before (T = 1)": (softmax(test["eager"].logits * fitted.temperature), test_targets),
-        f"after (T = {fitted.temperature:.2f})": (softmax(test["eager"].logits), test_targets),
-        "onnx-int8, after": (softmax(test["onnx-int8"].logits), test_targets),
-    }
-    plot_reliability(curves, stage / RELIABILITY_FILE, "test split, 15 bins")
+    curves = [  # (label, the variant drawn, its calibrated probabilities on the test split)
+        ("before (T = 1)", "eager", softmax(test["eager"].logits * fitted.temperature)),
+        (f"after (T = {fitted.temperature:.2f})", "eager", softmax(test["eager"].logits)),
+        ("onnx-int8, after", "onnx-int8", softmax(test["onnx-int8"].logits)),
+    ]
     confidence = top1_probability(test["eager"].logits)
-    return agreements, accuracy, reports, comparison, confidence
+    return agreements, accuracy, reports, comparison, confidence, (curves, test_targets)
+
+
+def _plot_reliability(curves: list[tuple], targets: np.ndarray, report: dict, path: Path) -> None:
+    """reliability.png: eager's curves, and each variant's that ships; a withheld variant's is left out, as its
+    file is (`_withhold_or_fail`)."""
+    shipped = {
+        label: (probabilities, targets)
+        for label, variant, probabilities in curves
+        if variant == "eager" or variant in report["variants"]
+    }
+    plot_reliability(shipped, path, "test split, 15 bins")
 
 
 def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.info) -> dict:
@@ -275,7 +286,7 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
             scratch = Path(tmp)
             calibration = _spread(inputs.splits["train"], config.int8.calibration_images)
             _write_variants(scored, example, stage, scratch, calibration, config, timer)
-            agreements, accuracy, reports, comparison, confidence = _measure(
+            agreements, accuracy, reports, comparison, confidence, reliability = _measure(
                 model, torch_outputs(scored), stage, parity_images, inputs.splits, fitted, ood, config, timer
             )
             report = _report(
@@ -298,6 +309,7 @@ def export_checkpoint(config: ExportConfig, log: Callable[[str], None] = logger.
                 for v in VARIANTS
             }
             _withhold_or_fail(failures, config.served, report, stage, log)
+            _plot_reliability(*reliability, report, stage / RELIABILITY_FILE)
             write_json(stage / CALIBRATION_FILE, _calibration_document(fitted, reports, report, config))
             extras = _write_extras(scratch, inputs)
             unknown_rate = round(1 - reports["eager"]["test_accepted"], 4)
