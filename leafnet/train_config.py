@@ -79,6 +79,7 @@ class TrainSection:
     resume: str | None = None  # a checkpoint path, or auto = runs/<name>/checkpoints/last.pt if present
     max_steps_per_epoch: int = 0  # 0 = whole epoch; small values make smoke runs
     eval_every: int = 1  # epochs between validations (the last epoch is always validated)
+    keep_freed_memory: bool = True  # glibc: freed blocks stay in the process for the next batch (leafnet/allocator.py)
     stop_after_epoch: int = -1  # end this invocation after that epoch index (preemptible jobs); resume later
     freeze_epochs: int = 0  # train only the classifier for this many epochs, then everything; 0 = off
     balanced_sampling: bool = False  # draw each epoch's training samples evenly across classes (with repeats)

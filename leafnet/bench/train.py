@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from leafnet.allocator import keep_freed_memory
 from leafnet.bench.train_run import BASELINE_VARIANTS, run_time_to_accuracy
 from leafnet.config import load_config
 from leafnet.data.prepared import PreparedData
@@ -104,6 +105,8 @@ def measure(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     validate_config(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.keep_freed_memory:  # as a run does; process-wide, so once on it stays on (mode=run compares it)
+        keep_freed_memory()
     device = select_device(cfg.train.device, DistInfo())
     trainer = Trainer(cfg, DistInfo(), device)
     if trainer.train_set.cache is not None:  # the steady state of epoch 2 on: every image already in memory

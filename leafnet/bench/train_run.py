@@ -29,8 +29,8 @@ from leafnet.run_clock import PHASES, time_to_accuracy
 
 # The demo recipe before issue 19: 26 epochs in float32 without a weight average; timm's PIL pipeline with
 # the rotation of the whole prepared image first; every image decoded every epoch by 2 workers; validation
-# batches of 128; last.pt and best.pt each serialised inline; torch's foreach AdamW. (best.pt is now a link
-# in both rows.)
+# batches of 128; last.pt and best.pt each serialised inline; torch's foreach AdamW; glibc's default return of
+# freed memory to the kernel. (best.pt is now a link in both rows.)
 BEFORE = [
     "schedule.epochs=26",
     "amp.dtype=none",
@@ -41,6 +41,7 @@ BEFORE = [
     "data.eval_batch_size=128",
     "checkpoint.background=false",
     "optim.fused=false",
+    "train.keep_freed_memory=false",
 ]
 BASELINE_VARIANTS = {"before": BEFORE, "after": []}
 
