@@ -1,11 +1,15 @@
 """Keeps freed memory in the process for reuse, where the C library is glibc.
 
 A CPU training step allocates and frees the same large tensors every batch (activations, gradients, the
-staged augmentation's images). glibc's malloc serves each of more than a few hundred kilobytes with a
-fresh mmap and hands it back to the kernel when it is freed, or trims the top of its heap, so every batch
-faults the same memory in again, page by page, zeroed by the kernel (docs/training.md has the counts).
-A fixed mmap threshold of 32 MiB (glibc's largest) and a trim threshold of 1 GiB keep such blocks in the
-heap for the next batch. Tensors larger than 32 MiB are still mapped and unmapped each time.
+staged augmentation's images). glibc's malloc maps a large block afresh until one is freed (its mmap
+threshold then rises to that block's size), and whenever the free space at the top of its heap exceeds
+the trim threshold (twice the mmap threshold by then) it hands that space back to the kernel: a batch's
+temporaries, freed together, exceed it, so the next batch faults the same memory in again, page by page,
+zeroed by the kernel (docs/training.md, tests/test_allocator.py). A trim threshold of 1 GiB keeps that
+space in the process for the next batch, and a fixed mmap threshold of 32 MiB (glibc's largest) serves
+blocks up to that size from the heap from the first batch on. Larger blocks are still mapped each time.
+The price is memory: the process keeps up to its peak. Another allocator (musl's, or jemalloc preloaded)
+is left as it is.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ TRIM_THRESHOLD = 1024 * 1024 * 1024
 
 
 def keep_freed_memory() -> bool:
-    """Sets glibc's thresholds as above; False (and nothing changed) on another platform or C library."""
+    """Sets glibc's thresholds as above; False, saying what stayed as it was, where that cannot be done."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -32,7 +36,12 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    done = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    if not done:
-        logger.info("the C library refused mallopt's thresholds: freed memory goes back to the kernel as before")
-    return done
+    # The trim threshold first: it is what keeps the memory; the mmap threshold only does so from the first batch.
+    if mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+        logger.info("the C library refused mallopt's trim threshold: freed memory goes back to the kernel as before")
+        return False
+    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) != 1:
+        logger.info(
+            "the C library refused a %d-byte mmap threshold: large blocks are mapped as before", MMAP_THRESHOLD_MAX
+        )
+    return True

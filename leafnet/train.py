@@ -39,7 +39,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from leafnet import distributed
-from leafnet.allocator import keep_freed_memory
 from leafnet.callable_stage import callable_module
 from leafnet.checkpoint import load_checkpoint, rank_top, restore_rng_state, rng_state, save_checkpoint
 from leafnet.checkpoint_writer import CheckpointWriter
@@ -227,8 +226,6 @@ def main(cfg: TrainConfig, clock: RunClock | None = None) -> dict:
     device = distributed.select_device(cfg.train.device, info)
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // local_procs))
-    if cfg.train.keep_freed_memory:
-        keep_freed_memory()  # before any loader worker forks: they inherit it
     distributed.init(info, device, cfg.distributed.backend, cfg.distributed.timeout_s)
     try:
         # Installed before the setup, so a SIGTERM during it stops the run at its first step boundary.

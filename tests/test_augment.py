@@ -257,6 +257,10 @@ def test_the_implementation_follows_the_options_and_contradictions_are_one_line(
         augment_implementation(AugmentConfig(rotation_interpolation="bicubic"))
     with pytest.raises(LeafnetError, match=r"implementation=warp .* cannot take rotation_interpolation=nearest"):
         augment_implementation(AugmentConfig(implementation="warp", rotation_interpolation="nearest"))
+    spec = PreprocessSpec(input_size=16)
+    for rotation in ("bilinear", "nearest"):  # timm's path rotates with torchvision, as asked
+        timm_path = train_transform(spec, AugmentConfig(implementation="timm", rotation_interpolation=rotation))
+        assert timm_path.item.rest.transforms[0].interpolation == tvf.InterpolationMode(rotation)
     with pytest.raises(LeafnetError, match="rotation interpolation must be one of bilinear, nearest, got 'area'"):
         RotateCropResize(16, MEAN, STD, [0, 0, 0], rotation_interpolation="area")
 

@@ -105,7 +105,7 @@ def measure(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     validate_config(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if cfg.train.keep_freed_memory:  # as a run does; process-wide, so once on it stays on (mode=run compares it)
+    if cfg.train.keep_freed_memory:  # as `leafnet train` does; for the whole process (the variants must agree)
         keep_freed_memory()
     device = select_device(cfg.train.device, DistInfo())
     trainer = Trainer(cfg, DistInfo(), device)
@@ -154,6 +154,15 @@ def run_train_benchmark(config: TrainBenchConfig, log=logger.info) -> dict:
         raise LeafnetError(f"mode must be steps or run, got {config.mode!r}")
     files = [config.config] if config.config else []
     variants = config.variants or DEFAULT_VARIANTS
+    kept = {
+        name: load_config(TrainConfig, [*config.base, *overrides], files=files).train.keep_freed_memory
+        for name, overrides in variants.items()
+    }
+    if len(set(kept.values())) > 1:
+        raise LeafnetError(
+            "mode=steps measures every variant in one process, where train.keep_freed_memory, once on, stays on: "
+            f"compare it with mode=run (here {', '.join(f'{n}={v}' for n, v in kept.items())})"
+        )
     measured: dict[str, list[dict]] = {name: [] for name in variants}
     for turn in range(config.repeats):  # in turns: a slower minute on a shared machine touches every variant
         for name, overrides in variants.items():

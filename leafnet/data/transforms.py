@@ -102,8 +102,8 @@ class AugmentConfig:
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 = off
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
     re_prob: float = 0.0  # random erasing
-    # the rotation's resampling: bilinear, or nearest (half the rotation's cost; held-out top-1 0.2 points lower on
-    # average over six seeds, within their spread; docs/training.md)
+    # the rotation's resampling (staged and timm): bilinear, or nearest (about 8% less wall time in the demo run,
+    # held-out top-1 0.5 points lower at the median of three seeds; docs/training.md); the warp takes neither
     rotation_interpolation: str = "bilinear"
     # auto = staged unless an option above needs timm's factory, then timm; staged = timm's steps as torch ops on a
     # batch in the training process, at 0-7% of the step rate on an Intel VM and 14-19% on an AMD one whose steps
