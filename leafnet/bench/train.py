@@ -154,10 +154,12 @@ def run_train_benchmark(config: TrainBenchConfig, log=logger.info) -> dict:
         raise LeafnetError(f"mode must be steps or run, got {config.mode!r}")
     files = [config.config] if config.config else []
     variants = config.variants or DEFAULT_VARIANTS
-    kept = {
-        name: load_config(TrainConfig, [*config.base, *overrides], files=files).train.keep_freed_memory
-        for name, overrides in variants.items()
+    configs = {
+        name: load_config(TrainConfig, [*config.base, *overrides], files=files) for name, overrides in variants.items()
     }
+    for cfg in configs.values():
+        cfg.logging.tensorboard = False
+    kept = {name: cfg.train.keep_freed_memory for name, cfg in configs.items()}
     if len(set(kept.values())) > 1:
         raise LeafnetError(
             "mode=steps measures every variant in one process, where train.keep_freed_memory, once on, stays on: "
@@ -166,10 +168,8 @@ def run_train_benchmark(config: TrainBenchConfig, log=logger.info) -> dict:
     measured: dict[str, list[dict]] = {name: [] for name in variants}
     for turn in range(config.repeats):  # in turns: a slower minute on a shared machine touches every variant
         for name, overrides in variants.items():
-            cfg = load_config(TrainConfig, [*config.base, *overrides], files=files)
-            cfg.logging.tensorboard = False
             log(f"measuring {name} ({' '.join(overrides) or 'as configured'}), turn {turn + 1}/{config.repeats} ...")
-            measured[name].append(measure(cfg, config.steps, config.warmup))
+            measured[name].append(measure(configs[name], config.steps, config.warmup))
     results = {name: _median_row(rows) for name, rows in measured.items()}
     reference = next(iter(results.values()))["images_per_s"]
     for result in results.values():

@@ -91,12 +91,13 @@ class ManifestDataset(Dataset):
         if not self.batches_items:
             return [self[key] for key in keys]
         item = self.transform.item
+        augment = isinstance(item, BatchAugment)  # else the eval step: nothing drawn
         images, params, labels = [], [], []
         for key in keys:
             index, seed = key if isinstance(key, tuple) else (key, None)
             image = self._cached(index)
             images.append(image)
-            if isinstance(item, BatchAugment):
+            if augment:
                 params.append(item.sample(image.shape[1], image.shape[0], _generator(seed)))
             labels.append(self.samples[index][1])
         by_size: dict[tuple, list[int]] = {}  # a split's cached images share a size; a few may not
@@ -105,10 +106,7 @@ class ManifestDataset(Dataset):
         rendered: list[torch.Tensor | None] = [None] * len(keys)
         for positions in by_size.values():
             stacked = torch.stack([images[p] for p in positions])
-            if isinstance(item, BatchAugment):
-                batch = item.apply(stacked, torch.stack([params[p] for p in positions]))
-            else:
-                batch = item.batch(stacked)
+            batch = item.apply(stacked, torch.stack([params[p] for p in positions])) if augment else item.batch(stacked)
             for position, tensor in zip(positions, batch, strict=True):
                 rendered[position] = tensor
         return list(zip(rendered, labels, strict=True))
