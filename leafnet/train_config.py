@@ -64,7 +64,7 @@ class MixupSection:
 
 @dataclass
 class ScheduleSection:
-    epochs: int = 26  # passes over the train split
+    epochs: int = 40  # passes over the train split (the demo recipe still gained held-out top-1 from 26 to 40)
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay, stepped per optimizer step
     min_lr_ratio: float = 0.01  # the cosine ends at lr x min_lr_ratio
 
