@@ -187,6 +187,24 @@ def test_the_staged_bilinear_resize_as_matrix_products_is_torchs_antialiased_int
     assert (by_matrices - by_interpolate).abs().max() < 0.01  # of 255
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])  # the batched resize and the per-crop one
+def test_a_grey_batch_is_resampled_once_and_each_channel_gets_its_own_resamplings_numbers(interpolation):
+    plane = torch.randint(0, 256, (6, 40, 50, 1), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    grey = plane.expand(-1, -1, -1, 3)
+    staged = RotateCropResize(24, MEAN, STD, [7, 7, 7], interpolation, 20.0, (0.5, 1.0), (0.8, 1.25), 0.5, 0.5)
+    params = torch.stack([staged.sample(50, 40, torch.Generator().manual_seed(seed)) for seed in range(6)])
+    assert staged.is_grey(grey)
+    once = staged.apply(grey, params)
+    per_channel = staged.render(grey.contiguous(), params)  # each of the three channels resampled
+    assert once.shape == per_channel.shape == (6, 3, 24, 24) and once.is_contiguous()
+    torch.testing.assert_close(once, per_channel, rtol=0, atol=1e-5)
+    # one value off in one channel, or a coloured background for the corners, and every channel is resampled
+    tinted = grey.clone()
+    tinted[2, 5, 5, 1] ^= 1
+    assert not staged.is_grey(tinted)
+    assert not RotateCropResize(24, MEAN, STD, [7, 0, 7]).is_grey(grey)
+
+
 def test_staged_crops_are_whole_pixels_inside_the_image_with_timms_area_and_ratio():
     boxes = [crop_pixels(100, 80, (0.3, 0.9), (0.8, 1.25), Draws(torch.Generator().manual_seed(i))) for i in range(300)]
     for left, top, w, h in boxes:

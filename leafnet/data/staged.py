@@ -68,6 +68,7 @@ class RotateCropResize(BatchAugment):
                 f"rotation interpolation must be one of {', '.join(ROTATION_MODES)}, got {rotation_interpolation!r}"
             )
         self.rotation_mode = rotation_interpolation
+        self.grey_background = bool((self.background == self.background[0]).all())
 
     @property
     def resize_mode(self) -> str:
@@ -83,10 +84,23 @@ class RotateCropResize(BatchAugment):
         return torch.tensor([angle, left, top, w, h, float(hflip), float(vflip)], dtype=torch.float64)
 
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC images of one size and a `sample`d row each -> normalised float NCHW."""
+        """uint8 NHWC images of one size and a `sample`d row each -> normalised float NCHW.
+
+        A grey batch (every pixel's channels equal, as in silhouettes and scans) on a grey background is
+        resampled as one plane, which normalising then spreads over the channels: each channel's numbers are
+        the ones its own resampling would give, for a third of the resampling's work."""
+        return self.render(images[..., :1] if self.is_grey(images) else images, params)
+
+    def is_grey(self, images: torch.Tensor) -> bool:
+        if not self.grey_background or images.shape[-1] != 3:
+            return False
+        return torch.equal(images[..., 0], images[..., 1]) and torch.equal(images[..., 0], images[..., 2])
+
+    def render(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """`apply` on uint8 NHWC planes: the image's channels, or one plane standing for equal ones."""
         # Shifted so the background is 0: the rotation's zero padding then fills the corners with it.
         source = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-        source.sub_(self.background)
+        source.sub_(self.background[: source.shape[1]])
         height, width = source.shape[2:]
         angles = params[:, 0]
         if angles.any():
@@ -95,9 +109,10 @@ class RotateCropResize(BatchAugment):
         boxes, hflip, vflip = params[:, 1:5].round().long(), params[:, 5].bool(), params[:, 6].bool()
         resize = self._resize_bilinear if self.resize_mode == "bilinear" else self._resize_each
         out = resize(source, boxes, hflip, vflip)
+        background = self.background[: out.shape[1]]
         if self.resize_mode == "bicubic":  # bicubic overshoots; PIL clamps to the pixel range, so does this
-            out = torch.maximum(torch.minimum(out, 255.0 - self.background), -self.background)
-        return out * self.gain + self.offset
+            out = torch.maximum(torch.minimum(out, 255.0 - background), -background)
+        return out * self.gain + self.offset  # (a plane broadcasts over the channels' gains and offsets)
 
     def _resize_bilinear(self, source: torch.Tensor, boxes: torch.Tensor, hflip, vflip) -> torch.Tensor:
         """Every sample's crop resized with antialiasing as two batched matrix products: the weights are PIL's
