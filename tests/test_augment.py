@@ -13,7 +13,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as tvf
 
-from leafnet.data.batch_augment import Draws
+from leafnet.data.batch_augment import Draws, channels_equal
 from leafnet.data.cache import DecodedCache
 from leafnet.data.dataset import ManifestDataset
 from leafnet.data.loaders import LoaderConfig, auto_workers, build_loader
@@ -193,16 +193,19 @@ def test_a_grey_batch_is_resampled_once_and_each_channel_gets_its_own_resampling
     grey = plane.expand(-1, -1, -1, 3)
     staged = RotateCropResize(24, MEAN, STD, [7, 7, 7], interpolation, 20.0, (0.5, 1.0), (0.8, 1.25), 0.5, 0.5)
     params = torch.stack([staged.sample(50, 40, torch.Generator().manual_seed(seed)) for seed in range(6)])
-    assert staged.is_grey(grey)
+    assert channels_equal(grey) and channels_equal(grey[0])
     once = staged.apply(grey, params)
     per_channel = staged.render(grey.contiguous(), params)  # each of the three channels resampled
     assert once.shape == per_channel.shape == (6, 3, 24, 24) and once.is_contiguous()
     torch.testing.assert_close(once, per_channel, rtol=0, atol=1e-5)
-    # one value off in one channel, or a coloured background for the corners, and every channel is resampled
+    assert torch.equal(staged.apply(grey, params, grey=True), once)  # as the dataset calls it, knowing
+    assert torch.equal(staged.apply(grey, params, grey=False), per_channel)
+    # one value off in one channel: not grey; a coloured background for the corners: every channel resampled
     tinted = grey.clone()
     tinted[2, 5, 5, 1] ^= 1
-    assert not staged.is_grey(tinted)
-    assert not RotateCropResize(24, MEAN, STD, [7, 0, 7]).is_grey(grey)
+    assert not channels_equal(tinted) and not channels_equal(tinted[..., :2])
+    coloured = RotateCropResize(24, MEAN, STD, [7, 0, 7], interpolation, 20.0, (0.5, 1.0), (0.8, 1.25), 0.5, 0.5)
+    assert torch.equal(coloured.apply(grey, params), coloured.render(grey.contiguous(), params))
 
 
 def test_staged_crops_are_whole_pixels_inside_the_image_with_timms_area_and_ratio():

@@ -1,5 +1,6 @@
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -7,7 +8,15 @@ from hypothesis import strategies as st
 from torch.utils.data import Dataset
 
 from leafnet.data.dataset import ManifestDataset
-from leafnet.data.loaders import BalancedSampler, EvalShardSampler, LoaderConfig, build_loader
+from leafnet.data.loaders import (
+    BalancedSampler,
+    EvalShardSampler,
+    LoaderConfig,
+    build_loader,
+    sample_seed,
+    sample_seeds,
+)
+from leafnet.data.seed_sequence import generate_states
 from leafnet.data.transforms import PreprocessSpec, eval_transform, train_transform
 from leafnet.errors import LeafnetError
 
@@ -176,3 +185,21 @@ def test_balanced_loader_shards_over_ranks_resumes_mid_epoch_and_seeds_each_copy
     assert list(loaders[1].sampler) == whole[4:] and len(loaders[1]) == 2
     loaders[1].sampler.set_epoch(3)
     assert list(loaders[1].sampler) != whole
+
+
+@given(entropy=st.lists(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=7), min_size=1, max_size=20))
+def test_the_array_seed_sequence_is_numpys_word_for_word(entropy):
+    for length in {len(row) for row in entropy}:
+        rows = [row for row in entropy if len(row) == length]
+        expected = [np.random.SeedSequence(row).generate_state(3, np.uint32).tolist() for row in rows]
+        assert generate_states(np.array(rows, dtype=np.uint64), 3).tolist() == expected
+
+
+@given(
+    seed=st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32, 2**70)),
+    epoch=st.integers(0, 1000),
+    draws=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 3)), max_size=40),
+)
+def test_a_whole_epochs_seeds_at_once_are_each_samples_own(seed, epoch, draws):
+    indices, repeats = [index for index, _ in draws], [repeat for _, repeat in draws]
+    assert sample_seeds(seed, epoch, indices, repeats) == [sample_seed(seed, epoch, i, r) for i, r in draws]

@@ -61,12 +61,22 @@ class BatchAugment:
     def sample(self, width: int, height: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, params: torch.Tensor, grey: bool | None = None) -> torch.Tensor:
+        """`grey`: whether every image's channels are equal, when the caller knows (None: look)."""
         raise NotImplementedError
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         height, width = image.shape[:2]
         return self.apply(image[None], self.sample(width, height, generator)[None])[0]
+
+
+def channels_equal(images: torch.Tensor) -> bool:
+    """True when the uint8 ...HWC image(s) have three channels, equal at every pixel (a grey image)."""
+    return (
+        images.shape[-1] == 3
+        and torch.equal(images[..., 0], images[..., 1])
+        and torch.equal(images[..., 0], images[..., 2])
+    )
 
 
 def normaliser(mean: list[float], std: list[float], background: list[int]) -> tuple:

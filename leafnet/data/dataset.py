@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from leafnet.data.batch_augment import BatchAugment
+from leafnet.data.batch_augment import BatchAugment, channels_equal
 from leafnet.data.cache import DecodedCache, decode
 from leafnet.data.prepared import PreparedData
 from leafnet.data.split import SPLITS
@@ -33,6 +33,7 @@ class ManifestDataset(Dataset):
         self.split = split
         self.transform = transform
         self.cache: DecodedCache | None = None
+        self._grey: dict[int, bool] = {}  # cached images' channels_equal, looked at once per process
 
     def cache_in_memory(self, budget_mb: float, sharers: int = 1) -> bool:
         """Keeps each image, once decoded through the transform's deterministic prefix, in shared memory
@@ -92,13 +93,16 @@ class ManifestDataset(Dataset):
             return [self[key] for key in keys]
         item = self.transform.item
         augment = isinstance(item, BatchAugment)  # else the eval step: nothing drawn
-        images, params, labels = [], [], []
+        generator = torch.Generator()  # reseeded per sample: a fresh generator's numbers, without making one
+        images, params, labels, grey = [], [], [], []
         for key in keys:
             index, seed = key if isinstance(key, tuple) else (key, None)
             image = self._cached(index)
             images.append(image)
             if augment:
-                params.append(item.sample(image.shape[1], image.shape[0], _generator(seed)))
+                draws = generator.manual_seed(seed) if seed is not None else None
+                params.append(item.sample(image.shape[1], image.shape[0], draws))
+                grey.append(self._is_grey(index, image))
             labels.append(self.samples[index][1])
         by_size: dict[tuple, list[int]] = {}  # a split's cached images share a size; a few may not
         for position, image in enumerate(images):
@@ -106,10 +110,21 @@ class ManifestDataset(Dataset):
         rendered: list[torch.Tensor | None] = [None] * len(keys)
         for positions in by_size.values():
             stacked = torch.stack([images[p] for p in positions])
-            batch = item.apply(stacked, torch.stack([params[p] for p in positions])) if augment else item.batch(stacked)
+            if augment:
+                batch = item.apply(
+                    stacked, torch.stack([params[p] for p in positions]), all(grey[p] for p in positions)
+                )
+            else:
+                batch = item.batch(stacked)
             for position, tensor in zip(positions, batch, strict=True):
                 rendered[position] = tensor
         return list(zip(rendered, labels, strict=True))
+
+    def _is_grey(self, index: int, image: torch.Tensor) -> bool:
+        grey = self._grey.get(index)
+        if grey is None:
+            grey = self._grey[index] = channels_equal(image)
+        return grey
 
     @property
     def batches_augment(self) -> bool:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from leafnet.data.seed_sequence import generate_states
+
 
 class EvalShardSampler(Sampler[int]):
     """Rank r takes indices r, r + world, r + 2·world, ...: disjoint, covering, no padding."""
@@ -116,8 +118,10 @@ class SeededSampler(Sampler[tuple[int, int]]):
         # are those of the whole epoch, so the remaining samples are exactly an uninterrupted run's.
         balanced = isinstance(self.sampler, BalancedSampler)
         draws = self.sampler.shard() if balanced else zip(self.sampler, itertools.repeat(0))
-        for index, repeat in itertools.islice(draws, self.start, None):
-            yield index, sample_seed(self.seed, self.epoch, index, repeat)
+        pairs = list(itertools.islice(draws, self.start, None))
+        indices = [index for index, _ in pairs]
+        seeds = sample_seeds(self.seed, self.epoch, indices, [repeat for _, repeat in pairs])
+        yield from zip(indices, seeds, strict=True)
 
     def __len__(self) -> int:
         return len(self.sampler) - self.start
@@ -128,6 +132,23 @@ def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
     of the same index in the epoch (only a balanced sampler repeats one)."""
     entropy = [seed, epoch, index, repeat] if repeat else [seed, epoch, index]
     return int(np.random.SeedSequence(entropy).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+def sample_seeds(seed: int, epoch: int, indices: list[int], repeats: list[int]) -> list[int]:
+    """`sample_seed` for each (index, repeat), computed for all of them at once (the same numbers)."""
+    seeds: list[int | None] = [None] * len(indices)
+    if min(seed, epoch) >= 0 and max(seed, epoch, *indices, *repeats, 0) < 2**32:  # one entropy word each
+        table = np.array([[seed, epoch, index, repeat] for index, repeat in zip(indices, repeats, strict=True)])
+        table = table.reshape(-1, 4)
+        for length, rows in ((3, np.flatnonzero(table[:, 3] == 0)), (4, np.flatnonzero(table[:, 3] != 0))):
+            if rows.size:
+                words = generate_states(table[rows, :length], 2)
+                for row, value in zip(rows.tolist(), (words.view(np.uint64)[:, 0] >> 1).tolist(), strict=True):
+                    seeds[row] = value
+    return [
+        value if value is not None else sample_seed(seed, epoch, index, repeat)
+        for value, index, repeat in zip(seeds, indices, repeats, strict=True)
+    ]
 
 
 def auto_workers(cached: bool, local_processes: int = 1, cores: int | None = None, in_process: bool = False) -> int:

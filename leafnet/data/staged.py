@@ -23,7 +23,7 @@ import math
 import torch
 from torch.nn.functional import grid_sample, interpolate
 
-from leafnet.data.batch_augment import CROP_TRIES, BatchAugment, Draws
+from leafnet.data.batch_augment import CROP_TRIES, BatchAugment, Draws, channels_equal
 from leafnet.errors import LeafnetError
 
 ROTATION_MODES = ("bilinear", "nearest")  # grid_sample's names, as torchvision's RandomRotation's
@@ -83,18 +83,16 @@ class RotateCropResize(BatchAugment):
         vflip = draws.uniform(0.0, 1.0) < self.vflip
         return torch.tensor([angle, left, top, w, h, float(hflip), float(vflip)], dtype=torch.float64)
 
-    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, params: torch.Tensor, grey: bool | None = None) -> torch.Tensor:
         """uint8 NHWC images of one size and a `sample`d row each -> normalised float NCHW.
 
         A grey batch (every pixel's channels equal, as in silhouettes and scans) on a grey background is
         resampled as one plane, which normalising then spreads over the channels: each channel's numbers are
-        the ones its own resampling would give, for a third of the resampling's work."""
-        return self.render(images[..., :1] if self.is_grey(images) else images, params)
-
-    def is_grey(self, images: torch.Tensor) -> bool:
-        if not self.grey_background or images.shape[-1] != 3:
-            return False
-        return torch.equal(images[..., 0], images[..., 1]) and torch.equal(images[..., 0], images[..., 2])
+        the ones its own resampling would give, for a third of the resampling's work. `grey` says whether the
+        batch is grey when the caller knows it (the dataset remembers each image's); None looks."""
+        if grey is None:
+            grey = channels_equal(images)
+        return self.render(images[..., :1] if grey and self.grey_background else images, params)
 
     def render(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """`apply` on uint8 NHWC planes: the image's channels, or one plane standing for equal ones."""

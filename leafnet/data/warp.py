@@ -96,9 +96,10 @@ class AffineWarp(BatchAugment):
         vflip = draws.uniform(0.0, 1.0) < self.vflip
         return warp_matrix(width, height, angle, box, hflip, vflip)
 
-    def apply(self, images: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, thetas: torch.Tensor, grey: bool | None = None) -> torch.Tensor:
         """uint8 NHWC images of one size and a `sample`d 2x3 matrix each -> normalised float NCHW: one
-        resampling call for the whole batch, which spreads over the intra-op threads."""
+        resampling call for the whole batch, which spreads over the intra-op threads (of every channel: `grey`
+        is not used)."""
         # Shifted so the background is 0: grid_sample's zero padding then fills uncovered pixels with it.
         source = images.permute(0, 3, 1, 2).float() - self.background
         size = (source.shape[0], source.shape[1], self.output_size, self.output_size)
