@@ -106,10 +106,9 @@ class AugmentConfig:
     # held-out top-1 0.5 points lower at the median of three seeds; docs/training.md); the warp takes neither
     rotation_interpolation: str = "bilinear"
     # auto = staged unless an option above needs timm's factory, then timm; staged = timm's steps as torch ops on a
-    # batch in the training process, at 0-7% of the step rate on an Intel VM and 13-19% on an AMD one whose steps
-    # are 3x faster, against timm's 28% and 34-46%; held-out top-1 within 0.11 points of timm's over 8-9 seeds each;
-    # timm = timm's PIL pipeline per item in loader workers (the reference); warp = the three as one resampling,
-    # cheapest but 2-3 points lower (docs/training.md)
+    # batch in the training process (a grey batch resampled as one plane), a fraction of timm's cost at its held-out
+    # top-1; timm = timm's PIL pipeline per item in loader workers (the reference); warp = the three as one
+    # resampling, cheapest but 2-3 points lower (docs/training.md measures all four)
     implementation: str = "auto"
 
 
