@@ -21,7 +21,7 @@ if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.set_num_threads(1)
 staged = RotateCropResize(56, [0.5] * 3, [0.25] * 3, [0, 0, 0], "bilinear", 20.0, (0.7, 1.0), (0.9, 1.1), 0.5)
-images = torch.zeros(64, 128, 128, 3, dtype=torch.uint8)
+images = torch.arange(3, dtype=torch.uint8).expand(64, 128, 128, 3)  # colour: every channel resampled
 params = torch.stack([staged.sample(128, 128, torch.Generator().manual_seed(i)) for i in range(64)])
 for _ in range(3):  # the first batches grow the heap to what a batch needs
     staged.apply(images, params)

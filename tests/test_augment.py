@@ -122,6 +122,35 @@ def test_a_batch_rendered_in_one_call_is_the_items_one_by_one_whatever_its_sizes
     assert not torch.equal(batch[0][0], cached[(3, 100)][0])  # another seed, another sample
 
 
+def test_a_batch_with_one_colour_image_is_resampled_in_every_channel(prepared_synthetic, monkeypatch):
+    """The dataset tells the staged pipeline a batch is grey only when every image in it is: one colour image
+    among grey ones of its size keeps its colours, in the batch as one by one."""
+    spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
+    transform = train_transform(spec, AugmentConfig(implementation="staged"))
+    cached = ManifestDataset(prepared_synthetic, "train", transform)
+    assert cached.cache_in_memory(64)
+    grey = cached._prepared(4)
+    colour = grey.clone()
+    colour[..., 1] //= 2  # the same leaf, tinted: the channels differ wherever the leaf is
+    cached._prepared = lambda index, prepared=cached._prepared: colour if index == 4 else prepared(index)
+    rendered = []
+    real_render = transform.item._render
+    monkeypatch.setattr(
+        transform.item,
+        "_render",
+        lambda images, params: rendered.append(images.shape[-1]) or real_render(images, params),
+    )
+    grey_keys = [(index, 7 + index) for index in (3, 8, 9)]
+    cached.__getitems__(grey_keys)
+    keys = [*grey_keys, (4, 11)]
+    batch = cached.__getitems__(keys)
+    assert rendered == [1, 3]  # the grey batch as one plane, the batch with the colour image as three
+    for position, key in enumerate(keys):
+        assert torch.allclose(batch[position][0], cached[key][0], atol=1e-5)
+    tinted = batch[3][0]
+    assert not torch.allclose(tinted[0], tinted[1], atol=0.1)  # its colour kept
+
+
 def test_a_cached_eval_batch_is_its_items_one_by_one_to_the_bit(prepared_synthetic):
     """Validation reads its cached split a batch at a time: the same to-tensor and normalisation, in one call."""
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
@@ -187,7 +216,7 @@ def test_the_staged_bilinear_resize_as_matrix_products_is_torchs_antialiased_int
     assert (by_matrices - by_interpolate).abs().max() < 0.01  # of 255
 
 
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])  # the batched resize and the per-crop one
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])  # batched resize, per-crop ones
 def test_a_grey_batch_is_resampled_once_and_each_channel_gets_its_own_resamplings_numbers(interpolation):
     plane = torch.randint(0, 256, (6, 40, 50, 1), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
     grey = plane.expand(-1, -1, -1, 3)
@@ -195,7 +224,7 @@ def test_a_grey_batch_is_resampled_once_and_each_channel_gets_its_own_resampling
     params = torch.stack([staged.sample(50, 40, torch.Generator().manual_seed(seed)) for seed in range(6)])
     assert channels_equal(grey) and channels_equal(grey[0])
     once = staged.apply(grey, params)
-    per_channel = staged.render(grey.contiguous(), params)  # each of the three channels resampled
+    per_channel = staged._render(grey.contiguous(), params)  # each of the three channels resampled
     assert once.shape == per_channel.shape == (6, 3, 24, 24) and once.is_contiguous()
     torch.testing.assert_close(once, per_channel, rtol=0, atol=1e-5)
     assert torch.equal(staged.apply(grey, params, grey=True), once)  # as the dataset calls it, knowing
@@ -205,7 +234,9 @@ def test_a_grey_batch_is_resampled_once_and_each_channel_gets_its_own_resampling
     tinted[2, 5, 5, 1] ^= 1
     assert not channels_equal(tinted) and not channels_equal(tinted[..., :2])
     coloured = RotateCropResize(24, MEAN, STD, [7, 0, 7], interpolation, 20.0, (0.5, 1.0), (0.8, 1.25), 0.5, 0.5)
-    assert torch.equal(coloured.apply(grey, params), coloured.render(grey.contiguous(), params))
+    assert torch.equal(coloured.apply(grey, params), coloured._render(grey.contiguous(), params))
+    with pytest.raises(LeafnetError, match=r"cannot render 1 channel\(s\) on background \[7.0, 0.0, 7.0\]"):
+        coloured._render(plane, params)
 
 
 def test_staged_crops_are_whole_pixels_inside_the_image_with_timms_area_and_ratio():

@@ -62,7 +62,8 @@ class BatchAugment:
         raise NotImplementedError
 
     def apply(self, images: torch.Tensor, params: torch.Tensor, grey: bool | None = None) -> torch.Tensor:
-        """`grey`: whether every image's channels are equal, when the caller knows (None: look)."""
+        """`grey`: whether every image's channels are equal, when the caller knows (None: unknown), for an
+        augmentation that can then resample one plane instead of three (the staged pipeline; the warp ignores it)."""
         raise NotImplementedError
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

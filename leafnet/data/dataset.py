@@ -42,6 +42,7 @@ class ManifestDataset(Dataset):
         free shared memory, split between `sharers` processes caching at once)."""
         if not isinstance(self.transform, ImagePipeline) or not self.samples:
             return False
+        self._grey.clear()  # about the images a previous cache held
         first = self._prepared(0)
         self.cache = DecodedCache.allocate(len(self.samples), first, budget_mb, f"{self.split} split", sharers)
         return self.cache is not None

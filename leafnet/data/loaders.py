@@ -137,7 +137,7 @@ def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
 def sample_seeds(seed: int, epoch: int, indices: list[int], repeats: list[int]) -> list[int]:
     """`sample_seed` for each (index, repeat), computed for all of them at once (the same numbers)."""
     seeds: list[int | None] = [None] * len(indices)
-    if min(seed, epoch) >= 0 and max(seed, epoch, *indices, *repeats, 0) < 2**32:  # one entropy word each
+    if min(seed, epoch, *indices, *repeats) >= 0 and max(seed, epoch, *indices, *repeats) < 2**32:  # a word each
         table = np.array([[seed, epoch, index, repeat] for index, repeat in zip(indices, repeats, strict=True)])
         table = table.reshape(-1, 4)
         for length, rows in ((3, np.flatnonzero(table[:, 3] == 0)), (4, np.flatnonzero(table[:, 3] != 0))):

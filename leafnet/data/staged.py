@@ -92,10 +92,15 @@ class RotateCropResize(BatchAugment):
         batch is grey when the caller knows it (the dataset remembers each image's); None looks."""
         if grey is None:
             grey = channels_equal(images)
-        return self.render(images[..., :1] if grey and self.grey_background else images, params)
+        return self._render(images[..., :1] if grey and self.grey_background else images, params)
 
-    def render(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """`apply` on uint8 NHWC planes: the image's channels, or one plane standing for equal ones."""
+    def _render(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """`apply` on uint8 NHWC planes: the image's three channels, or one plane standing for three equal ones
+        (only on a grey background, whose one value then fills the rotated corners of every channel)."""
+        if not (images.shape[-1] == 3 or (images.shape[-1] == 1 and self.grey_background)):
+            raise LeafnetError(
+                f"cannot render {images.shape[-1]} channel(s) on background {self.background.flatten().tolist()}"
+            )
         # Shifted so the background is 0: the rotation's zero padding then fills the corners with it.
         source = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         source.sub_(self.background[: source.shape[1]])
