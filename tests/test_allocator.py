@@ -47,7 +47,7 @@ def _page_faults(mode: str) -> int:
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     default, kept = _page_faults("default"), _page_faults("keep")
     assert default > 1000  # three batches' temporaries, mapped and unmapped again and again (4 KiB pages)
-    assert kept < default / 10
+    assert kept < default / 4  # seen: 13,800 to 24,700 against 0 to 1,800 (heap layout varies from run to run)
 
 
 def test_the_train_command_keeps_freed_memory_as_configured_and_the_library_call_does_not(monkeypatch):
