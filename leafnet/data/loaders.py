@@ -136,19 +136,14 @@ def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
 
 def sample_seeds(seed: int, epoch: int, indices: list[int], repeats: list[int]) -> list[int]:
     """`sample_seed` for each (index, repeat), computed for all of them at once (the same numbers)."""
-    seeds: list[int | None] = [None] * len(indices)
-    if min(seed, epoch, *indices, *repeats) >= 0 and max(seed, epoch, *indices, *repeats) < 2**32:  # a word each
-        table = np.array([[seed, epoch, index, repeat] for index, repeat in zip(indices, repeats, strict=True)])
-        table = table.reshape(-1, 4)
-        for length, rows in ((3, np.flatnonzero(table[:, 3] == 0)), (4, np.flatnonzero(table[:, 3] != 0))):
-            if rows.size:
-                words = generate_states(table[rows, :length], 2)
-                for row, value in zip(rows.tolist(), (words.view(np.uint64)[:, 0] >> 1).tolist(), strict=True):
-                    seeds[row] = value
-    return [
-        value if value is not None else sample_seed(seed, epoch, index, repeat)
-        for value, index, repeat in zip(seeds, indices, repeats, strict=True)
-    ]
+    words = [seed, epoch, *indices, *repeats]
+    if min(words) < 0 or max(words) >= 2**32:  # not one entropy word each: numpy's own, one at a time
+        return [sample_seed(seed, epoch, index, repeat) for index, repeat in zip(indices, repeats, strict=True)]
+    table = np.array([[seed, epoch, index, repeat] for index, repeat in zip(indices, repeats, strict=True)])
+    seeds = np.zeros(len(indices), dtype=np.uint64)
+    for length, rows in ((3, table[:, 3] == 0), (4, table[:, 3] != 0)) if len(indices) else ():
+        seeds[rows] = generate_states(table[rows, :length], 2).view(np.uint64)[:, 0] >> np.uint64(1)
+    return seeds.tolist()
 
 
 def auto_workers(cached: bool, local_processes: int = 1, cores: int | None = None, in_process: bool = False) -> int:
