@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import runpy
 import socket
@@ -78,17 +79,30 @@ _HANDED_OUT: set[int] = set()
 _PORTS = random.Random()  # seeded from os.urandom: two test runs at once start apart
 
 
+def _port_slice() -> tuple[int, int]:
+    """This test process's share of the ports below the ephemeral range: xdist workers are separate
+    processes, each with its own record of what it handed out, and a port one of them has handed out but
+    not yet bound passes the other's probe. Disjoint slices keep two workers' servers apart."""
+    high = _ephemeral_low() - 1
+    low = min(20000, high - 1000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ... under xdist
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    width = (high - low + 1) // max(count, 1)
+    return low + index * width, low + (index + 1) * width - 1
+
+
 def free_port() -> int:
     """A loopback TCP port that is free now, for a server started a moment later.
 
     The kernel's port-0 answer comes from the ephemeral range, where every outgoing connection of this
     machine also takes its local port: one of them could take it before the server binds. Ports below
-    that range are only ever taken by an explicit bind, and none is handed out twice in a session, so
-    two servers of one test never collide either.
+    that range are only ever taken by an explicit bind; none is handed out twice in a session, and each
+    xdist worker draws from its own slice (_port_slice), so no two servers of a test run collide.
     """
-    high = _ephemeral_low() - 1
+    low, high = _port_slice()
     for _ in range(1000):
-        port = _PORTS.randint(min(20000, high - 1000), high)
+        port = _PORTS.randint(low, high)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as probe:
@@ -98,7 +112,7 @@ def free_port() -> int:
                 continue
         _HANDED_OUT.add(port)
         return port
-    raise RuntimeError("no free loopback port below the ephemeral range")
+    raise RuntimeError(f"no free loopback port in {low}-{high}, below the ephemeral range")
 
 
 # 4 images per species with 25%/25% val/test fractions: 2 train, 1 val, 1 test per class.

@@ -230,7 +230,19 @@ def test_a_dead_proxy_stops_torchserve_and_the_supervisor_fails(exported, tmp_pa
     with proxied(tmp_path, "local", config.model_store, {"leafnet": "leafnet.mar"}) as served:
         children = psutil.Process(served.process.pid).children()
         caddy = next(p for p in children if "caddy" in " ".join(p.cmdline()))
+        # TorchServe's launcher, its JVM and the JVM's Python workers: every one must be gone.
+        torchserve = [p for child in children if child != caddy for p in (child, *child.children(recursive=True))]
+        assert len(torchserve) >= 3, torchserve
         caddy.kill()
         assert served.process.wait(60) == 1
-        assert "the proxy exited" in served.log.read_text()
-        assert request(f"{served.torchserve['inference']}/ping")[0] is None
+        log = served.log.read_text()
+        assert "the proxy exited" in log and log.rstrip().endswith("supervisor: stopped"), log[-3000:]
+        assert [p for p in torchserve if running(p)] == []
+
+
+def running(process: psutil.Process) -> bool:
+    """Whether `process` still runs: a zombie (exited, not yet reaped by whoever adopted it) does not."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
