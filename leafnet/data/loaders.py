@@ -139,9 +139,12 @@ def sample_seeds(seed: int, epoch: int, indices: list[int], repeats: list[int]) 
     words = [seed, epoch, *indices, *repeats]
     if min(words) < 0 or max(words) >= 2**32:  # not one entropy word each: numpy's own, one at a time
         return [sample_seed(seed, epoch, index, repeat) for index, repeat in zip(indices, repeats, strict=True)]
+    if not indices:
+        return []
     table = np.array([[seed, epoch, index, repeat] for index, repeat in zip(indices, repeats, strict=True)])
-    seeds = np.zeros(len(indices), dtype=np.uint64)
-    for length, rows in ((3, table[:, 3] == 0), (4, table[:, 3] != 0)) if len(indices) else ():
+    repeated = table[:, 3] != 0  # a first draw's entropy has three words, a repeat's four (as sample_seed's)
+    seeds = np.empty(len(indices), dtype=np.uint64)
+    for length, rows in ((3, ~repeated), (4, repeated)):
         seeds[rows] = generate_states(table[rows, :length], 2).view(np.uint64)[:, 0] >> np.uint64(1)
     return seeds.tolist()
 
