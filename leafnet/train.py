@@ -333,7 +333,8 @@ class Trainer:
             else auto_workers(self.train_set.cache is not None, local, None, in_process)
         )
         self._log(
-            f"data: {augment_implementation(data.augment) if augments(data.augment) else 'no'} augmentation, "
+            f"data: {augment_implementation(data.augment, self.spec.interpolation) if augments(data.augment) else 'no'}"
+            " augmentation, "
             f"{'cached in memory: ' + ', '.join(cached) if cached else 'decoded per item (data.cache_mb)'}, "
             f"{workers} loader worker(s) per process"
         )
@@ -418,7 +419,9 @@ class Trainer:
         augment = AugmentConfig(**{k: v for k, v in config["data"]["augment"].items() if k in fields})
         return {
             "amp.dtype": resolve_amp(config["amp"]["dtype"], self.device),
-            "data.augment.implementation": augment_implementation(augment) if augments(augment) else "none",
+            "data.augment.implementation": (
+                augment_implementation(augment, self.spec.interpolation) if augments(augment) else "none"
+            ),
         }
 
     def _warn_numerics_changed(self, path: Path, checkpoint: dict) -> None:

@@ -68,7 +68,7 @@ def test_the_batch_augmentations_sample_timms_crop_distribution(prepared_synthet
     """Same options, two implementations: the share of leaf pixels (the crop's zoom) and its spread agree."""
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=32)
     foreground = {}
-    for implementation in ("warp", "staged", "timm"):
+    for implementation in ("warp", "staged", "supersampled", "timm"):
         augment = AugmentConfig(implementation=implementation)
         dataset = ManifestDataset(prepared_synthetic, "train", train_transform(spec, augment))
         background = torch.tensor([(0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)])[:, None, None]
@@ -78,12 +78,12 @@ def test_the_batch_augmentations_sample_timms_crop_distribution(prepared_synthet
         ]
         foreground[implementation] = (np.mean(shares), np.std(shares))
     timm_mean, timm_std = foreground["timm"]
-    for implementation in ("warp", "staged"):
+    for implementation in ("warp", "staged", "supersampled"):
         mean, std = foreground[implementation]
         assert abs(mean - timm_mean) < 0.1 * timm_mean and abs(std - timm_std) < 0.25 * timm_std, implementation
 
 
-@pytest.mark.parametrize("implementation", ["warp", "staged", "timm"])
+@pytest.mark.parametrize("implementation", ["warp", "staged", "supersampled", "timm"])
 def test_a_cached_item_is_the_uncached_item_for_training_and_evaluation(prepared_synthetic, implementation):
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
     augment = AugmentConfig(implementation=implementation)
@@ -102,7 +102,7 @@ def test_a_cached_item_is_the_uncached_item_for_training_and_evaluation(prepared
     assert torch.equal(train[(3, 7)][0], train[(3, 7)][0]) and not torch.equal(train[(3, 7)][0], train[(3, 8)][0])
 
 
-@pytest.mark.parametrize("implementation", ["warp", "staged"])
+@pytest.mark.parametrize("implementation", ["warp", "staged", "supersampled"])
 def test_a_batch_rendered_in_one_call_is_the_items_one_by_one_whatever_its_sizes(prepared_synthetic, implementation):
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40)
     warp = AugmentConfig(implementation=implementation)
@@ -293,8 +293,9 @@ def test_an_image_of_another_shape_is_never_stored():
 
 
 def test_the_implementation_follows_the_options_and_contradictions_are_one_line():
-    assert augment_implementation(AugmentConfig()) == "staged"
-    assert augment_implementation(AugmentConfig(implementation="auto")) == "staged"
+    assert augment_implementation(AugmentConfig()) == "supersampled"  # PIL's bilinear filter, the default spec's
+    assert augment_implementation(AugmentConfig(implementation="auto"), "bicubic") == "staged"
+    assert augment_implementation(AugmentConfig(implementation="staged")) == "staged"
     assert augment_implementation(AugmentConfig(implementation="warp")) == "warp"
     assert augment_implementation(AugmentConfig(implementation="auto", re_prob=0.25)) == "timm"
     assert augment_implementation(AugmentConfig(auto_augment="rand-m9-mstd0.5")) == "timm"
@@ -303,7 +304,9 @@ def test_the_implementation_follows_the_options_and_contradictions_are_one_line(
         augment_implementation(AugmentConfig(implementation="warp", color_jitter=0.4))
     with pytest.raises(LeafnetError, match="implementation=staged cannot apply re_prob"):
         augment_implementation(AugmentConfig(implementation="staged", re_prob=0.25))
-    with pytest.raises(LeafnetError, match="must be one of auto, warp, staged, timm, got 'fast'"):
+    with pytest.raises(LeafnetError, match="implementation=supersampled cannot apply auto_augment"):
+        augment_implementation(AugmentConfig(implementation="supersampled", auto_augment="rand-m9-mstd0.5"))
+    with pytest.raises(LeafnetError, match="must be one of auto, warp, staged, supersampled, timm, got 'fast'"):
         augment_implementation(AugmentConfig(implementation="fast"))
     with pytest.raises(LeafnetError, match="rotation_interpolation must be one of bilinear, nearest, got 'bicubic'"):
         augment_implementation(AugmentConfig(rotation_interpolation="bicubic"))

@@ -1,5 +1,6 @@
-"""What the batch augmentations (`leafnet.data.staged`, `leafnet.data.warp`) share: the base class the dataset
-renders a batch at a time with, the normalisation they fold in, and each sample's uniform draws.
+"""What the batch augmentations (`leafnet.data.staged`, `leafnet.data.supersampled`, `leafnet.data.warp`) share:
+the base class the dataset renders a batch at a time with, the normalisation they fold in, and each sample's
+uniform draws.
 
 A sample's numbers come from its own generator, which the dataset seeds with the sample's seed, so its
 pixels depend on that seed alone, whichever batch or process draws it.
@@ -63,7 +64,8 @@ class BatchAugment:
 
     def apply(self, images: torch.Tensor, params: torch.Tensor, grey: bool | None = None) -> torch.Tensor:
         """`grey`: whether every image's channels are equal, when the caller knows (None: unknown), for an
-        augmentation that can then resample one plane instead of three (the staged pipeline; the warp ignores it)."""
+        augmentation that can then resample one plane instead of three (the staged pipeline and the supersampled
+        warp; the warp ignores it)."""
         raise NotImplementedError
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -85,11 +85,11 @@ class ManifestDataset(Dataset):
     def __getitems__(self, keys: list) -> list[tuple[torch.Tensor, int]]:
         """A batch of samples, exactly as `[self[key] for key in keys]` gives them. A cached split whose per-item
         step works on a batch renders the images of one size together: a batch augmentation
-        (`leafnet.data.batch_augment.BatchAugment`: the warp, the staged pipeline) draws each sample's parameters
-        from its own seed as always, then renders them in one call; the eval transform's to-tensor and
-        normalisation are element-wise, so a batch of them is the same numbers. A DataLoader (which calls this
-        for each batch) then costs a fraction of the per-item path, cheap enough to run in the training process
-        itself (`leafnet.data.loaders.auto_workers`)."""
+        (`leafnet.data.batch_augment.BatchAugment`: the warp, the staged pipeline, the supersampled warp) draws
+        each sample's parameters from its own seed as always, then renders them in one call; the eval transform's
+        to-tensor and normalisation are element-wise, so a batch of them is the same numbers. A DataLoader (which
+        calls this for each batch) then costs a fraction of the per-item path, cheap enough to run in the training
+        process itself (`leafnet.data.loaders.auto_workers`)."""
         if not self.batches_items:
             return [self[key] for key in keys]
         item = self.transform.item

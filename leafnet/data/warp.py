@@ -9,7 +9,8 @@ they use its colour or RandAugment options).
 The cheapest augmentation leafnet has, and an option only (`data.augment.implementation=warp`): its
 models score 2 to 3 points lower on a large held-out set than timm's pipeline's, because the rotation is
 resampled at the output's scale, blurring fine margins by an amount that varies with the angle
-(docs/training.md). The staged pipeline (`leafnet.data.staged`) keeps timm's separate steps instead.
+(docs/training.md). The staged pipeline (`leafnet.data.staged`) keeps timm's separate steps instead, and the
+supersampled warp (`leafnet.data.supersampled`) samples at about the prepared image's own scale.
 
 The sampled geometry follows the pipeline it replaces: the rotation (uniform in ±rotation_deg about the
 centre, the uncovered corners filled with the background) happens before the crop, and the crop is
