@@ -29,8 +29,8 @@ class DataSection:
     batch_size: int = 64  # per process; the global batch is batch_size x processes x accumulate
     eval_batch_size: int = 256  # validation batch per process
     # DataLoader worker processes per training process; -1 = auto: none when the cached train split is augmented a
-    # batch at a time (staged, warp) on a CPU (cheaper in the training process than in a process competing for its
-    # cores), 1 for another cached split or on a GPU, else up to half the cores (2 to 8)
+    # batch at a time (staged, supersampled, warp) on a CPU (cheaper in the training process than in a process
+    # competing for its cores), 1 for another cached split or on a GPU, else up to half the cores (2 to 8)
     workers: int = -1
     # decode each split once into memory (uint8, after the deterministic resize) when it fits in this many MB
     # per process (train first, then val); 0 = decode every image every epoch

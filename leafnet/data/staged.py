@@ -94,16 +94,20 @@ class RotateCropResize(BatchAugment):
             grey = channels_equal(images)
         return self._render(images[..., :1] if grey and self.grey_background else images, params)
 
-    def _render(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """`apply` on uint8 NHWC planes: the image's three channels, or one plane standing for three equal ones
-        (only on a grey background, whose one value then fills the rotated corners of every channel)."""
+    def _shifted(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC planes (the image's three channels, or one plane standing for three equal ones, only on a
+        grey background, whose one value then fills every channel's uncovered pixels) -> float NCHW shifted so
+        the background is 0: grid_sample's zero padding then fills the rotated corners with it."""
         if not (images.shape[-1] == 3 or (images.shape[-1] == 1 and self.grey_background)):
             raise LeafnetError(
                 f"cannot render {images.shape[-1]} channel(s) on background {self.background.flatten().tolist()}"
             )
-        # Shifted so the background is 0: the rotation's zero padding then fills the corners with it.
         source = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-        source.sub_(self.background[: source.shape[1]])
+        return source.sub_(self.background[: source.shape[1]])
+
+    def _render(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """`apply` on uint8 NHWC planes (`_shifted`'s)."""
+        source = self._shifted(images)
         height, width = source.shape[2:]
         angles = params[:, 0]
         if angles.any():

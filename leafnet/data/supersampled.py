@@ -105,13 +105,7 @@ class SupersampledWarp(RotateCropResize):
             )
 
     def _render(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        if not (images.shape[-1] == 3 or (images.shape[-1] == 1 and self.grey_background)):
-            raise LeafnetError(
-                f"cannot render {images.shape[-1]} channel(s) on background {self.background.flatten().tolist()}"
-            )
-        # Shifted so the background is 0: grid_sample's zero padding then fills uncovered pixels with it.
-        source = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-        source.sub_(self.background[: source.shape[1]])
+        source = self._shifted(images)
         height, width = source.shape[2:]
         factor = supersampling_factor(max(height, width), self.output_size)
         side = factor * self.output_size + 2 * (factor // 2)

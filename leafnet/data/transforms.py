@@ -106,8 +106,9 @@ class AugmentConfig:
     color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 = off
     auto_augment: str | None = None  # e.g. rand-m9-mstd0.5 for photographs
     re_prob: float = 0.0  # random erasing
-    # the rotation's resampling (staged and timm): bilinear, or nearest (about 8% less wall time in the demo run,
-    # held-out top-1 0.5 points lower at the median of three seeds; docs/training.md); the warp takes neither
+    # the rotation's resampling (staged, supersampled and timm): bilinear, or nearest (with staged about 8% less wall
+    # time in the demo run, held-out top-1 0.5 points lower at the median of three seeds; docs/training.md); the warp
+    # takes neither
     rotation_interpolation: str = "bilinear"
     # auto = supersampled (staged for an interpolation other than bilinear) unless an option above needs timm's
     # factory, then timm; staged = timm's steps as torch ops on a batch in the training process (a grey batch
