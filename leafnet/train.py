@@ -412,17 +412,25 @@ class Trainer:
         # Unwrapped: a DDP forward is a collective, which would hang if a rank's shard were empty.
         return self.ema.module if self.ema is not None else unwrap(self.model)
 
-    def _numerics(self, config: dict) -> dict[str, str]:
+    def _numerics(self, config: dict, unrecorded: bool = False) -> dict[str, str]:
         """The choices that change a run's numbers but not its state's shapes, as `config` (a checkpoint's
-        stored config, or this run's) resolves them on this device: `auto` is resolved, not compared."""
+        stored config, or this run's) resolves them on this device: `auto` is resolved, not compared.
+        `unrecorded`: for a checkpoint that did not record its own resolution (written before 2026-12-05), whose
+        augmentation `auto` then resolved to staged where it now takes the supersampled warp."""
         fields = {field.name for field in dataclasses.fields(AugmentConfig)}  # an older run's config may lack some
         augment = AugmentConfig(**{k: v for k, v in config["data"]["augment"].items() if k in fields})
+        implementation = augment_implementation(augment, self.spec.interpolation) if augments(augment) else "none"
+        if unrecorded and augment.implementation == "auto" and implementation == "supersampled":
+            implementation = "staged"
         return {
             "amp.dtype": resolve_amp(config["amp"]["dtype"], self.device),
-            "data.augment.implementation": (
-                augment_implementation(augment, self.spec.interpolation) if augments(augment) else "none"
-            ),
+            "data.augment.implementation": implementation,
         }
+
+    @functools.cached_property
+    def numerics(self) -> dict[str, str]:
+        """This run's `_numerics`, recorded in each checkpoint so that a resume compares against what ran."""
+        return self._numerics(self.config_dict)
 
     def _warn_numerics_changed(self, path: Path, checkpoint: dict) -> None:
         """A resumed run goes on in what this run resolves, which may not be what the run that wrote the
@@ -431,8 +439,8 @@ class Trainer:
         stored = checkpoint.get("config")
         if not stored:
             return
-        before, now = self._numerics(stored), self._numerics(self.config_dict)
-        changed = {key: (before[key], now[key]) for key in now if before[key] != now[key]}
+        before, now = checkpoint.get("numerics") or self._numerics(stored, unrecorded=True), self.numerics
+        changed = {key: (before.get(key), now[key]) for key in now if before.get(key) != now[key]}
         if changed:
             differences = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
             restore = " ".join(f"{key}={old}" for key, (old, _) in changed.items())
@@ -463,6 +471,7 @@ class Trainer:
             "top_checkpoints": self.top,
             "metrics": metrics,
             "config": self.config_dict,
+            "numerics": self.numerics,
             "rng": rng_state(),
             "interrupted": None,  # where SIGTERM stopped an epoch, in a mid-epoch checkpoint
         }

@@ -295,6 +295,7 @@ def test_an_image_of_another_shape_is_never_stored():
 def test_the_implementation_follows_the_options_and_contradictions_are_one_line():
     assert augment_implementation(AugmentConfig()) == "supersampled"  # PIL's bilinear filter, the default spec's
     assert augment_implementation(AugmentConfig(implementation="auto"), "bicubic") == "staged"
+    assert augment_implementation(AugmentConfig(rotation_interpolation="nearest")) == "staged"  # measured with staged
     assert augment_implementation(AugmentConfig(implementation="staged")) == "staged"
     assert augment_implementation(AugmentConfig(implementation="warp")) == "warp"
     assert augment_implementation(AugmentConfig(implementation="auto", re_prob=0.25)) == "timm"

@@ -78,13 +78,28 @@ def test_resume_names_numerics_that_differ_from_the_run_that_wrote_the_checkpoin
         train(tiny_config(tiny_leaves, tmp_path, "schedule.epochs=2", "amp.dtype=bfloat16", "train.resume=auto"))
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "resuming" in r.getMessage()]
     assert len(warnings) == 1, warnings
-    assert "amp.dtype none -> bfloat16, data.augment.implementation timm -> staged" in warnings[0]
+    assert "amp.dtype none -> bfloat16, data.augment.implementation timm -> supersampled" in warnings[0]
     assert warnings[0].endswith("pass amp.dtype=none data.augment.implementation=timm to go on as it started")
     caplog.clear()
     with caplog.at_level("WARNING", logger="leafnet.train"):  # the same choices: nothing to say
         train(tiny_config(tiny_leaves, tmp_path / "b", "schedule.epochs=2", "train.stop_after_epoch=0"))
         train(tiny_config(tiny_leaves, tmp_path / "b", "schedule.epochs=2", "train.resume=auto"))
     assert not [r for r in caplog.records if "resuming" in r.getMessage()]
+
+
+def test_a_resumed_checkpoint_that_did_not_record_its_choices_took_staged_for_auto(tiny_leaves, tmp_path, caplog):
+    """Checkpoints record what `auto` resolved to; one written before they did (2026-12-05) trained with the
+    staged pipeline under auto, which now takes the supersampled warp: the resume says so."""
+    train(tiny_config(tiny_leaves, tmp_path, "schedule.epochs=2", "train.stop_after_epoch=0"))
+    last = tmp_path / "run/checkpoints/last.pt"
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["numerics"]["data.augment.implementation"] == "supersampled"
+    del checkpoint["numerics"]
+    torch.save(checkpoint, last)
+    with caplog.at_level("WARNING", logger="leafnet.train"):
+        train(tiny_config(tiny_leaves, tmp_path, "schedule.epochs=2", "train.resume=auto"))
+    warnings = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+    assert len(warnings) == 1 and "data.augment.implementation staged -> supersampled" in warnings[0], warnings
 
 
 # Runs scripts/train.py as __main__ in a fresh process whose Nth optimizer step sends SIGTERM to the

@@ -5,10 +5,11 @@ sample's crop with PIL's antialiased bilinear filter: two resamplings of the who
 rotated, cropped and flipped image once, with `grid_sample`, on a grid `factor` times finer than the output
 (about one sample per prepared pixel, so the rotation is interpolated at the prepared image's scale, as the
 staged pipeline's is), and reduces that grid by `factor` with the triangle filter PIL's bilinear resize uses
-for that ratio. The model sees the same geometry (the same draws, from the same seeds) and the same kind
-of blur: a triangle as wide as the crop's scale, over bilinearly interpolated rotated pixels. Not the same
-numbers: the staged pipeline interpolates the rotation at the prepared pixels' own grid and filters it
-with weights for the crop's exact scale, this at a grid of the crop's and with the factor's weights.
+for that ratio, renormalised within the crop at its edges as PIL's is. The model sees the same geometry (the
+same draws, from the same seeds) and the same kind of blur: a triangle as wide as the crop's scale, over
+bilinearly interpolated rotated pixels. Not the same numbers: the staged pipeline interpolates the rotation
+at the prepared pixels' own grid and filters it with weights for the crop's exact scale, this at a grid of
+the crop's and with the factor's weights.
 
 The one-resampling warp (`leafnet.data.warp`) goes straight to the output from a reduced image; its
 rotation is interpolated at the output's scale, which blurs the leaves' margins (docs/training.md).
@@ -47,9 +48,11 @@ def triangle_weights(factor: int) -> list[int]:
 
 
 def filter_down(samples: torch.Tensor, factor: int, output_size: int, dim: int) -> torch.Tensor:
-    """`samples` along `dim` (factor * output_size + 2 * (factor // 2) of them) -> `output_size`: each output
-    the `triangle_weights`-weighted sum of its taps (not divided by their sum), as strided views of the samples,
-    the symmetric taps added first (for 2: three passes over the output, no convolution kernel's set-up)."""
+    """`samples` along `dim` (factor * output_size inside the crop, and factor // 2 past each end of it) ->
+    `output_size`: each output the `triangle_weights`-weighted sum of its taps (not divided by their sum), as
+    strided views of the samples, the symmetric taps added first (for 2: three passes over the output, no
+    convolution kernel's set-up). The first and last outputs leave out their taps past the crop and are scaled up
+    to the full sum, as PIL renormalises its filter within the crop: outside it may be image or background."""
     weights = triangle_weights(factor)
     length = factor * (output_size - 1) + 1
     leading = (slice(None),) * (dim % samples.dim())
@@ -68,6 +71,25 @@ def filter_down(samples: torch.Tensor, factor: int, output_size: int, dim: int) 
             out = pair.mul_(weight) if weight != 1 else pair
         else:
             out.add_(pair, alpha=weight)
+    return _renormalise_ends(out, samples, weights, factor // 2, dim)
+
+
+def _renormalise_ends(out: torch.Tensor, samples: torch.Tensor, weights: list[int], past: int, dim: int):
+    """`filter_down`'s ends: the taps of the first and last outputs that lie past the crop (the first and last
+    `past` samples) subtracted, the rest scaled up to the weights' full sum."""
+    if not past:
+        return out
+    size, count = out.shape[dim], samples.shape[dim]
+    first, last = out.narrow(dim, 0, 1), out.narrow(dim, size - 1, 1)
+    for t in range(past):
+        first.sub_(samples.narrow(dim, t, 1), alpha=weights[t])
+        last.sub_(samples.narrow(dim, count - 1 - t, 1), alpha=weights[t])
+    total, left_out = sum(weights), sum(weights[:past])
+    if size == 1:  # one output: both ends are the same pixel
+        first.mul_(total / (total - 2 * left_out))
+        return out
+    first.mul_(total / (total - left_out))
+    last.mul_(total / (total - left_out))
     return out
 
 

@@ -110,12 +110,13 @@ class AugmentConfig:
     # time in the demo run, held-out top-1 0.5 points lower at the median of three seeds; docs/training.md); the warp
     # takes neither
     rotation_interpolation: str = "bilinear"
-    # auto = supersampled (staged for an interpolation other than bilinear) unless an option above needs timm's
-    # factory, then timm; staged = timm's steps as torch ops on a batch in the training process (a grey batch
-    # resampled as one plane), a fraction of timm's cost at its held-out top-1; supersampled = the same draws
-    # sampled at once on a grid twice as fine as the output, then PIL's filter: half staged's cost, the same
-    # held-out top-1; timm = timm's PIL pipeline per item in loader workers (the reference); warp = the three as one
-    # resampling at the output size, cheapest but 2-3 points lower (docs/training.md measures all five)
+    # auto = supersampled (staged for an interpolation or rotation_interpolation other than bilinear) unless an option
+    # above needs timm's factory, then timm; staged = timm's steps as torch ops on a batch in the training process (a
+    # grey batch resampled as one plane), a fraction of timm's cost at its held-out top-1; supersampled = the same
+    # draws sampled at once on a grid a few times finer than the output (twice for 128 -> 56 px), then PIL's filter
+    # down to it: half staged's cost, the same held-out top-1; timm = timm's PIL pipeline per item in loader workers
+    # (the reference); warp = the three as one resampling at the output size, cheapest but 2-3 points lower
+    # (docs/training.md measures all five)
     implementation: str = "auto"
 
 
@@ -217,7 +218,7 @@ def eval_transform(spec: PreprocessSpec) -> ImagePipeline:
 
 def augment_implementation(augment: AugmentConfig, interpolation: str = "bilinear") -> str:
     """timm, staged, supersampled or warp: what `train_transform` builds for these options and the spec's
-    `interpolation` (auto supersamples only PIL's bilinear filter, the one it has measured)."""
+    `interpolation` (auto supersamples only what was measured: the bilinear filter and a bilinear rotation)."""
     if augment.implementation not in AUGMENT_IMPLEMENTATIONS:
         raise LeafnetError(
             f"data.augment.implementation must be one of {', '.join(AUGMENT_IMPLEMENTATIONS)}, "
@@ -247,7 +248,9 @@ def augment_implementation(augment: AugmentConfig, interpolation: str = "bilinea
     if augment.implementation == "auto":
         if needs_timm:
             return "timm"
-        return "supersampled" if interpolation == "bilinear" else "staged"
+        # the supersampled warp as measured: PIL's bilinear filter after a bilinear rotation; else timm's steps
+        measured = interpolation == "bilinear" and augment.rotation_interpolation == "bilinear"
+        return "supersampled" if measured else "staged"
     return augment.implementation
 
 
