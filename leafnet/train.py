@@ -154,7 +154,9 @@ def validate_config(cfg: TrainConfig) -> None:
         raise LeafnetError("schedule.epochs, optim.accumulate and data.batch_size must be at least 1")
     if cfg.data.workers < -1 or cfg.data.cache_mb < 0:
         raise LeafnetError("data.workers must be -1 (auto) or at least 0, and data.cache_mb at least 0")
-    augment_implementation(cfg.data.augment)  # one line naming a bad or contradictory choice
+    # one line naming a bad or contradictory choice (the model's own filter, when data.interpolation leaves it to
+    # a pretrained model, is checked when the transform is built)
+    augment_implementation(cfg.data.augment, cfg.data.interpolation or "bilinear")
     _validate_finetune(cfg)
     if cfg.train.device not in ("auto", "cpu", "cuda"):
         raise LeafnetError(f"train.device must be auto, cpu or cuda, got {cfg.train.device!r}")

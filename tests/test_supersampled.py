@@ -13,7 +13,7 @@ from torchvision.transforms import functional as tvf
 
 from leafnet.data.staged import RotateCropResize
 from leafnet.data.supersampled import SupersampledWarp, filter_down, supersampling_factor, triangle_weights
-from leafnet.data.transforms import AugmentConfig, PreprocessSpec, train_transform
+from leafnet.data.transforms import AugmentConfig, PreprocessSpec, augment_implementation, train_transform
 from leafnet.errors import LeafnetError
 
 MEAN, STD = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
@@ -155,3 +155,7 @@ def test_only_the_bilinear_filter_is_supersampled(prepared_synthetic):
     spec = PreprocessSpec.from_prepared(prepared_synthetic, input_size=40, interpolation="bicubic")
     with pytest.raises(LeafnetError, match="interpolation 'bicubic' needs implementation=staged"):
         train_transform(spec, AugmentConfig(implementation="supersampled"))
+    with pytest.raises(LeafnetError, match="interpolation 'lanczos' needs implementation=staged"):
+        augment_implementation(AugmentConfig(implementation="supersampled"), "lanczos")  # as config validation asks
+    with pytest.raises(LeafnetError, match="interpolation 'nearest' needs implementation=staged"):
+        SupersampledWarp(8, MEAN, STD, [0, 0, 0], "nearest")

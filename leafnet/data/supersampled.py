@@ -39,6 +39,15 @@ def supersampling_factor(image_side: int, output_size: int) -> int:
     return max(1, math.ceil(image_side / (output_size * MAX_SPACING)))
 
 
+def require_bilinear(interpolation: str) -> None:
+    """The warp filters with PIL's bilinear triangle only; another filter is the staged pipeline's to apply."""
+    if interpolation != "bilinear":
+        raise LeafnetError(
+            f"data.augment.implementation=supersampled filters with PIL's bilinear triangle; "
+            f"interpolation {interpolation!r} needs implementation=staged"
+        )
+
+
 def triangle_weights(factor: int) -> list[int]:
     """PIL's bilinear (triangle) filter shrinking by exactly `factor`, over the grid samples nearest each output
     pixel's centre, as whole numbers in proportion (`filter_down` leaves the division by their sum to the
@@ -120,11 +129,7 @@ class SupersampledWarp(RotateCropResize):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.resize_mode != "bilinear":
-            raise LeafnetError(
-                f"data.augment.implementation=supersampled filters with PIL's bilinear triangle; "
-                f"interpolation {self.interpolation!r} needs implementation=staged"
-            )
+        require_bilinear(self.interpolation)
 
     def _render(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         source = self._shifted(images)

@@ -31,7 +31,7 @@ from torchvision import transforms as tv_transforms
 
 from leafnet.data.prepared import PreparedData
 from leafnet.data.staged import ROTATION_MODES, RotateCropResize
-from leafnet.data.supersampled import SupersampledWarp
+from leafnet.data.supersampled import SupersampledWarp, require_bilinear
 from leafnet.data.warp import AffineWarp, working_side
 from leafnet.errors import LeafnetError
 
@@ -234,6 +234,8 @@ def augment_implementation(augment: AugmentConfig, interpolation: str = "bilinea
             "data.augment.implementation=warp resamples rotation, crop and flip at once with the model's "
             f"interpolation; it cannot take rotation_interpolation={augment.rotation_interpolation}"
         )
+    if augment.implementation == "supersampled":
+        require_bilinear(interpolation)
     timm_only = {
         "color_jitter": augment.color_jitter,
         "auto_augment": augment.auto_augment,
