@@ -164,10 +164,16 @@ def sampling_grid(thetas: torch.Tensor, height: int, width: int) -> torch.Tensor
 def rotation_matrices(width: int, height: int, angles_deg: torch.Tensor) -> torch.Tensor:
     """(N, 2, 3) `affine_grid` matrices (output -> source, [-1, 1], align_corners=False) turning a width x height
     image about its centre by each angle, as torchvision's rotate turns it (counter-clockwise on screen)."""
+    turns = rotations(width, height, angles_deg)
+    return torch.cat([turns, turns.new_zeros(turns.shape[0], 2, 1)], 2).float()
+
+
+def rotations(width: int, height: int, angles_deg: torch.Tensor) -> torch.Tensor:
+    """(N, 2, 2) float64: `rotation_matrices`' linear part, in [-1, 1] coordinates (hence the aspect terms)."""
     radians = torch.deg2rad(angles_deg.double())
-    cos, sin, zero = radians.cos(), radians.sin(), torch.zeros_like(radians)
-    rows = [torch.stack([cos, -sin * height / width, zero], 1), torch.stack([sin * width / height, cos, zero], 1)]
-    return torch.stack(rows, 1).float()
+    cos, sin = radians.cos(), radians.sin()
+    rows = [torch.stack([cos, -sin * height / width], 1), torch.stack([sin * width / height, cos], 1)]
+    return torch.stack(rows, 1)
 
 
 def resize_weights(starts: torch.Tensor, lengths: torch.Tensor, out_size: int, in_size: int) -> torch.Tensor:

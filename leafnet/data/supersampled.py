@@ -25,7 +25,7 @@ import math
 import torch
 from torch.nn.functional import grid_sample
 
-from leafnet.data.staged import RotateCropResize, sampling_grid
+from leafnet.data.staged import RotateCropResize, rotations, sampling_grid
 from leafnet.errors import LeafnetError
 
 # The most prepared pixels between two grid samples of a whole-image crop: bilinear interpolation that skips
@@ -61,7 +61,9 @@ def filter_down(samples: torch.Tensor, factor: int, output_size: int, dim: int) 
     `output_size`: each output the `triangle_weights`-weighted sum of its taps (not divided by their sum), as
     strided views of the samples, the symmetric taps added first (for 2: three passes over the output, no
     convolution kernel's set-up). The first and last outputs leave out their taps past the crop and are scaled up
-    to the full sum, as PIL renormalises its filter within the crop: outside it may be image or background."""
+    to the full sum, as PIL renormalises its filter within the crop: outside it may be image or background.
+    torch's antialiased `interpolate` of the crop's samples gives the same numbers up to float rounding, in
+    nearly twice the time for the demo's batch (a timing in docs/training.md)."""
     weights = triangle_weights(factor)
     length = factor * (output_size - 1) + 1
     leading = (slice(None),) * (dim % samples.dim())
@@ -107,20 +109,14 @@ def crop_matrices(params: torch.Tensor, width: int, height: int, grid_side: int,
     box in the rotated image (the grid reaching `factor // 2` samples past each side of it, for the filter's
     taps), then the rotation about the image centre, as the staged pipeline turns it."""
     angle, left, top, w, h, hflip, vflip = params.double().unbind(1)
-    radians = torch.deg2rad(angle)
-    cos, sin = radians.cos(), radians.sin()
     extent = grid_side / (grid_side - 2 * (factor // 2))  # the grid's half-width over the crop's
     half_x = extent * w / width * torch.where(hflip.bool(), -1.0, 1.0)
     half_y = extent * h / height * torch.where(vflip.bool(), -1.0, 1.0)
     centre_x, centre_y = (2 * left + w) / width - 1, (2 * top + h) / height - 1
-    # the rotated image's normalised point (half_x u + centre_x, half_y v + centre_y), taken back to the source
-    # by the staged pipeline's rotation [[cos, -sin h/w], [sin w/h, cos]]
-    aspect = height / width
-    rows = [
-        torch.stack([cos * half_x, -sin * aspect * half_y, cos * centre_x - sin * aspect * centre_y], 1),
-        torch.stack([sin / aspect * half_x, cos * half_y, sin / aspect * centre_x + cos * centre_y], 1),
-    ]
-    return torch.stack(rows, 1).float()
+    # grid (u, v) -> the rotated image's normalised point (half_x u + centre_x, half_y v + centre_y) -> the source
+    zero = torch.zeros_like(angle)
+    crop = torch.stack([torch.stack([half_x, zero, centre_x], 1), torch.stack([zero, half_y, centre_y], 1)], 1)
+    return (rotations(width, height, angle) @ crop).float()
 
 
 class SupersampledWarp(RotateCropResize):

@@ -280,11 +280,9 @@ def train_transform(spec: PreprocessSpec, augment: AugmentConfig | None = None) 
         augment.hflip,
         augment.vflip,
     )
-    if implementation == "staged":
-        staged = RotateCropResize(*geometry, rotation_interpolation=augment.rotation_interpolation)
-        return ImagePipeline(None, staged)
-    if implementation == "supersampled":
-        return ImagePipeline(None, SupersampledWarp(*geometry, rotation_interpolation=augment.rotation_interpolation))
+    if implementation in ("staged", "supersampled"):
+        render = RotateCropResize if implementation == "staged" else SupersampledWarp
+        return ImagePipeline(None, render(*geometry, rotation_interpolation=augment.rotation_interpolation))
     if implementation == "warp":
         shrink = _Shrink(working_side(spec.input_size, augment.scale[0]), spec.interpolation)
         return ImagePipeline(shrink, AffineWarp(*geometry))
